@@ -1,0 +1,127 @@
+"""The one error tree of twostep, and the one place where driver errors become it.
+
+Users catch what they mean (`TransactionAborted`, `OutcomeUnknown`) without knowing whether
+psycopg, PyMySQL or grpc sat underneath. Every message should tell an operator what happened
+to the data: committed, rolled back, or still in doubt (and which gtrid to look up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+
+import psycopg
+import pymysql
+
+__all__ = [
+    "ConfigurationError",
+    "CoordinatorUnavailable",
+    "DatabaseError",
+    "HeuristicOutcome",
+    "InvalidIdentifier",
+    "OutcomeUnknown",
+    "PhaseTwoIncomplete",
+    "TransactionAborted",
+    "TransactionError",
+    "TwoPhaseNotSupported",
+    "TwostepError",
+    "translate_driver_errors",
+]
+
+
+class TwostepError(Exception):
+    """Root of every error twostep raises on purpose."""
+
+
+# -- usage and input ---------------------------------------------------------------------------
+
+
+class ConfigurationError(TwostepError):
+    """A connection or model is configured wrongly (unknown name, bad driver, missing field)."""
+
+
+class InvalidIdentifier(TwostepError, ValueError):
+    """A gtrid, branch qualifier or resource name is malformed; no SQL was sent with it."""
+
+
+class TwoPhaseNotSupported(TwostepError):
+    """A database that cannot take part in two-phase commit (SQLite) was used where it must."""
+
+
+# -- databases ---------------------------------------------------------------------------------
+
+
+class DatabaseError(TwostepError):
+    """A statement failed on a database; the driver's exception is `__cause__`."""
+
+    def __init__(self, message: str, *, connection: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.connection = connection
+        #: SQLSTATE on PostgreSQL, the server's error number on MySQL/MariaDB.
+        self.code = code
+
+
+# -- coordinator -------------------------------------------------------------------------------
+
+
+class CoordinatorUnavailable(TwostepError):
+    """The coordinator could not be reached before anything was committed; nothing was."""
+
+
+# -- global transactions -----------------------------------------------------------------------
+
+
+class TransactionError(TwostepError):
+    """Something ended a global transaction other than a plain commit."""
+
+    def __init__(self, message: str, *, gtrid: str | None = None):
+        super().__init__(message)
+        self.gtrid = gtrid
+
+
+class TransactionAborted(TransactionError):
+    """The global transaction was rolled back on every database: nothing was committed."""
+
+
+class OutcomeUnknown(TransactionError):
+    """Commit was requested but its answer was lost; the coordinator finishes the branches.
+
+    The outcome is decided (or will be) by the coordinator alone: look the gtrid up there.
+    """
+
+
+class PhaseTwoIncomplete(TransactionError):
+    """The decision is COMMIT and durable, but some branches are not committed yet.
+
+    The transaction *is* committed; the coordinator's recovery finishes the named branches.
+    """
+
+    def __init__(self, message: str, *, gtrid: str, pending: list[str]):
+        super().__init__(message, gtrid=gtrid)
+        self.pending = pending
+
+
+class HeuristicOutcome(TransactionError):
+    """A branch ended differently from the decision (e.g. rolled back by hand after COMMIT)."""
+
+
+@contextlib.contextmanager
+def translate_driver_errors(connection: str | None = None) -> Iterator[None]:
+    """Re-raise psycopg / PyMySQL / sqlite3 errors as `DatabaseError`, keeping the original as cause."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        code = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(exc, "sqlstate", None)
+        raise DatabaseError(_describe(connection, exc), connection=connection, code=code) from exc
+    except pymysql.MySQLError as exc:
+        code = str(exc.args[0]) if exc.args and isinstance(exc.args[0], int) else None
+        raise DatabaseError(_describe(connection, exc), connection=connection, code=code) from exc
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorname", None)
+        raise DatabaseError(_describe(connection, exc), connection=connection, code=code) from exc
+
+
+def _describe(connection: str | None, exc: BaseException) -> str:
+    where = f" on connection {connection!r}" if connection else ""
+    return f"{type(exc).__name__}{where}: {exc}"

@@ -1,0 +1,176 @@
+"""Transaction identifiers: the one module that encodes, validates and parses them.
+
+A twostep gtrid is issued by the coordinator and reads `ts1.<cluster>.<deadline>.<random>`:
+the cluster id keeps two twostep clusters (or other XA users) on one database apart, and the
+deadline (unix seconds, base 36) lets recovery judge an orphaned branch even when the
+coordinator's log never heard of it (Begin is not durable: presumed abort).
+
+A branch's xid is (FORMAT_ID, gtrid, bqual) where bqual is the resource name. On the wire to
+the databases:
+- PostgreSQL gid: `<format id>_<base64 gtrid>_<base64 bqual>`, psycopg's own layout, so
+  `Connection.tpc_recover()` understands it too (at most 188 bytes, under PG's 200).
+- MySQL/MariaDB: `X'<hex gtrid>',X'<hex bqual>',<format id>` (gtrid and bqual <= 64 bytes).
+Every id is validated against a strict alphabet before it can reach SQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from dataclasses import dataclass
+
+from ._errors import InvalidIdentifier
+
+__all__ = [
+    "FORMAT_ID",
+    "GtridInfo",
+    "Xid",
+    "new_gtrid",
+    "parse_gtrid",
+    "validate_cluster_id",
+    "validate_resource_name",
+]
+
+#: XA format id of twostep branches ("TSTP"); other values belong to someone else.
+FORMAT_ID = 0x54535450
+_VERSION = "ts1"
+_MAX_PART = 64  # MySQL's limit on gtrid and bqual, in bytes
+
+_CLUSTER_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?")
+_RESOURCE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_GTRID_RE = re.compile(
+    r"ts1\.(?P<cluster>[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?)"
+    r"\.(?P<deadline>[0-9a-z]{1,10})\.(?P<nonce>[a-z2-7]{24})"
+)
+_NONCE_BYTES = 15  # 120 random bits: 24 base32 characters, no padding
+
+
+def _reject(kind: str, value: object, rule: str) -> InvalidIdentifier:
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    return InvalidIdentifier(f"invalid {kind} {shown}: {rule}")
+
+
+def validate_cluster_id(value: object) -> str:
+    if not isinstance(value, str) or not _CLUSTER_RE.fullmatch(value):
+        raise _reject("cluster id", value, "1-16 of a-z, 0-9 and '-', not starting or ending in '-'")
+    return value
+
+
+def validate_resource_name(value: object) -> str:
+    if not isinstance(value, str) or not _RESOURCE_RE.fullmatch(value):
+        raise _reject(
+            "resource name", value, "1-64 of A-Z, a-z, 0-9, '_', '.', '-', not starting with '.' or '-'"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class GtridInfo:
+    """What a twostep gtrid says about itself."""
+
+    gtrid: str
+    cluster: str
+    deadline_unix_s: int
+
+
+def parse_gtrid(value: object) -> GtridInfo:
+    """Validate a twostep gtrid and return its parts; `InvalidIdentifier` if it is not one."""
+    match = _GTRID_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise _reject("gtrid", value, "not a twostep gtrid (ts1.<cluster>.<deadline>.<nonce>)")
+    return GtridInfo(value, match["cluster"], int(match["deadline"], 36))
+
+
+def new_gtrid(cluster: str, deadline_unix_s: int) -> str:
+    """A fresh gtrid: unique by 120 random bits, so a restarted coordinator never reuses one."""
+    validate_cluster_id(cluster)
+    nonce = base64.b32encode(secrets.token_bytes(_NONCE_BYTES)).decode().lower()
+    gtrid = f"{_VERSION}.{cluster}.{_base36(deadline_unix_s)}.{nonce}"
+    assert len(gtrid) <= _MAX_PART
+    return gtrid
+
+
+def _base36(n: int) -> str:
+    if n < 0:
+        raise ValueError("deadline before 1970")
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+@dataclass(frozen=True)
+class Xid:
+    """The xid of one twostep branch: (FORMAT_ID, gtrid, bqual = resource name)."""
+
+    gtrid: str
+    bqual: str
+
+    @classmethod
+    def of(cls, gtrid: str, bqual: str) -> Xid:
+        """The only constructor for xids that will reach SQL: validates both parts."""
+        parse_gtrid(gtrid)
+        validate_resource_name(bqual)
+        return cls(gtrid, bqual)
+
+    @property
+    def info(self) -> GtridInfo:
+        return parse_gtrid(self.gtrid)
+
+    # -- PostgreSQL ----------------------------------------------------------------------------
+
+    def pg_gid(self) -> str:
+        return f"{FORMAT_ID}_{_b64(self.gtrid)}_{_b64(self.bqual)}"
+
+    @classmethod
+    def from_pg_gid(cls, gid: str) -> Xid | None:
+        """Parse a gid from `pg_prepared_xacts`; None when it is not a twostep branch."""
+        parts = gid.split("_")
+        if len(parts) != 3 or parts[0] != str(FORMAT_ID):
+            return None
+        try:
+            return cls.of(_unb64(parts[1]), _unb64(parts[2]))
+        except (InvalidIdentifier, ValueError):
+            return None
+
+    # -- MySQL / MariaDB -----------------------------------------------------------------------
+
+    def mysql_literal(self) -> str:
+        """`X'..',X'..',fmt`: hex literals, so no character of an id can reach the parser."""
+        return f"X'{self.gtrid.encode().hex()}',X'{self.bqual.encode().hex()}',{FORMAT_ID}"
+
+    @classmethod
+    def from_mysql_recover(
+        cls, format_id: int, gtrid_length: int, bqual_length: int, data: bytes | str
+    ) -> Xid | None:
+        """Parse one row of `XA RECOVER`; None when it is not a twostep branch."""
+        if format_id != FORMAT_ID:
+            return None
+        raw = data.encode("latin-1") if isinstance(data, str) else bytes(data)
+        if len(raw) != gtrid_length + bqual_length:
+            return None
+        try:
+            gtrid = raw[:gtrid_length].decode("ascii")
+            bqual = raw[gtrid_length:].decode("ascii")
+            return cls.of(gtrid, bqual)
+        except (InvalidIdentifier, UnicodeDecodeError):
+            return None
+
+    def __str__(self) -> str:
+        return f"{self.gtrid}/{self.bqual}"
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str) -> str:
+    try:
+        return base64.b64decode(text.encode(), validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(str(exc)) from exc
