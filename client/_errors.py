@@ -108,11 +108,11 @@ class HeuristicOutcome(TransactionError):
 
 @contextlib.contextmanager
 def translate_driver_errors(connection: str | None = None) -> Iterator[None]:
-    """Re-raise psycopg / PyMySQL / sqlite3 errors as `DatabaseError`, keeping the original as cause."""
+    """Re-raise psycopg / PyMySQL / sqlite3 errors as `DatabaseError` (the original as cause)."""
     try:
         yield
     except psycopg.Error as exc:
-        code = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(exc, "sqlstate", None)
+        code = exc.sqlstate
         raise DatabaseError(_describe(connection, exc), connection=connection, code=code) from exc
     except pymysql.MySQLError as exc:
         code = str(exc.args[0]) if exc.args and isinstance(exc.args[0], int) else None

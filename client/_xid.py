@@ -25,6 +25,7 @@ from ._errors import InvalidIdentifier
 
 __all__ = [
     "FORMAT_ID",
+    "LOCAL_CLUSTER",
     "GtridInfo",
     "Xid",
     "new_gtrid",
@@ -35,6 +36,9 @@ __all__ = [
 
 #: XA format id of twostep branches ("TSTP"); other values belong to someone else.
 FORMAT_ID = 0x54535450
+#: Cluster id of the xids of `Transaction(conn).prepare()`: manual two-phase commit, which no
+#: coordinator may ever finish, so no coordinator may take this cluster id.
+LOCAL_CLUSTER = "local"
 _VERSION = "ts1"
 _MAX_PART = 64  # MySQL's limit on gtrid and bqual, in bytes
 
@@ -54,15 +58,15 @@ def _reject(kind: str, value: object, rule: str) -> InvalidIdentifier:
 
 def validate_cluster_id(value: object) -> str:
     if not isinstance(value, str) or not _CLUSTER_RE.fullmatch(value):
-        raise _reject("cluster id", value, "1-16 of a-z, 0-9 and '-', not starting or ending in '-'")
+        rule = "1-16 of a-z, 0-9 and '-', not starting or ending in '-'"
+        raise _reject("cluster id", value, rule)
     return value
 
 
 def validate_resource_name(value: object) -> str:
     if not isinstance(value, str) or not _RESOURCE_RE.fullmatch(value):
-        raise _reject(
-            "resource name", value, "1-64 of A-Z, a-z, 0-9, '_', '.', '-', not starting with '.' or '-'"
-        )
+        rule = "1-64 of A-Z, a-z, 0-9, '_', '.', '-', not starting with '.' or '-'"
+        raise _reject("resource name", value, rule)
     return value
 
 

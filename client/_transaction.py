@@ -1,0 +1,146 @@
+"""`Transaction(conn)`: a transaction on one connection, with a manual two-phase API.
+
+    with Transaction(get_connection("orders")) as tx:
+        Order.create(id=1)
+        tx.prepare()      # optional: the branch is now prepared (tx.xid names it)
+    # leaving the block commits (COMMIT PREPARED if prepared), an exception rolls back
+
+Its xids carry the reserved cluster id "local", which no coordinator may take, so a prepared
+manual transaction is never finished by a coordinator's recovery: whoever prepares it owns it.
+On MySQL/MariaDB the transaction starts as an XA branch so that it *can* be prepared (XA
+refuses DDL); on SQLite `prepare()` raises `TwoPhaseNotSupported`.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Any
+
+from ._connections import Connection, get_connection
+from ._errors import TransactionAborted, TwostepError
+from ._phase2 import finish_prepared, release_session
+from ._scope import activate, current_scope
+from ._tpc import VoteNo, local_ops, require_two_phase
+from ._xid import LOCAL_CLUSTER, Xid, new_gtrid
+
+__all__ = ["Transaction"]
+
+
+class Transaction:
+    def __init__(self, connection: Connection | str, *, timeout: float | None = None):
+        self.connection = get_connection(connection) if isinstance(connection, str) else connection
+        self.ops = local_ops(self.connection.dialect.name)
+        self.timeout = timeout
+        self.xid: Xid | None = None
+        self.session: Any = None
+        self.prepared = False
+        self._state = "new"  # new -> active -> committed | rolled back
+        self._scope: Any = None
+
+    # -- the scope: statements on this connection run in this transaction --------------------
+
+    def session_for(self, connection: Connection, origin: str | None) -> Any:
+        if connection.name != self.connection.name:
+            who = f"model {origin}" if origin else "a statement"
+            raise TwostepError(
+                f"{who} uses connection {connection.name!r} inside a Transaction on "
+                f"{self.connection.name!r}; use global_transaction() to write to both"
+            )
+        if self._state != "active" or self.prepared:
+            raise TwostepError(f"the transaction on {self.connection.name!r} is {self._status()}")
+        return self.session
+
+    def _status(self) -> str:
+        return "prepared" if self.prepared and self._state == "active" else self._state
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> Transaction:
+        if current_scope() is not None:
+            raise TwostepError("a Transaction cannot start inside another transaction")
+        if self._state != "new":
+            raise TwostepError("a Transaction object can be used once")
+        deadline = int(time.time() + self.timeout) if self.timeout else 0
+        if self.ops.dialect == "mysql":
+            # MySQL can only prepare what began as an XA branch.
+            self.xid = Xid.of(new_gtrid(LOCAL_CLUSTER, deadline), self.connection.name)
+        self.session = self.connection.acquire()
+        lock_ms = int(self.timeout * 1000) if self.timeout else None
+        try:
+            self.ops.begin(self.session, self.xid, lock_ms)
+        except BaseException:
+            release_session(self, discard=True)
+            raise
+        self._state = "active"
+        self._deadline_s = deadline
+        self._scope = activate(self)
+        self._scope.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._scope.__exit__(exc_type, exc, tb)
+        if self._state != "active":
+            return
+        if exc is None:
+            self.commit()
+        else:
+            self.rollback()
+
+    def prepare(self) -> Xid:
+        """PREPARE the transaction (first phase); returns the xid that names it."""
+        self._require_active()
+        ops = require_two_phase(self.ops.dialect, connection=self.connection.name)
+        if self.prepared:
+            raise TwostepError("the transaction is already prepared")
+        if self.xid is None:
+            self.xid = Xid.of(new_gtrid(LOCAL_CLUSTER, self._deadline_s), self.connection.name)
+        try:
+            ops.prepare(self.session, self.xid)
+        except VoteNo as exc:
+            self.rollback()
+            raise TransactionAborted(f"{self.xid} could not be prepared: {exc}") from exc
+        self.prepared = True
+        return self.xid
+
+    def commit(self) -> None:
+        self._require_active()
+        if self.prepared:
+            if finish_prepared(self, commit=True) is not True:
+                raise TwostepError(f"{self.xid} could not be committed; it is still prepared")
+        else:
+            try:
+                self.ops.commit_one_phase(self.session, self.xid)
+            except VoteNo as exc:
+                self._state = "rolled back"
+                release_session(self, discard=True)
+                raise TransactionAborted(f"{self.connection.name!r} rolled back: {exc}") from exc
+            except BaseException:
+                self._state = "rolled back"
+                release_session(self, discard=True)
+                raise
+            release_session(self)
+        self._state = "committed"
+
+    def rollback(self) -> None:
+        self._require_active()
+        self._state = "rolled back"
+        if self.prepared:
+            if finish_prepared(self, commit=False) is not True:
+                raise TwostepError(f"{self.xid} could not be rolled back; it is still prepared")
+            return
+        try:
+            self.ops.rollback_unprepared(self.session, self.xid)
+        except TwostepError:
+            release_session(self, discard=True)  # a dead session takes its transaction along
+            return
+        release_session(self)
+
+    def _require_active(self) -> None:
+        if self._state != "active":
+            raise TwostepError(f"the transaction on {self.connection.name!r} is {self._state}")

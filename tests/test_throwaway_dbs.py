@@ -1,0 +1,190 @@
+"""The throwaway servers: own settings and ports, crash (SIGKILL) and restart keep data and
+prepared transactions, leftovers are cleaned up, and the CLI starts and stops both."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+import throwaway_dbs
+from throwaway_dbs import MariaDBServer, PostgresServer
+
+MACHINE_PORTS = (5432, 3306)
+
+
+def _pids_in(data_dir: Path) -> list[int]:
+    return throwaway_dbs._pids_with_cwd(data_dir.resolve())
+
+
+def _maria_connect(config: dict[str, Any]) -> pymysql.connections.Connection:
+    return pymysql.connect(
+        host=config["host"],
+        port=config["port"],
+        user=config["username"],
+        password=config["password"],
+        database=config["database"],
+    )
+
+
+def _pg_connect(config: dict[str, Any]) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=config["host"],
+        port=config["port"],
+        user=config["username"],
+        password=config["password"],
+        dbname=config["database"],
+    )
+
+
+def test_postgres_is_private_and_configured(pg: PostgresServer, pg_config: dict[str, Any]) -> None:
+    assert pg.port not in MACHINE_PORTS
+    assert pg_config == {
+        "driver": "postgresql",
+        "host": "127.0.0.1",
+        "port": pg.port,
+        "database": pg_config["database"],
+        "username": "postgres",
+        "password": "",
+    }
+    with _pg_connect(pg_config) as conn:
+        assert conn.execute("SHOW max_prepared_transactions").fetchone() == ("64",)
+        assert conn.execute("SHOW fsync").fetchone() == ("on",)
+        assert conn.execute("SHOW data_directory").fetchone() == (str(pg.data_dir),)
+        assert conn.execute("SELECT current_database()").fetchone() == (pg_config["database"],)
+
+
+def test_mariadb_is_private_and_configured(
+    maria: MariaDBServer, maria_config: dict[str, Any]
+) -> None:
+    assert maria.port not in MACHINE_PORTS
+    assert maria_config == {
+        "driver": "mysql",
+        "host": "127.0.0.1",
+        "port": maria.port,
+        "database": maria_config["database"],
+        "username": "twostep",
+        "password": "twostep",
+    }
+    names = ("log_bin", "sync_binlog", "innodb_flush_log_at_trx_commit", "port")
+    with _maria_connect(maria_config) as conn, conn.cursor() as cur:  # over TCP, as twostep
+        cur.execute("SHOW VARIABLES WHERE Variable_name IN %s", [names])
+        assert dict(cur.fetchall()) == {
+            "log_bin": "ON",
+            "sync_binlog": "1",
+            "innodb_flush_log_at_trx_commit": "1",
+            "port": str(maria.port),
+        }
+        cur.execute("SELECT DATABASE(), CURRENT_USER()")
+        assert cur.fetchone() == (maria_config["database"], "twostep@127.0.0.1")
+
+
+def test_postgres_kill_restart_keeps_committed_and_prepared(
+    pg: PostgresServer, pg_config: dict[str, Any]
+) -> None:
+    with _pg_connect(pg_config) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.commit()
+        conn.execute("INSERT INTO t VALUES (2)")
+        conn.execute("PREPARE TRANSACTION 'tws_kill'")
+    port = pg.port
+    pg.kill()
+    assert not pg.is_running()
+    assert _pids_in(pg.data_dir) == []  # children of the postmaster are gone too
+
+    pg.restart()
+    assert pg.port == port
+    with pg.admin_connect(pg_config["database"]) as conn:
+        assert conn.execute("SELECT id FROM t").fetchall() == [(1,)]
+        prepared = conn.execute("SELECT gid, database FROM pg_prepared_xacts").fetchall()
+        assert prepared == [("tws_kill", pg_config["database"])]
+        conn.execute("COMMIT PREPARED 'tws_kill'")
+        assert conn.execute("SELECT id FROM t ORDER BY id").fetchall() == [(1,), (2,)]
+
+
+def test_mariadb_kill_restart_keeps_committed_and_prepared(
+    maria: MariaDBServer, maria_config: dict[str, Any]
+) -> None:
+    with _maria_connect(maria_config) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id int PRIMARY KEY) ENGINE=InnoDB")
+        cur.execute("INSERT INTO t VALUES (1)")
+        conn.commit()
+        for statement in ("XA START 'tws_kill'", "INSERT INTO t VALUES (2)", "XA END 'tws_kill'"):
+            cur.execute(statement)
+        cur.execute("XA PREPARE 'tws_kill'")
+        port = maria.port
+        maria.kill()  # while the owner session is still connected
+    assert not maria.is_running()
+    assert _pids_in(maria.data_dir) == []
+
+    maria.restart()
+    assert maria.port == port
+    with maria.admin_connect(maria_config["database"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id FROM t")
+        assert cur.fetchall() == ((1,),)
+        cur.execute("XA RECOVER")
+        assert cur.fetchall() == ((1, 8, 0, b"tws_kill"),)
+        cur.execute("XA COMMIT 'tws_kill'")
+        cur.execute("SELECT id FROM t ORDER BY id")
+        assert cur.fetchall() == ((1,), (2,))
+
+
+def test_mariadb_left_killed_with_a_prepared_branch(
+    maria: MariaDBServer, maria_config: dict[str, Any]
+) -> None:
+    """Leaves the server dead with a prepared branch; the next test checks the cleanup."""
+    with _maria_connect(maria_config) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id int PRIMARY KEY) ENGINE=InnoDB")
+        for statement in ("XA START 'tws_left'", "INSERT INTO t VALUES (1)", "XA END 'tws_left'"):
+            cur.execute(statement)
+        cur.execute("XA PREPARE 'tws_left'")
+        os.kill(maria.pid or 0, signal.SIGKILL)  # behind the server object's back
+
+
+def test_next_test_gets_a_running_clean_server(maria: MariaDBServer) -> None:
+    assert maria.is_running()
+    with maria.admin_connect() as conn, conn.cursor() as cur:
+        cur.execute("XA RECOVER")
+        assert cur.fetchall() == ()
+
+
+def test_a_new_instance_replaces_a_stale_server(tmp_path: Path) -> None:
+    first = PostgresServer(tmp_path)
+    first.start()
+    stale = first.pid
+    second = PostgresServer(tmp_path)  # as if the first run had crashed and left it running
+    try:
+        assert not first.is_running()
+        assert stale not in _pids_in(first.data_dir)
+        second.start()
+        assert second.is_running()
+    finally:
+        second.stop()
+    assert _pids_in(second.data_dir) == []
+
+
+def test_cli_up_prints_configs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    script = Path(throwaway_dbs.__file__)
+    with subprocess.Popen(
+        [sys.executable, str(script), "up", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            configs = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert [c["driver"] for c in configs] == ["postgresql", "mysql"]
+    assert all(c["database"] == "twostep" and c["port"] not in MACHINE_PORTS for c in configs)
+    assert _pids_in(tmp_path / "postgres" / "pgdata") == []
+    assert _pids_in(tmp_path / "mariadb" / "data") == []
