@@ -1,1 +1,1 @@
-pytest_plugins = ["_db_fixtures"]
+pytest_plugins = ["_db_fixtures", "coordinator_process"]
