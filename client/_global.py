@@ -199,12 +199,13 @@ class GlobalTransaction:
             self._abort("deadline passed before prepare")
             raise TransactionAborted("the global transaction's deadline passed", gtrid=gtrid)
 
-        failures = _each(branches, _prepare)
+        failures = [(b, out) for b, out in _on_each(branches, _prepare) if out is not None]
         if failures:
-            name, exc = failures[0]
-            self._abort(f"{name} voted NO")
+            branch, exc = failures[0]
+            self._abort(f"{branch.name} voted NO")
             raise TransactionAborted(
-                f"{name} could not prepare, every branch was rolled back: {exc}", gtrid=gtrid
+                f"{branch.name} could not prepare, every branch was rolled back: {exc}",
+                gtrid=gtrid,
             ) from exc
 
         client = self._client()
@@ -265,8 +266,13 @@ class GlobalTransaction:
     def _finish_committed(
         self, client: CoordinatorClient, gtrid: str, branches: list[_Branch]
     ) -> None:
-        outcomes = _each_result(branches, lambda b: finish_prepared(b, commit=True))
-        pending = [b.name for b, done in outcomes if done is None]
+        outcomes = _on_each(branches, lambda b: finish_prepared(b, commit=True))
+        for branch, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                log.error(
+                    "COMMIT PREPARED failed", extra={"xid": str(branch.xid)}, exc_info=outcome
+                )
+        pending = [b.name for b, done in outcomes if done is None or isinstance(done, Exception)]
         heuristic = [b.name for b, done in outcomes if done is False]
         if heuristic:
             raise HeuristicOutcome(
@@ -292,8 +298,9 @@ def _prepare(branch: _Branch) -> None:
 def _rollback_all(branches: list[_Branch]) -> list[str]:
     """Roll every branch back; the names of prepared branches that are still prepared."""
     left = []
-    for branch, done in _each_result(branches, _rollback_one):
-        if done is None:
+    for branch, done in _on_each(branches, _rollback_one):
+        if done is not True:
+            log.error("rollback failed", extra={"branch": branch.name, "outcome": repr(done)})
             left.append(branch.name)
     return left
 
@@ -304,31 +311,25 @@ def _rollback_one(branch: _Branch) -> bool | None:
     try:
         branch.ops.rollback_unprepared(branch.session, branch.xid)
     except TwostepError:
-        # A dead session takes its unprepared transaction with it.
         release_session(branch, discard=True)
-        return True
+        if branch.xid is None:
+            return True  # never prepared: the dead session took its transaction along
+        # A PREPARE whose reply was lost may have left the branch prepared: look and finish.
+        return finish_prepared(branch, commit=False)
     release_session(branch)
     return True
 
 
-def _each(branches: list[_Branch], step: Callable[[_Branch], None]) -> list[tuple[str, Exception]]:
-    """Run `step` on every branch in parallel; the (name, error) of those that failed."""
-    failures = []
-    for branch, outcome in _each_result(branches, step, capture=True):
-        if isinstance(outcome, Exception):
-            failures.append((branch.name, outcome))
-    return failures
+def _on_each(branches: list[_Branch], step: Callable[[_Branch], Any]) -> list[tuple[_Branch, Any]]:
+    """Run `step` on every branch in parallel: (branch, its result or the Exception it raised).
 
+    The first branch runs on the caller's thread; a lone extra hop per branch is the cost.
+    """
 
-def _each_result(
-    branches: list[_Branch], step: Callable[[_Branch], Any], *, capture: bool = False
-) -> list[tuple[_Branch, Any]]:
     def run(branch: _Branch) -> Any:
         try:
             return step(branch)
         except Exception as exc:
-            if not capture:
-                raise
             return exc
 
     futures = [_pool.submit(run, b) for b in branches[1:]]

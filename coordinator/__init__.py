@@ -1,0 +1,43 @@
+"""The twostep coordinator: decides COMMIT or ABORT for global transactions, durably.
+
+Run it with `twostep-coordinator` (see `--help`); embed it (tests) with `CoordinatorServer`.
+The decision log's interface and rules are in `_log`, its embedded SQLite store in
+`_sqlite_log`.
+"""
+
+from ._config import ConfigError, Settings, load_settings
+from ._log import (
+    Ack,
+    Begun,
+    BranchRecord,
+    Decision,
+    DecisionLog,
+    ListQuery,
+    LogUnavailable,
+    Proposal,
+    State,
+    TransactionRecord,
+)
+from ._server import SERVICE_NAME, CoordinatorServer
+from ._sqlite_log import LOG_FILE_NAME, SqliteDecisionLog, WriterStats
+
+__all__ = [
+    "LOG_FILE_NAME",
+    "SERVICE_NAME",
+    "Ack",
+    "Begun",
+    "BranchRecord",
+    "ConfigError",
+    "CoordinatorServer",
+    "Decision",
+    "DecisionLog",
+    "ListQuery",
+    "LogUnavailable",
+    "Proposal",
+    "Settings",
+    "SqliteDecisionLog",
+    "State",
+    "TransactionRecord",
+    "WriterStats",
+    "load_settings",
+]

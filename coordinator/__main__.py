@@ -1,2 +1,73 @@
-def main() -> None:
-    raise SystemExit("not yet")
+"""`twostep-coordinator` (also `python -m twostep.coordinator`): run the coordinator.
+
+Reads the settings (`--help`), starts the server, logs one INFO line naming the listen address,
+the decision log and the cluster id, and serves until SIGTERM or SIGINT; then stops accepting,
+lets calls in flight finish and closes the log. Exit status 2: invalid settings; 1: could not
+start (address in use, unusable data directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sqlite3
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from ._config import ConfigError, load_settings
+from ._failpoints import armed
+from ._log import LogUnavailable
+from ._logfmt import configure_logging
+from ._server import CoordinatorServer
+
+log = logging.getLogger("twostep.coordinator")
+
+_SHUTDOWN_GRACE_S = 10.0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        print(f"twostep-coordinator: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_level)
+    if armed():
+        failpoints = ",".join(sorted(armed()))
+        log.warning(
+            "failpoints armed: this process kills itself at them", extra={"names": failpoints}
+        )
+
+    try:
+        server = CoordinatorServer(settings)
+    except (OSError, sqlite3.Error, LogUnavailable) as exc:
+        where = settings.data_dir.resolve()
+        log.error("cannot open the decision log", extra={"data_dir": where, "error": exc})
+        raise SystemExit(1) from None
+    stopping = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        address = server.start()
+    except OSError as exc:
+        log.error("cannot start", extra={"error": exc})
+        raise SystemExit(1) from None
+    log.info(
+        "coordinator started",
+        extra={"listen": address, "cluster": settings.cluster_id, "decision_log": server.log_path},
+    )
+    while not stopping.wait(3600):  # a timeout keeps the main thread responsive to signals
+        pass
+    log.info("coordinator stopping", extra={"grace_s": _SHUTDOWN_GRACE_S})
+    server.stop(_SHUTDOWN_GRACE_S)
+    log.info("coordinator stopped")
+
+
+if __name__ == "__main__":
+    main()

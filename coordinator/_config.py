@@ -1,0 +1,299 @@
+"""The coordinator's settings: defaults, a TOML file, environment variables, command-line flags.
+
+Precedence, highest first: flag > environment > file > default. The file is given with
+`--config FILE` (or `TWOSTEP_CONFIG`); its `[coordinator]` table holds the settings (keys as in
+`--help`, e.g. `listen = "0.0.0.0:50051"`, `max_timeout_s = 300`), and other tables are left to
+other parts (the resource registry). Unknown keys in `[coordinator]` are errors. Invalid
+values raise `ConfigError` naming the setting and where it came from; `__main__` turns that
+into a message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twostep.client._errors import InvalidIdentifier
+from twostep.client._xid import LOCAL_CLUSTER, validate_cluster_id
+
+__all__ = ["ConfigError", "Settings", "build_parser", "load_settings"]
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or out of range; the message names it and its source."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the coordinator is configured with (times in milliseconds)."""
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path("twostep-data")
+    cluster_id: str = "main"
+    default_timeout_ms: int = 30_000
+    max_timeout_ms: int = 300_000
+    max_batch: int = 1000
+    workers: int = 32
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class _Setting:
+    name: str  # the field of Settings
+    key: str  # its key in the file's [coordinator] table
+    flag: str
+    env: str
+    metavar: str
+    help: str
+    parse: Callable[[Any], Any]
+
+
+def _listen(value: Any) -> str:
+    text = _text(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT with PORT 0-65535 (0: any free port)")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError("an IPv6 host goes in brackets, e.g. [::1]:50051")
+    return text
+
+
+def _cluster(value: Any) -> str:
+    text = _text(value)
+    try:
+        validate_cluster_id(text)
+    except InvalidIdentifier as exc:
+        raise ValueError(str(exc)) from None
+    if text == LOCAL_CLUSTER:
+        raise ValueError(f"{LOCAL_CLUSTER!r} is reserved for manual two-phase commit")
+    return text
+
+
+def _seconds_as_ms(value: Any) -> int:
+    rule = "expected a number of seconds, more than 0 and at most 86400"
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(rule) from None
+    if isinstance(value, bool) or not math.isfinite(seconds) or not 0 < seconds <= 86_400:
+        raise ValueError(rule)
+    return max(1, round(seconds * 1000))
+
+
+def _bounded_int(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        rule = f"expected a whole number from {low} to {high}"
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(rule)
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(rule) from None
+        if not low <= number <= high:
+            raise ValueError(rule)
+        return number
+
+    return parse
+
+
+def _log_level(value: Any) -> str:
+    level = _text(value).upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string")
+    return value.strip()
+
+
+def _path(value: Any) -> Path:
+    return Path(_text(value))
+
+
+_SETTINGS = (
+    _Setting(
+        name="listen",
+        key="listen",
+        flag="--listen",
+        env="TWOSTEP_LISTEN",
+        metavar="HOST:PORT",
+        help="address the gRPC server listens on; port 0 picks a free port (the start line "
+        "names the one bound)",
+        parse=_listen,
+    ),
+    _Setting(
+        name="data_dir",
+        key="data_dir",
+        flag="--data-dir",
+        env="TWOSTEP_DATA_DIR",
+        metavar="DIR",
+        help="directory of the decision log (decisions.sqlite3), created if missing",
+        parse=_path,
+    ),
+    _Setting(
+        name="cluster_id",
+        key="cluster_id",
+        flag="--cluster-id",
+        env="TWOSTEP_CLUSTER_ID",
+        metavar="ID",
+        help="this coordinator cluster's id, written into every gtrid: 1-16 of a-z, 0-9, '-'; "
+        "keep it stable, gtrids of another cluster id are refused",
+        parse=_cluster,
+    ),
+    _Setting(
+        name="default_timeout_ms",
+        key="default_timeout_s",
+        flag="--default-timeout",
+        env="TWOSTEP_DEFAULT_TIMEOUT",
+        metavar="SECONDS",
+        help="lifetime of a transaction whose Begin asks for none",
+        parse=_seconds_as_ms,
+    ),
+    _Setting(
+        name="max_timeout_ms",
+        key="max_timeout_s",
+        flag="--max-timeout",
+        env="TWOSTEP_MAX_TIMEOUT",
+        metavar="SECONDS",
+        help="longest lifetime a Begin may ask for; longer requests are cut to it (deadlines "
+        "are always computed by the coordinator's clock)",
+        parse=_seconds_as_ms,
+    ),
+    _Setting(
+        name="max_batch",
+        key="max_batch",
+        flag="--max-batch",
+        env="TWOSTEP_MAX_BATCH",
+        metavar="N",
+        help="group commit: most items the decision log writes in one transaction (one fsync)",
+        parse=_bounded_int(1, 100_000),
+    ),
+    _Setting(
+        name="workers",
+        key="workers",
+        flag="--workers",
+        env="TWOSTEP_WORKERS",
+        metavar="N",
+        help="gRPC worker threads, i.e. calls served at once (a Commit holds one until its "
+        "decision is on disk)",
+        parse=_bounded_int(1, 1024),
+    ),
+    _Setting(
+        name="log_level",
+        key="log_level",
+        flag="--log-level",
+        env="TWOSTEP_LOG_LEVEL",
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (logs are key=value lines on stderr)",
+        parse=_log_level,
+    ),
+)
+
+_DISPLAY_DEFAULTS = {
+    "default_timeout_ms": "30",
+    "max_timeout_ms": "300",
+    "data_dir": "./twostep-data",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="twostep-coordinator",
+        description=(
+            "The twostep coordinator: decides COMMIT or ABORT for global transactions across "
+            "PostgreSQL and MySQL/MariaDB and keeps each decision in a durable log. "
+            "Each setting is also read from the environment variable named in its help and "
+            "from the [coordinator] table of the --config file; a flag beats the environment, "
+            "which beats the file, which beats the default."
+        ),
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file whose [coordinator] table holds any of the settings below under their "
+        "file keys [env TWOSTEP_CONFIG]",
+    )
+    for setting in _SETTINGS:
+        default = _DISPLAY_DEFAULTS.get(setting.name, getattr(defaults, setting.name))
+        parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            metavar=setting.metavar,
+            help=f"{setting.help} [file key {setting.key}; env {setting.env}; default {default}]",
+        )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from flags, environment and file; `ConfigError` if any value is invalid.
+
+    A malformed command line exits with status 2 through argparse, like any CLI.
+    """
+    environ = os.environ if environ is None else environ
+    flags = vars(build_parser().parse_args(argv))
+    raw: dict[str, tuple[Any, str]] = {}  # setting -> (value, where it came from)
+
+    config_file = flags.pop("config", None) or environ.get("TWOSTEP_CONFIG")
+    if config_file:
+        table = _read_file(Path(config_file))
+        for setting in _SETTINGS:
+            if setting.key in table:
+                source = f"{config_file} [coordinator] {setting.key}"
+                raw[setting.name] = (table[setting.key], source)
+    for setting in _SETTINGS:
+        if setting.env in environ:
+            raw[setting.name] = (environ[setting.env], f"environment {setting.env}")
+    for setting in _SETTINGS:
+        if setting.name in flags:
+            raw[setting.name] = (flags[setting.name], f"flag {setting.flag}")
+
+    values: dict[str, Any] = {}
+    for setting in _SETTINGS:
+        if setting.name not in raw:
+            continue
+        value, source = raw[setting.name]
+        try:
+            values[setting.name] = setting.parse(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source} = {value!r}: {exc}") from None
+    settings = Settings(**values)
+    if settings.default_timeout_ms > settings.max_timeout_ms:
+        raise ConfigError(
+            f"default timeout ({settings.default_timeout_ms / 1000:g} s) is longer than the "
+            f"max timeout ({settings.max_timeout_ms / 1000:g} s)"
+        )
+    return settings
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    table = document.get("coordinator", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: 'coordinator' must be a table")
+    known = {setting.key for setting in _SETTINGS}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting(s) in [coordinator]: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    return table

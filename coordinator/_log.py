@@ -1,0 +1,195 @@
+"""The decision log: one small interface, plain records, and the rules every store applies.
+
+A store keeps one row per gtrid and applies these rules inside its own write transaction, so
+that they hold for several writers sharing one log too: the first decision wins through the
+unique key on gtrid (a conditional update of an active row, or an insert that does nothing on
+conflict, then a read-back of the row), never through a lock in memory (DESIGN.md invariant 1).
+
+Begin (`record_begun`)
+    Inserts active rows. Not durable when the call returns (presumed abort, see below).
+Commit (`decide`, a `Proposal` with commit=True)
+    active and now < deadline: COMMITTED (the branches are stored). active past the deadline:
+    ABORTED "deadline passed". Unknown gtrid: an aborted row is inserted ("unknown
+    transaction") and the answer is ABORTED. Already decided: that decision, unchanged (a
+    duplicate Commit of a committed gtrid gets COMMITTED again).
+Abort (`decide`, commit=False)
+    active or unknown: ABORTED with the caller's reason; already committed: COMMITTED, the
+    decision in force.
+Ack (`record_acks`)
+    Marks a decided transaction completed (phase 2 finished). With one_phase_commit an active
+    transaction becomes COMMITTED ("one-phase commit by the client"): the client committed its
+    only branch itself and never asked. An unknown gtrid is ignored. Not durable on return.
+
+`decide` returns only after the batch holding the decisions is on disk (fsync), for Abort as
+well as Commit: a caller told ABORTED may roll prepared branches back, so that answer must
+survive a crash just like COMMITTED (an ABORT lost in a crash would leave the row active and
+decidable, and a later Commit would then get COMMITTED for rolled-back branches).
+
+What a crash leaves behind (presumed abort)
+    After a restart a transaction is exactly what its row says; nothing else is remembered.
+    - Its Begin reached disk, no decision did: the row is active and stays decidable until its
+      deadline, as if the coordinator had never stopped. Nobody was told anything about it but
+      its gtrid and deadline, so either outcome is still free to choose: a Commit before the
+      deadline gets COMMITTED, after it ABORTED ("deadline passed").
+    - Its Begin was lost (the reply can leave before the row is durable): the gtrid is unknown,
+      and a Commit gets ABORTED ("unknown transaction") at once, even before its deadline.
+    - A Commit or Abort whose batch was lost was never answered (answers wait for the fsync),
+      so it is as if it had never been sent; the client asks again and gets one of the above.
+    Which of the first two happens to a transaction in flight at the crash is luck; both are
+    correct, because neither can produce a COMMITTED past the deadline or contradict an answer
+    already given, and a client cannot tell either from an ordinary ABORTED. Recovery judges an
+    orphaned prepared branch by the deadline inside its gtrid, which is never earlier than the
+    row's (the gtrid carries the deadline rounded up to whole seconds).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "Ack",
+    "Begun",
+    "BranchRecord",
+    "Decision",
+    "DecisionLog",
+    "ListQuery",
+    "LogUnavailable",
+    "Proposal",
+    "State",
+    "TransactionRecord",
+]
+
+
+class State(enum.StrEnum):
+    """A transaction's state as the log stores it."""
+
+    ACTIVE = "active"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+# Reasons the log itself writes (the client's own Abort reasons are stored as given).
+DEADLINE_PASSED = "deadline passed"
+UNKNOWN_TRANSACTION = "unknown transaction"
+ONE_PHASE_COMMIT = "one-phase commit by the client"
+ABORTED_BY_CLIENT = "aborted by the client"
+
+
+class LogUnavailable(Exception):
+    """The log could not record or confirm a request (closed, or its write failed).
+
+    For a Commit this means "ask again": the decision may or may not have been taken.
+    """
+
+
+@dataclass(frozen=True)
+class BranchRecord:
+    """One prepared database branch of a transaction (the wire's `Branch`)."""
+
+    resource: str
+    bqual: str
+    dialect: str
+    session_id: int = 0
+
+
+@dataclass(frozen=True)
+class Begun:
+    """A transaction handed out by Begin; times are unix epoch milliseconds."""
+
+    gtrid: str
+    begun_ms: int
+    deadline_ms: int
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A request for a decision: Commit (commit=True) or Abort (with the client's reason).
+
+    `fallback_deadline_ms` is the deadline written into the gtrid itself; the log stores it
+    when it first hears of the gtrid here (unknown transaction), for recovery to judge by.
+    """
+
+    gtrid: str
+    commit: bool
+    branches: tuple[BranchRecord, ...] = ()
+    reason: str = ""
+    fallback_deadline_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The decision in force for a gtrid after a `Proposal`: never ACTIVE."""
+
+    gtrid: str
+    state: State
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The client finished phase 2 (or, one_phase_commit, committed its only branch itself)."""
+
+    gtrid: str
+    one_phase_commit: bool = False
+
+
+@dataclass(frozen=True)
+class TransactionRecord:
+    """Everything the log knows about one gtrid; times are unix epoch milliseconds."""
+
+    gtrid: str
+    state: State
+    begun_ms: int
+    deadline_ms: int
+    decided_ms: int | None
+    reason: str
+    branches: tuple[BranchRecord, ...]
+    completed_ms: int | None
+
+    @property
+    def completed(self) -> bool:
+        return self.completed_ms is not None
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """Filters of `DecisionLog.list_transactions`; the result is oldest first (by begin time)."""
+
+    states: frozenset[State] = frozenset()  # empty: every state
+    begun_before_ms: int | None = None  # only transactions begun before this time
+    incomplete_only: bool = False  # only those whose phase 2 is not acknowledged
+    limit: int = 1000
+
+
+class DecisionLog(Protocol):
+    """Where the coordinator's decisions live. Every method is safe to call from any thread."""
+
+    def record_begun(self, begun: Sequence[Begun]) -> None:
+        """Queue active rows; returns before they are durable (presumed abort)."""
+
+    def decide(self, proposals: Sequence[Proposal]) -> list[Decision]:
+        """Apply the rules above; returns the decisions in force, in order, once durable.
+
+        Raises `LogUnavailable` when that cannot be confirmed (for a Commit: ask again).
+        """
+        ...
+
+    def record_acks(self, acks: Sequence[Ack]) -> None:
+        """Queue acknowledgements; returns before they are durable."""
+
+    def get(self, gtrid: str) -> TransactionRecord | None:
+        """The row of `gtrid` as last made durable, or None when the log has none."""
+        ...
+
+    def list_transactions(self, query: ListQuery) -> list[TransactionRecord]:
+        """Rows matching `query`, oldest first, at most `query.limit`."""
+        ...
+
+    def flush(self) -> None:
+        """Return once everything queued before the call is durable (or failed)."""
+
+    def close(self) -> None:
+        """Write what is queued, then release the store; later calls raise `LogUnavailable`."""

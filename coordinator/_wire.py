@@ -1,0 +1,227 @@
+"""The wire contract's messages, checked field by field and turned into the log's records.
+
+Every request is validated whole before anything is recorded: the first bad field raises
+`BadRequest` whose message names the field (`transactions[2].branches[0].resource`) and why;
+the servicer answers INVALID_ARGUMENT with it. Identifiers are checked by the one xid codec
+(`twostep.client._xid`), never by a second copy of its rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from twostep.client._errors import InvalidIdentifier
+from twostep.client._xid import GtridInfo, parse_gtrid, validate_resource_name
+from twostep.v1 import coordinator_pb2 as _pb
+
+from ._log import (
+    Ack,
+    BranchRecord,
+    Decision,
+    ListQuery,
+    Proposal,
+    State,
+    TransactionRecord,
+)
+
+__all__ = [
+    "DIALECTS",
+    "MAX_BEGIN_COUNT",
+    "MAX_BRANCHES",
+    "MAX_ITEMS",
+    "MAX_LIST_LIMIT",
+    "MAX_REASON_CHARS",
+    "BadRequest",
+    "abort_proposals",
+    "acks",
+    "begin_count",
+    "commit_proposals",
+    "decision_to_pb",
+    "gtrid_of",
+    "list_query",
+    "transaction_to_pb",
+]
+
+MAX_ITEMS = 1000  # transactions in one Commit, Abort or Ack
+MAX_BEGIN_COUNT = 1000  # gtrids handed out by one Begin
+MAX_BRANCHES = 64  # branches of one transaction
+MAX_REASON_CHARS = 1000
+MAX_LIST_LIMIT = 1000  # also ListTransactions' default
+DIALECTS = frozenset({"postgresql", "mysql"})
+
+_STATES_TO_PB = {
+    State.ACTIVE: _pb.TRANSACTION_STATE_ACTIVE,
+    State.COMMITTED: _pb.TRANSACTION_STATE_COMMITTED,
+    State.ABORTED: _pb.TRANSACTION_STATE_ABORTED,
+}
+_STATES_FROM_PB = {number: state for state, number in _STATES_TO_PB.items()}
+
+
+class BadRequest(ValueError):
+    """A request field is invalid; the message says which and why. Nothing was recorded."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    """The path of the field being checked, for messages."""
+
+    path: str
+
+    def __getitem__(self, index: int) -> _Field:
+        return _Field(f"{self.path}[{index}]")
+
+    def __truediv__(self, name: str) -> _Field:
+        return _Field(f"{self.path}.{name}" if self.path else name)
+
+    def bad(self, why: str) -> BadRequest:
+        return BadRequest(f"{self.path}: {why}")
+
+
+_ROOT = _Field("")
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+def begin_count(request: _pb.BeginRequest) -> int:
+    """How many gtrids to hand out (the timeout is clamped, never refused)."""
+    count = request.count or 1
+    if count > MAX_BEGIN_COUNT:
+        raise (_ROOT / "count").bad(f"{count} is more than {MAX_BEGIN_COUNT}")
+    return count
+
+
+def gtrid_of(value: str, cluster: str, at: _Field = _ROOT / "gtrid") -> GtridInfo:
+    """A gtrid of this coordinator's cluster, or `BadRequest`."""
+    try:
+        info = parse_gtrid(value)
+    except InvalidIdentifier as exc:
+        raise at.bad(str(exc)) from None
+    if info.cluster != cluster:
+        raise at.bad(f"belongs to coordinator cluster {info.cluster!r}, this one is {cluster!r}")
+    return info
+
+
+def commit_proposals(request: _pb.CommitRequest, cluster: str) -> list[Proposal]:
+    proposals = []
+    for at, item, info in _items(request.transactions, cluster):
+        if not item.branches:
+            raise (at / "branches").bad("Commit needs at least one prepared branch")
+        branches = _branches(item.branches, at / "branches")
+        proposals.append(Proposal(info.gtrid, True, branches, "", info.deadline_unix_s * 1000))
+    return proposals
+
+
+def abort_proposals(request: _pb.AbortRequest, cluster: str) -> list[Proposal]:
+    proposals = []
+    for at, item, info in _items(request.transactions, cluster):
+        if len(item.reason) > MAX_REASON_CHARS:
+            raise (at / "reason").bad(f"longer than {MAX_REASON_CHARS} characters")
+        branches = _branches(item.branches, at / "branches")
+        deadline_ms = info.deadline_unix_s * 1000
+        proposals.append(Proposal(info.gtrid, False, branches, item.reason, deadline_ms))
+    return proposals
+
+
+def acks(request: _pb.AckRequest, cluster: str) -> list[Ack]:
+    return [
+        Ack(info.gtrid, item.one_phase_commit)
+        for _, item, info in _items(request.transactions, cluster)
+    ]
+
+
+def list_query(request: _pb.ListTransactionsRequest, now_ms: int) -> ListQuery:
+    states = set()
+    for i, number in enumerate(request.states):
+        state = _STATES_FROM_PB.get(number)
+        if state is None:
+            raise (_ROOT / "states")[i].bad(f"{number} is not a transaction state")
+        states.add(state)
+    limit = request.limit or MAX_LIST_LIMIT
+    if limit > MAX_LIST_LIMIT:
+        raise (_ROOT / "limit").bad(f"{limit} is more than {MAX_LIST_LIMIT}")
+    older = request.older_than_s
+    return ListQuery(
+        states=frozenset(states),
+        begun_before_ms=now_ms - older * 1000 if older else None,
+        incomplete_only=request.incomplete_only,
+        limit=limit,
+    )
+
+
+def _items(items: Sequence, cluster: str) -> Iterable[tuple[_Field, object, GtridInfo]]:
+    """(path, item, parsed gtrid) of each item of a batch, checked for count and duplicates."""
+    where = _ROOT / "transactions"
+    if not items:
+        raise where.bad("empty: name at least one transaction")
+    if len(items) > MAX_ITEMS:
+        raise where.bad(f"{len(items)} transactions, at most {MAX_ITEMS} in one call")
+    checked, seen = [], {}
+    for i, item in enumerate(items):
+        at = where[i]
+        info = gtrid_of(item.gtrid, cluster, at / "gtrid")
+        if info.gtrid in seen:
+            raise (at / "gtrid").bad(f"the same gtrid as transactions[{seen[info.gtrid]}]")
+        seen[info.gtrid] = i
+        checked.append((at, item, info))
+    return checked
+
+
+def _branches(branches: Sequence[_pb.Branch], where: _Field) -> tuple[BranchRecord, ...]:
+    if len(branches) > MAX_BRANCHES:
+        raise where.bad(f"{len(branches)} branches, at most {MAX_BRANCHES}")
+    records: list[BranchRecord] = []
+    resources: dict[str, int] = {}
+    bquals: dict[str, int] = {}
+    for i, branch in enumerate(branches):
+        at = where[i]
+        for name, value in (("resource", branch.resource), ("bqual", branch.bqual)):
+            try:
+                validate_resource_name(value)
+            except InvalidIdentifier as exc:
+                raise (at / name).bad(str(exc)) from None
+        if branch.dialect not in DIALECTS:
+            raise (at / "dialect").bad(
+                f"{branch.dialect!r:.40} is not one of {', '.join(sorted(DIALECTS))}"
+            )
+        if branch.resource in resources:
+            raise (at / "resource").bad(
+                f"{branch.resource!r} is already branches[{resources[branch.resource]}]"
+            )
+        if branch.bqual in bquals:
+            raise (at / "bqual").bad(
+                f"{branch.bqual!r} is already the bqual of branches[{bquals[branch.bqual]}]"
+            )
+        resources[branch.resource] = bquals[branch.bqual] = i
+        records.append(
+            BranchRecord(branch.resource, branch.bqual, branch.dialect, branch.session_id)
+        )
+    return tuple(records)
+
+
+# -- replies -----------------------------------------------------------------------------------
+
+
+def decision_to_pb(decision: Decision) -> _pb.Decision:
+    return _pb.Decision(
+        gtrid=decision.gtrid, state=_STATES_TO_PB[decision.state], reason=decision.reason
+    )
+
+
+def transaction_to_pb(record: TransactionRecord) -> _pb.Transaction:
+    return _pb.Transaction(
+        gtrid=record.gtrid,
+        state=_STATES_TO_PB[record.state],
+        begun_unix_ms=record.begun_ms,
+        deadline_unix_ms=record.deadline_ms,
+        decided_unix_ms=record.decided_ms or 0,
+        reason=record.reason,
+        branches=[
+            _pb.Branch(
+                resource=b.resource, bqual=b.bqual, dialect=b.dialect, session_id=b.session_id
+            )
+            for b in record.branches
+        ],
+        completed=record.completed,
+    )

@@ -1,0 +1,348 @@
+"""A coordinator in its own process, for tests that kill it, restart it, or arm failpoints.
+
+    proc = CoordinatorProcess(tmp_path / "coord", failpoints="coordinator.after_decision_fsync")
+    proc.start()                     # waits for the start line; picks a free port
+    channel = grpc.insecure_channel(proc.address)
+    proc.wait_exit(10)               # e.g. after a failpoint killed it
+    proc.restart(failpoints="")      # same data dir and port: the channel reconnects by itself
+    proc.get(gtrid).state_name       # "COMMITTED" (a quick look through the process's own channel)
+
+Fixtures (register with `pytest_plugins = ["coordinator_process"]` in conftest.py, or build
+your own with `coordinator_processes(tmp_path)`): `coordinator_factory` makes processes,
+`coordinator` is one started process. Every process made through them is stopped at teardown,
+even when the test fails, and `atexit` kills any still alive when the test run ends.
+The process's stderr (logfmt lines) is kept in `output`, for failure messages.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from twostep.v1 import coordinator_pb2 as _pb
+from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
+
+__all__ = [
+    "CoordinatorProcess",
+    "TransactionView",
+    "coordinator",
+    "coordinator_factory",
+    "coordinator_processes",
+]
+
+_START_LINE = re.compile(r'msg="coordinator started" .*\blisten=(?P<listen>\S+)')
+_LOG_PATH = re.compile(r'\bdecision_log=(?P<path>"(?:[^"\\]|\\.)*"|\S+)')
+_FAILPOINTS = "TWOSTEP_FAILPOINTS"
+
+# Every process started here, for the atexit safety net (a test that forgot to stop one).
+_live: weakref.WeakSet[CoordinatorProcess] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class TransactionView:
+    """GetTransaction's answer, with the state as a plain name ("ACTIVE", "COMMITTED", ...)."""
+
+    gtrid: str
+    state_name: str
+    reason: str
+    completed: bool
+    deadline_unix_ms: int
+    resources: tuple[str, ...]
+    message: _pb.Transaction
+
+
+class CoordinatorProcess:
+    """`python -m twostep.coordinator` on a data dir, started and stopped by a test."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        failpoints: str | None = None,
+        args: Sequence[str] = (),
+        start_timeout: float = 20.0,
+    ):
+        self.data_dir = Path(data_dir)
+        #: TWOSTEP_* variables of the process (settings, failpoints). The test run's own
+        #: TWOSTEP_* variables are not inherited, so a stray one cannot change a test.
+        self.env: dict[str, str] = dict(env or {})
+        if failpoints is not None:
+            self.env[_FAILPOINTS] = failpoints
+        self.args = list(args)  # extra command-line flags
+        self.start_timeout = start_timeout
+        self.port: int | None = None  # chosen at the first start, kept by restarts
+        self.start_line = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lines: list[str] = []
+        self._lines_lock = threading.Lock()  # guards _lines (appended by the reader threads)
+        self._started = threading.Event()
+        self._channel: grpc.Channel | None = None  # for get() / wait_for(), made on first use
+
+    # -- what a test reads -----------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The `127.0.0.1:PORT` of the running (or last running) process."""
+        if self.port is None:
+            raise RuntimeError("the coordinator has not been started")
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The decision log file, as the start line names it."""
+        match = _LOG_PATH.search(self.start_line)
+        if match is None:
+            raise RuntimeError(f"no decision_log= in the start line {self.start_line!r}")
+        value = match["path"]
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        return Path(value)
+
+    @property
+    def output(self) -> str:
+        """Everything this process (and its earlier runs) wrote to stderr."""
+        with self._lines_lock:
+            return "".join(self._lines)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def get(self, gtrid: str, timeout: float = 10.0) -> TransactionView | None:
+        """GetTransaction (waiting for the process to be reachable); None when NOT_FOUND."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.address)
+        stub = _pb_grpc.CoordinatorStub(self._channel)
+        request = _pb.GetTransactionRequest(gtrid=gtrid)
+        try:
+            t = stub.GetTransaction(request, timeout=timeout, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        name = _pb.TransactionState.Name(t.state).removeprefix("TRANSACTION_STATE_")
+        resources = tuple(b.resource for b in t.branches)
+        return TransactionView(
+            t.gtrid, name, t.reason, t.completed, t.deadline_unix_ms, resources, t
+        )
+
+    def wait_for(
+        self,
+        gtrid: str,
+        predicate: Callable[[TransactionView], bool],
+        timeout: float = 10.0,
+    ) -> TransactionView:
+        """Poll `get` until the transaction exists and `predicate` holds; `TimeoutError` if not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.get(gtrid, timeout=max(0.1, deadline - time.monotonic()))
+            if view is not None and predicate(view):
+                return view
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{gtrid}: still {view} after {timeout} s")
+            time.sleep(0.02)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> CoordinatorProcess:
+        """Start and wait for the start line; the first start picks a free port."""
+        if self.is_running():
+            raise RuntimeError("the coordinator is already running")
+        listen = f"127.0.0.1:{self.port or 0}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TWOSTEP_")}
+        env.update(self.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        command = [sys.executable, "-m", "twostep.coordinator", "--listen", listen]
+        command += ["--data-dir", str(self.data_dir), *self.args]
+        self._started.clear()
+        proc = self._proc = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        _live.add(self)
+        threading.Thread(
+            target=self._read_stderr, args=(proc,), name="coordinator-stderr", daemon=True
+        ).start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self._started.wait(0.05):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                code = proc.poll()
+                self._terminate()
+                state = f"exited with {code}" if code is not None else "did not start in time"
+                raise RuntimeError(f"coordinator {state}; its stderr:\n{self.output}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL and reap: nothing is flushed, exactly like a crash."""
+        if self.is_running():
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGKILL)
+        self._reap(10.0)
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting (see `wait_exit`); `stop` does both."""
+        if self.is_running():
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM (graceful shutdown) and wait; the exit code. SIGKILL if it hangs."""
+        if self._proc is None:
+            raise RuntimeError("the coordinator has not been started")
+        self.terminate()
+        try:
+            return self.wait_exit(timeout)
+        except TimeoutError:
+            self.kill()
+            raise
+
+    def restart(
+        self, env: Mapping[str, str] | None = None, *, failpoints: str | None = None
+    ) -> CoordinatorProcess:
+        """Kill if still running, start again on the same data dir and the same port.
+
+        `env` replaces the TWOSTEP_* variables (None keeps them); `failpoints` replaces just
+        TWOSTEP_FAILPOINTS ("" disarms them all).
+        """
+        self.kill()
+        if env is not None:
+            self.env = dict(env)
+        if failpoints is not None:
+            self.env[_FAILPOINTS] = failpoints
+        deadline = time.monotonic() + 10.0
+        while True:  # the port may take a moment to be free again after a kill
+            mark = len(self._lines)
+            try:
+                return self.start()
+            except RuntimeError:
+                with self._lines_lock:
+                    bind_failed = any("cannot start" in line for line in self._lines[mark:])
+                if not bind_failed or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def wait_exit(self, timeout: float) -> int:
+        """The exit code (negative: killed by that signal); `TimeoutError` if still running."""
+        if self._proc is None:
+            raise RuntimeError("the coordinator has not been started")
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"coordinator pid {self._proc.pid} still running") from None
+
+    def close(self) -> None:
+        """Stop the process (gracefully if it answers SIGTERM) and drop the channel."""
+        self._terminate()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def __enter__(self) -> CoordinatorProcess:
+        return self if self.is_running() else self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _terminate(self) -> None:
+        """Graceful if possible, SIGKILL if not; never raises."""
+        if not self.is_running():
+            self._reap(1.0)
+            return
+        self.terminate()
+        try:
+            self.wait_exit(10.0)
+        except TimeoutError:
+            self.kill()
+
+    def _reap(self, timeout: float) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout)
+
+    def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in iter(proc.stderr.readline, b""):
+            line = raw.decode(errors="replace")
+            with self._lines_lock:
+                self._lines.append(line)
+            match = _START_LINE.search(line)
+            if match and proc is self._proc:
+                self.port = int(match["listen"].rpartition(":")[2])
+                self.start_line = line.strip()
+                self._started.set()
+        proc.stderr.close()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_live):
+        if proc.is_running():
+            proc.kill()
+
+
+@contextlib.contextmanager
+def coordinator_processes(base_dir: Path) -> Iterator[Callable[..., CoordinatorProcess]]:
+    """A factory of started `CoordinatorProcess`es that closes all of them on exit.
+
+    `factory(data_dir=None, env=None, *, start=True, failpoints=None, args=(), ...)`; the
+    default data dir is a fresh directory under `base_dir`.
+    """
+    made: list[CoordinatorProcess] = []
+
+    def factory(
+        data_dir: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        start: bool = True,
+        **kwargs: object,
+    ) -> CoordinatorProcess:
+        where = data_dir or base_dir / f"coordinator-{len(made)}"
+        proc = CoordinatorProcess(where, env, **kwargs)  # type: ignore[arg-type]
+        made.append(proc)
+        return proc.start() if start else proc
+
+    try:
+        yield factory
+    finally:
+        for proc in made:
+            proc.close()
+
+
+@pytest.fixture
+def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., CoordinatorProcess]]:
+    """Starts coordinator processes; all are stopped at teardown, even if the test fails.
+
+    `coordinator_factory(failpoints="coordinator.after_decision_fsync")` (see
+    `coordinator_processes` for the arguments).
+    """
+    with coordinator_processes(tmp_path) as factory:
+        yield factory
+
+
+@pytest.fixture
+def coordinator(coordinator_factory: Callable[..., CoordinatorProcess]) -> CoordinatorProcess:
+    """One started coordinator process on a fresh data dir."""
+    return coordinator_factory()
