@@ -12,7 +12,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
-PROTO_FILES = ["twostep/v1/coordinator.proto"]
+PROTO_FILES = ["twostep/v1/coordinator.proto", "twostep/v1/admin.proto"]
 
 
 def generate(out_dir: Path) -> None:

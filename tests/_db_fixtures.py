@@ -10,6 +10,8 @@ Loaded from tests/conftest.py with `pytest_plugins = ["_db_fixtures"]`.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -22,12 +24,17 @@ from throwaway_dbs import MariaDBServer, PostgresServer
 ServerT = TypeVar("ServerT", PostgresServer, MariaDBServer)
 
 
-def _session_server(server: ServerT) -> Iterator[ServerT]:
+def _session_server(kind: type[ServerT]) -> Iterator[ServerT]:
+    # Not under pytest's basetemp: another pytest session starting meanwhile resets the
+    # permissions of /tmp/pytest-of-<user>, and the servers run as their own OS users.
+    base = Path(tempfile.mkdtemp(prefix=f"twostep-{kind.__name__.lower()}-"))
+    server = kind(base)
     try:
         server.start()
         yield server
     finally:
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _running(server: ServerT) -> ServerT:
@@ -58,13 +65,13 @@ def _drop(server: PostgresServer | MariaDBServer, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    yield from _session_server(PostgresServer(Path(tmp_path_factory.mktemp("pg"))))
+def pg_server() -> Iterator[PostgresServer]:
+    yield from _session_server(PostgresServer)
 
 
 @pytest.fixture(scope="session")
-def maria_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
-    yield from _session_server(MariaDBServer(Path(tmp_path_factory.mktemp("maria"))))
+def maria_server() -> Iterator[MariaDBServer]:
+    yield from _session_server(MariaDBServer)
 
 
 @pytest.fixture

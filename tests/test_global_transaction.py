@@ -218,13 +218,12 @@ def test_sqlite_model_inside_the_block_is_refused_by_name_and_not_written(shop, 
 
 
 def test_raw_execute_inside_the_block_runs_on_the_branch(shop, coordinator):
-    with pytest.raises(RuntimeError):
-        with global_transaction(coordinator=coordinator.address):
-            get_connection("orders").execute("INSERT INTO orders (id, total) VALUES (?, ?)", (1, 5))
-            get_connection("billing").execute(
-                "INSERT INTO invoices (order_id, amount) VALUES (?, ?)", (1, 5)
-            )
-            raise RuntimeError("abort")
+    with pytest.raises(RuntimeError), global_transaction(coordinator=coordinator.address):
+        get_connection("orders").execute("INSERT INTO orders (id, total) VALUES (?, ?)", (1, 5))
+        get_connection("billing").execute(
+            "INSERT INTO invoices (order_id, amount) VALUES (?, ?)", (1, 5)
+        )
+        raise RuntimeError("abort")
     assert counts() == (0, 0)
 
 

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import gen_protos
 
-GENERATED = ["coordinator_pb2.py", "coordinator_pb2.pyi", "coordinator_pb2_grpc.py"]
+GENERATED = [
+    f"{stem}{suffix}"
+    for stem in ("coordinator", "admin")
+    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+]
 
 
 def test_committed_generated_code_matches_the_proto(tmp_path: Path):

@@ -1,0 +1,359 @@
+"""Named connections: their settings, a small pool of driver sessions, and where SQL runs.
+
+    ConnectionManager.configure("orders", {"driver": "postgresql", "host": "127.0.0.1",
+                                           "database": "shop", "username": "app",
+                                           "password": "..."})
+    get_connection("orders").execute("SELECT total FROM orders WHERE id = ?", (1,))
+
+Config fields: `driver` (postgresql/postgres, mysql/mariadb, sqlite); `host`, `database`,
+`username` (required, only `database` for SQLite: a file path or ":memory:"); `port` (default
+5432 / 3306); `password` (default empty); `connect_timeout` (seconds, default 10; SQLite's
+busy timeout); `options` (extra keyword arguments for the driver's connect); `pool_size` (idle
+sessions kept, default 8). A connection's name is also its resource name at the coordinator
+and its branches' qualifier, so it follows `validate_resource_name`.
+
+Every pooled session is in driver-level autocommit with no transaction open. Transactions are
+begun explicitly by whoever needs one (BEGIN, XA START), and a session goes back to the pool
+only when it is idle again; otherwise it is closed, which ends whatever it still held.
+
+Where a statement runs is decided in one place, `Connection.run()`: inside `Transaction(conn)`
+or `global_transaction()` on the session the active scope hands out (the connection's branch;
+never committed here), otherwise on a pooled session, committed at once by autocommit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from ._dialects import (
+    DRIVER_NAMES,
+    ConnectionSettings,
+    Dialect,
+    StatementResult,
+    TableInfo,
+    dialect_for_driver,
+)
+from ._errors import ConfigurationError, DatabaseError, translate_driver_errors
+from ._scope import current_scope
+from ._xid import validate_resource_name
+
+__all__ = ["Connection", "ConnectionManager", "get_connection"]
+
+_FIELDS = (
+    "driver",
+    "host",
+    "port",
+    "database",
+    "username",
+    "password",
+    "connect_timeout",
+    "options",
+    "pool_size",
+)
+#: A pooled session idle for longer than this is pinged before reuse: a server restart or an
+#: idle timeout would otherwise fail the caller's first statement.
+_PING_AFTER_S = 1.0
+
+
+class Connection:
+    """A named database: its dialect, its settings and a pool of driver sessions."""
+
+    def __init__(self, name: str, settings: ConnectionSettings, dialect: Dialect):
+        self.name = name
+        self.dialect = dialect
+        self.settings = settings
+        # Guards _idle and _retired. Never held while talking to a database.
+        self._lock = threading.Lock()
+        self._idle: list[tuple[Any, float]] = []  # (session, monotonic time it was released)
+        self._retired = False
+        self._tables: dict[str, TableInfo] = {}
+        # An in-memory SQLite database lives as long as one session is open: this one.
+        self._anchor = self.connect() if dialect.needs_anchor(settings) else None
+
+    @classmethod
+    def from_config(cls, name: str, config: Mapping[str, Any]) -> Connection:
+        """A validated connection that is not registered (`ConnectionManager.configure`
+        registers one); for code with its own registry, like the coordinator's resources."""
+        validate_resource_name(name)
+        dialect, settings = _parse_config(name, config)
+        return cls(name, settings, dialect)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        if not self.dialect.has_server:
+            where = s.database
+        else:
+            where = f"{s.username}@{s.host}:{s.port or self.dialect.default_port}/{s.database}"
+        return f"<Connection {self.name!r} {self.dialect.name} {where}>"
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """A new driver session, not pooled: autocommit, no transaction open."""
+        try:
+            with translate_driver_errors(self.name):
+                return self.dialect.connect(self.settings)
+        except Exception as exc:
+            secret = self.settings.password
+            if secret and _mentions(exc, secret):
+                # Never observed, but a driver that echoes its connection string must not
+                # carry the password into logs: drop the driver's exception, keep the rest.
+                message = str(exc).replace(secret, "***")
+                raise DatabaseError(
+                    message, connection=self.name, code=getattr(exc, "code", None)
+                ) from None
+            raise
+
+    def acquire(self) -> Any:
+        """An idle session from the pool, or a new one. Give it back with `release()`."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                session, released_at = self._idle.pop()  # the most recently used: warm
+            if self._still_usable(session, released_at):
+                return session
+            self.dialect.close(session)
+        return self.connect()
+
+    def _still_usable(self, session: Any, released_at: float) -> bool:
+        if not self.dialect.is_idle(session):
+            return False
+        if time.monotonic() - released_at < _PING_AFTER_S:
+            return True
+        try:
+            self.dialect.ping(session)
+        except Exception:
+            return False
+        return True
+
+    def release(self, session: Any, *, discard: bool = False) -> None:
+        """Return a session to the pool; closed instead if `discard`, if it is not idle (open
+        transaction, broken, autocommit turned off), if the pool is full, or if this connection
+        was reconfigured meanwhile."""
+        if not discard and self.dialect.is_idle(session):
+            with self._lock:
+                if not self._retired and len(self._idle) < self.settings.pool_size:
+                    self._idle.append((session, time.monotonic()))
+                    return
+        self.dialect.close(session)
+
+    def close_idle(self) -> None:
+        """Close every idle pooled session; sessions in use are closed when released."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for session, _ in idle:
+            self.dialect.close(session)
+
+    def _retire(self) -> None:
+        """This connection was replaced: keep nothing pooled from now on."""
+        with self._lock:
+            self._retired = True
+        self.close_idle()
+        if self._anchor is not None:
+            self.dialect.close(self._anchor)
+
+    # -- statements ----------------------------------------------------------------------------
+
+    def run(
+        self, sql: str, params: Sequence[Any] = (), *, origin: str | None = None
+    ) -> StatementResult:
+        """Run one `?`-placeholder statement where it belongs: on the active transaction's
+        session for this connection (not committed here), else on a pooled session in
+        autocommit. `origin` names the model class that issues it, for error messages."""
+        scope = current_scope()
+        if scope is not None:
+            session = scope.session_for(self, origin)
+            return self.dialect.run(session, sql, params, connection=self.name)
+        session = self.acquire()
+        try:
+            return self.dialect.run(session, sql, params, connection=self.name)
+        finally:
+            self.release(session)  # closed instead if the statement left it non-idle
+
+    def execute(
+        self, sql: str, params: Sequence[Any] = (), *, origin: str | None = None
+    ) -> list[tuple[Any, ...]] | int:
+        """Run raw SQL with `?` placeholders: the rows if it returns rows, else the row count.
+
+        Inside `global_transaction()` or `Transaction(...)` it runs on this connection's
+        branch, exactly like a model's statements.
+        """
+        return self.run(sql, params, origin=origin).output
+
+    def table(self, name: str) -> TableInfo:
+        """Columns and primary key of a table, read once per connection and table name.
+
+        Read on a pooled session of its own, outside any transaction (it only reads).
+        """
+        info = self._tables.get(name)
+        if info is None:
+            session = self.acquire()
+            try:
+                info = self.dialect.describe(session, name, connection=self.name)
+            finally:
+                self.release(session)
+            if info is None:
+                raise ConfigurationError(
+                    f"table {name!r} does not exist on connection {self.name!r} ({self!r})"
+                )
+            self._tables[name] = info
+        return info
+
+    def forget_tables(self) -> None:
+        """Read table definitions again on next use (after a migration changed them)."""
+        self._tables.clear()
+
+
+class ConnectionManager:
+    """The process-wide registry of named connections."""
+
+    # Guards _connections. A connection's own lock is never taken while holding this one.
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _connections: ClassVar[dict[str, Connection]] = {}
+
+    @classmethod
+    def configure(cls, name: str, config: Mapping[str, Any]) -> Connection:
+        """Define (or replace) the connection `name`; replacing closes its pooled sessions.
+
+        Sessions in use keep working until they are released, then they are closed.
+        """
+        connection = Connection.from_config(name, config)
+        with cls._lock:
+            previous = cls._connections.get(name)
+            cls._connections[name] = connection
+        if previous is not None:
+            previous._retire()
+        return connection
+
+    @classmethod
+    def get_connection(cls, name: str) -> Connection:
+        with cls._lock:
+            connection = cls._connections.get(name)
+            known = sorted(cls._connections)
+        if connection is None:
+            listed = ", ".join(map(repr, known)) or "none"
+            raise ConfigurationError(
+                f"no connection named {name!r} is configured (configured: {listed}); "
+                "use ConnectionManager.configure()"
+            )
+        return connection
+
+    @classmethod
+    def names(cls) -> list[str]:
+        with cls._lock:
+            return sorted(cls._connections)
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Close every idle pooled session of every connection (configurations stay)."""
+        with cls._lock:
+            connections = list(cls._connections.values())
+        for connection in connections:
+            connection.close_idle()
+
+
+def get_connection(name: str) -> Connection:
+    """The connection configured as `name`; `ConfigurationError` if there is none."""
+    return ConnectionManager.get_connection(name)
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+def _parse_config(name: str, config: Mapping[str, Any]) -> tuple[Dialect, ConnectionSettings]:
+    """Validated settings; errors name the connection and the field, never a field's value
+    (a misplaced password must not end up in a log)."""
+    where = f"connection {name!r}"
+    if not isinstance(config, Mapping):
+        raise ConfigurationError(f"{where}: the config must be a dict, not {type(config).__name__}")
+    unknown = sorted(str(key) for key in config if key not in _FIELDS)
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"known fields: {', '.join(_FIELDS)}"
+        )
+    driver = config.get("driver")
+    if driver is None:
+        raise ConfigurationError(f"{where}: missing field 'driver' ({', '.join(DRIVER_NAMES)})")
+    dialect = dialect_for_driver(driver.lower()) if isinstance(driver, str) else None
+    if dialect is None:
+        raise ConfigurationError(
+            f"{where}: unknown driver {driver!r} in field 'driver'; "
+            f"use one of {', '.join(DRIVER_NAMES)}"
+        )
+
+    def text(field: str) -> str | None:
+        value = config.get(field)
+        if value is None or value == "":
+            if field in dialect.required_fields:
+                raise ConfigurationError(f"{where}: missing field {field!r} ({dialect.name})")
+            return None
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{where}: field {field!r} must be a string")
+        return value
+
+    database = text("database")
+    assert database is not None  # required by every dialect
+    served = dialect.has_server  # SQLite ignores the network fields
+    timeout = _seconds(where, "connect_timeout", config.get("connect_timeout"))
+    pool_size = _integer(where, "pool_size", config.get("pool_size"), 0, 1000)
+    settings = ConnectionSettings(
+        dialect=dialect.name,
+        database=database,
+        host=text("host") if served else None,
+        port=_integer(where, "port", config.get("port"), 1, 65535) if served else None,
+        username=text("username") if served else None,
+        password=(text("password") or "") if served else "",
+        connect_timeout=10.0 if timeout is None else timeout,
+        options=_options(where, config.get("options")),
+        pool_size=8 if pool_size is None else pool_size,
+    )
+    return dialect, dialect.normalize(settings)
+
+
+def _integer(where: str, field: str, value: Any, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigurationError(f"{where}: field {field!r} must be an integer in {low}..{high}")
+    return value
+
+
+def _seconds(where: str, field: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigurationError(f"{where}: field {field!r} must be a positive number of seconds")
+    return seconds
+
+
+def _options(where: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigurationError(f"{where}: field 'options' must be a dict of keyword arguments")
+    if "autocommit" in value or "isolation_level" in value:
+        raise ConfigurationError(
+            f"{where}: field 'options' may not set autocommit or isolation_level: twostep "
+            "sessions are always in driver-level autocommit and begin transactions explicitly"
+        )
+    return dict(value)
+
+
+def _mentions(exc: BaseException, secret: str) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if secret in str(seen) or any(secret in repr(arg) for arg in seen.args):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
