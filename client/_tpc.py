@@ -77,13 +77,13 @@ class _PostgresOps:
     ) -> None:
         # The gid is only needed at PREPARE, so a PG branch can start before the coordinator
         # is asked for a gtrid (a one-database block never needs it).
+        statement = "BEGIN"
+        if lock_timeout_ms is not None:
+            # A lock wait across two databases is a deadlock neither engine sees: bound it.
+            # One round trip for both statements; the value is an int we format ourselves.
+            statement += f"; SET LOCAL lock_timeout = '{max(1, int(lock_timeout_ms))}ms'"
         with translate_driver_errors():
-            session.execute("BEGIN")
-            if lock_timeout_ms is not None:
-                # A lock wait across two databases is a deadlock neither engine sees: bound it.
-                session.execute(
-                    "SELECT set_config('lock_timeout', %s, true)", (f"{max(1, lock_timeout_ms)}ms",)
-                )
+            session.execute(statement)
 
     def session_id(self, session: psycopg.Connection) -> int:
         return 0
@@ -152,12 +152,13 @@ class _MySQLOps:
     def begin(
         self, session: pymysql.Connection, xid: Xid | None, lock_timeout_ms: int | None
     ) -> None:
+        # Whole seconds, at least 1; None: the server's default. Set for every branch: a pooled
+        # session keeps whatever its previous user set.
+        seconds = None if lock_timeout_ms is None else max(1, -(-int(lock_timeout_ms) // 1000))
         with translate_driver_errors(), session.cursor() as cur:
-            # A pooled session keeps its settings: set it for every branch, DEFAULT included.
-            if lock_timeout_ms is None:
+            if seconds is None:
                 cur.execute("SET SESSION innodb_lock_wait_timeout = DEFAULT")
             else:
-                seconds = max(1, -(-lock_timeout_ms // 1000))  # whole seconds, at least 1
                 cur.execute("SET SESSION innodb_lock_wait_timeout = %s", (seconds,))
             cur.execute(f"XA START {xid.mysql_literal()}" if xid else "START TRANSACTION")
 
