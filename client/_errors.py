@@ -26,8 +26,11 @@ __all__ = [
     "TransactionError",
     "TwoPhaseNotSupported",
     "TwostepError",
+    "is_connection_failure",
     "translate_driver_errors",
 ]
+
+_FIRST_CLIENT_ERRNO = 2000  # MySQL client-side errors (CR_*: lost connection...) start here
 
 
 class TwostepError(Exception):
@@ -125,3 +128,23 @@ def translate_driver_errors(connection: str | None = None) -> Iterator[None]:
 def _describe(connection: str | None, exc: BaseException) -> str:
     where = f" on connection {connection!r}" if connection else ""
     return f"{type(exc).__name__}{where}: {exc}"
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """Whether the session itself failed (so the server's verdict is unknown to us)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, psycopg.OperationalError) and not getattr(cause, "sqlstate", None):
+            return True
+        if isinstance(cause, psycopg.errors.AdminShutdown | psycopg.errors.ConnectionException):
+            return True
+        if isinstance(cause, pymysql.err.InterfaceError):
+            return True
+        if isinstance(cause, pymysql.err.OperationalError):
+            errno = cause.args[0] if cause.args else 0
+            if isinstance(errno, int) and errno >= _FIRST_CLIENT_ERRNO:
+                return True
+        if isinstance(cause, OSError | EOFError):
+            return True
+        cause = cause.__cause__
+    return False

@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from . import _failpoints
 from ._connections import Connection
 from ._coordinator_client import RETRYABLE, BranchInfo, CoordinatorClient, Decided, client_for
 from ._errors import (
@@ -37,8 +38,9 @@ from ._errors import (
     PhaseTwoIncomplete,
     TransactionAborted,
     TwostepError,
+    is_connection_failure,
 )
-from ._phase2 import finish_prepared, is_connection_failure, release_session
+from ._phase2 import finish_prepared, release_session
 from ._scope import activate, current_scope
 from ._tpc import BranchOps, VoteNo, require_two_phase
 from ._xid import Xid
@@ -199,7 +201,9 @@ class GlobalTransaction:
             self._abort("deadline passed before prepare")
             raise TransactionAborted("the global transaction's deadline passed", gtrid=gtrid)
 
-        failures = [(b, out) for b, out in _on_each(branches, _prepare) if out is not None]
+        _failpoints.failpoint(_failpoints.BEFORE_PREPARE)
+        prepared = _on_each(branches, _prepare, between=_failpoints.BETWEEN_PREPARES)
+        failures = [(b, out) for b, out in prepared if out is not None]
         if failures:
             branch, exc = failures[0]
             self._abort(f"{branch.name} voted NO")
@@ -215,6 +219,7 @@ class GlobalTransaction:
                 f"coordinator {self.coordinator} unreachable before Commit was sent; "
                 f"every branch of {gtrid} was rolled back, nothing was committed"
             )
+        _failpoints.failpoint(_failpoints.BEFORE_COMMIT_REQUEST)
         decided = self._ask_for_commit(client, gtrid, branches)
         if not decided.committed:
             self._abort(f"coordinator decided ABORT: {decided.reason}")
@@ -222,6 +227,7 @@ class GlobalTransaction:
                 f"the coordinator decided ABORT ({decided.reason}); every branch was rolled back",
                 gtrid=gtrid,
             )
+        _failpoints.failpoint(_failpoints.AFTER_DECISION)
         self._finish_committed(client, gtrid, branches)
 
     def _ask_for_commit(
@@ -266,7 +272,11 @@ class GlobalTransaction:
     def _finish_committed(
         self, client: CoordinatorClient, gtrid: str, branches: list[_Branch]
     ) -> None:
-        outcomes = _on_each(branches, lambda b: finish_prepared(b, commit=True))
+        outcomes = _on_each(
+            branches,
+            lambda b: finish_prepared(b, commit=True),
+            between=_failpoints.BETWEEN_COMMITS,
+        )
         for branch, outcome in outcomes:
             if isinstance(outcome, Exception):
                 log.error(
@@ -320,10 +330,14 @@ def _rollback_one(branch: _Branch) -> bool | None:
     return True
 
 
-def _on_each(branches: list[_Branch], step: Callable[[_Branch], Any]) -> list[tuple[_Branch, Any]]:
+def _on_each(
+    branches: list[_Branch], step: Callable[[_Branch], Any], *, between: str | None = None
+) -> list[tuple[_Branch, Any]]:
     """Run `step` on every branch in parallel: (branch, its result or the Exception it raised).
 
     The first branch runs on the caller's thread; a lone extra hop per branch is the cost.
+    When the failpoint `between` is armed (fault tests only), the branches run one after the
+    other and the failpoint fires after the first, so that step is hit exactly.
     """
 
     def run(branch: _Branch) -> Any:
@@ -332,6 +346,11 @@ def _on_each(branches: list[_Branch], step: Callable[[_Branch], Any]) -> list[tu
         except Exception as exc:
             return exc
 
+    if between is not None and _failpoints.is_armed(between):
+        results = [(branches[0], run(branches[0]))]
+        _failpoints.failpoint(between)
+        results.extend((b, run(b)) for b in branches[1:])
+        return results
     futures = [_pool.submit(run, b) for b in branches[1:]]
     results = [(branches[0], run(branches[0]))]
     results.extend((b, f.result()) for b, f in zip(branches[1:], futures, strict=True))

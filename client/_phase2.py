@@ -12,19 +12,15 @@ import logging
 import time
 from typing import Any, Protocol
 
-import psycopg
-import pymysql
-
-from ._errors import TwostepError
+from ._errors import TwostepError, is_connection_failure
 from ._tpc import BranchOps, Finish
 from ._xid import Xid
 
-__all__ = ["PreparedBranch", "finish_prepared", "is_connection_failure", "release_session"]
+__all__ = ["PreparedBranch", "finish_prepared", "release_session"]
 
 log = logging.getLogger("twostep.client")
 
 _PATIENCE = 10.0  # seconds of retrying one branch before leaving it to the coordinator
-_FIRST_SERVER_ONLY_CLIENT_ERRNO = 2000  # MySQL client-side errors (CR_*) start here
 
 
 class _Pool(Protocol):
@@ -39,26 +35,6 @@ class PreparedBranch(Protocol):
     ops: BranchOps
     session: Any  # None once the session was lost; a new one is acquired
     xid: Xid | None
-
-
-def is_connection_failure(exc: BaseException) -> bool:
-    """Whether the session itself failed (so the server's verdict is unknown to us)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, psycopg.OperationalError) and not getattr(cause, "sqlstate", None):
-            return True
-        if isinstance(cause, psycopg.errors.AdminShutdown | psycopg.errors.ConnectionException):
-            return True
-        if isinstance(cause, pymysql.err.InterfaceError):
-            return True
-        if isinstance(cause, pymysql.err.OperationalError):
-            errno = cause.args[0] if cause.args else 0
-            if isinstance(errno, int) and errno >= _FIRST_SERVER_ONLY_CLIENT_ERRNO:
-                return True
-        if isinstance(cause, OSError | EOFError):
-            return True
-        cause = cause.__cause__
-    return False
 
 
 def finish_prepared(

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import psycopg
 import pymysql
 from psycopg import sql
 
-from ._errors import TwoPhaseNotSupported, translate_driver_errors
+from ._errors import TwoPhaseNotSupported, is_connection_failure, translate_driver_errors
 from ._xid import FORMAT_ID, Xid
 
 __all__ = ["BranchOps", "Finish", "VoteNo", "local_ops", "require_two_phase"]
@@ -69,6 +69,14 @@ class BranchOps(Protocol):
     def recover(self, session: Any) -> list[Xid]: ...
 
 
+def _vote_no_unless_lost(exc: Exception, step: str) -> NoReturn:
+    """A server's error at commit means rolled back; a lost session means nobody knows."""
+    if is_connection_failure(exc):
+        with translate_driver_errors():
+            raise exc
+    raise VoteNo(f"{step} failed: {exc}") from exc
+
+
 class _PostgresOps:
     dialect = "postgresql"
 
@@ -100,8 +108,10 @@ class _PostgresOps:
             raise VoteNo(f"PREPARE TRANSACTION answered {cur.statusmessage!r}: branch rolled back")
 
     def commit_one_phase(self, session: psycopg.Connection, xid: Xid | None) -> None:
-        with translate_driver_errors():
+        try:
             cur = session.execute("COMMIT")
+        except psycopg.Error as exc:
+            _vote_no_unless_lost(exc, "COMMIT")
         if cur.statusmessage != "COMMIT":
             raise VoteNo(f"COMMIT answered {cur.statusmessage!r}: the transaction was rolled back")
 
@@ -182,7 +192,7 @@ class _MySQLOps:
                 cur.execute(f"XA END {xid.mysql_literal()}")
                 cur.execute(f"XA COMMIT {xid.mysql_literal()} ONE PHASE")
         except pymysql.MySQLError as exc:
-            raise VoteNo(f"one-phase commit failed: {exc}") from exc
+            _vote_no_unless_lost(exc, "one-phase commit")
 
     def rollback_unprepared(self, session: pymysql.Connection, xid: Xid | None) -> None:
         with translate_driver_errors(), session.cursor() as cur:
