@@ -2,7 +2,8 @@
 
 Run it with `twostep-coordinator` (see `--help`); embed it (tests) with `CoordinatorServer`.
 The decision log's interface and rules are in `_log`, its embedded SQLite store in
-`_sqlite_log`.
+`_sqlite_log`; the participant databases in `_registry`; recovery (finishing decided
+transactions, aborting orphans) in `_recovery`; the Admin service in `_admin`.
 """
 
 from ._config import ConfigError, Settings, load_settings
@@ -14,10 +15,15 @@ from ._log import (
     DecisionLog,
     ListQuery,
     LogUnavailable,
+    Note,
     Proposal,
+    Resolution,
+    Resolved,
     State,
     TransactionRecord,
 )
+from ._recovery import Recovery
+from ._registry import ResourceConfig, ResourceRegistry
 from ._server import SERVICE_NAME, CoordinatorServer
 from ._sqlite_log import LOG_FILE_NAME, SqliteDecisionLog, WriterStats
 
@@ -33,7 +39,13 @@ __all__ = [
     "DecisionLog",
     "ListQuery",
     "LogUnavailable",
+    "Note",
     "Proposal",
+    "Recovery",
+    "Resolution",
+    "Resolved",
+    "ResourceConfig",
+    "ResourceRegistry",
     "Settings",
     "SqliteDecisionLog",
     "State",

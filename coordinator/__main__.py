@@ -1,8 +1,10 @@
 """`twostep-coordinator` (also `python -m twostep.coordinator`): run the coordinator.
 
 Reads the settings (`--help`), starts the server, logs one INFO line naming the listen address,
-the decision log and the cluster id, and serves until SIGTERM or SIGINT; then stops accepting,
-lets calls in flight finish and closes the log. Exit status 2: invalid settings; 1: could not
+the decision log, the cluster id, the registered resources and the file that holds the admin
+token (`admin_token_file=`; `admin_token=configured` when it is set directly, never the token),
+and serves until SIGTERM or SIGINT; then stops recovery and accepting, lets calls in flight
+finish and closes the log. Exit status 2: invalid settings; 1: could not
 start (address in use, unusable data directory).
 """
 
@@ -16,8 +18,9 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from twostep.client._failpoints import armed
+
 from ._config import ConfigError, load_settings
-from ._failpoints import armed
 from ._log import LogUnavailable
 from ._logfmt import configure_logging
 from ._server import CoordinatorServer
@@ -42,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         server = CoordinatorServer(settings)
+    except ConfigError as exc:
+        print(f"twostep-coordinator: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except (OSError, sqlite3.Error, LogUnavailable) as exc:
         where = settings.data_dir.resolve()
         log.error("cannot open the decision log", extra={"data_dir": where, "error": exc})
@@ -58,9 +64,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:
         log.error("cannot start", extra={"error": exc})
         raise SystemExit(1) from None
+    if server.admin_token_file is not None:
+        token_where = {"admin_token_file": server.admin_token_file}
+    else:
+        token_where = {"admin_token": "configured"}
     log.info(
         "coordinator started",
-        extra={"listen": address, "cluster": settings.cluster_id, "decision_log": server.log_path},
+        extra={
+            "listen": address,
+            "cluster": settings.cluster_id,
+            "decision_log": server.log_path,
+            "resources": ",".join(server.registry.names()) or "none",
+            **token_where,
+        },
     )
     while not stopping.wait(3600):  # a timeout keeps the main thread responsive to signals
         pass

@@ -2,10 +2,11 @@
 
 Precedence, highest first: flag > environment > file > default. The file is given with
 `--config FILE` (or `TWOSTEP_CONFIG`); its `[coordinator]` table holds the settings (keys as in
-`--help`, e.g. `listen = "0.0.0.0:50051"`, `max_timeout_s = 300`), and other tables are left to
-other parts (the resource registry). Unknown keys in `[coordinator]` are errors. Invalid
-values raise `ConfigError` naming the setting and where it came from; `__main__` turns that
-into a message and exit status 2.
+`--help`, e.g. `listen = "0.0.0.0:50051"`, `max_timeout_s = 300`), its `[resources.NAME]`
+tables the participant databases (`_registry`). Unknown keys in `[coordinator]` are errors.
+Invalid values raise `ConfigError` naming the setting and where it came from; `__main__` turns
+that into a message and exit status 2. Secrets (the admin token, database passwords) are never
+part of a message or a repr.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import textwrap
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from twostep.client._errors import InvalidIdentifier
 from twostep.client._xid import LOCAL_CLUSTER, validate_cluster_id
+
+from ._registry import ResourceConfig, ResourceConfigError, parse_resources
 
 __all__ = ["ConfigError", "Settings", "build_parser", "load_settings"]
 
@@ -41,13 +45,22 @@ class Settings:
     max_batch: int = 1000
     workers: int = 32
     log_level: str = "INFO"
+    recovery_interval_ms: int = 5_000
+    recovery_grace_ms: int = 10_000
+    kill_grace_ms: int = 30_000
+    kill_live_sessions: bool = True
+    #: The admin token itself (file key or environment only, never a flag); empty: see
+    #: `admin_token_file`, else a token generated into `data_dir/admin-token`.
+    admin_token: str = field(default="", repr=False)
+    admin_token_file: Path | None = None
+    resources: tuple[ResourceConfig, ...] = ()
 
 
 @dataclass(frozen=True)
 class _Setting:
     name: str  # the field of Settings
     key: str  # its key in the file's [coordinator] table
-    flag: str
+    flag: str | None  # None: no flag (a secret must not show in the process list)
     env: str
     metavar: str
     help: str
@@ -84,6 +97,38 @@ def _seconds_as_ms(value: Any) -> int:
     if isinstance(value, bool) or not math.isfinite(seconds) or not 0 < seconds <= 86_400:
         raise ValueError(rule)
     return max(1, round(seconds * 1000))
+
+
+def _seconds_or_zero_as_ms(value: Any) -> int:
+    rule = "expected a number of seconds from 0 to 86400"
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(rule) from None
+    if isinstance(value, bool) or not math.isfinite(seconds) or not 0 <= seconds <= 86_400:
+        raise ValueError(rule)
+    return round(seconds * 1000)
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in {"true", "yes", "on", "1"}:
+        return True
+    if text in {"false", "no", "off", "0"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _token(value: Any) -> str:
+    # Never echo the value: the message names the rule only.
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string") from None
+    token = value.strip()
+    if len(token) < 16 or not token.isprintable() or any(c.isspace() for c in token):
+        raise ValueError("an admin token is at least 16 printable characters without spaces")
+    return token
 
 
 def _bounded_int(low: int, high: int) -> Callable[[Any], int]:
@@ -196,27 +241,112 @@ _SETTINGS = (
         help="DEBUG, INFO, WARNING or ERROR (logs are key=value lines on stderr)",
         parse=_log_level,
     ),
+    _Setting(
+        name="recovery_interval_ms",
+        key="recovery_interval_s",
+        flag="--recovery-interval",
+        env="TWOSTEP_RECOVERY_INTERVAL",
+        metavar="SECONDS",
+        help="how often recovery runs a pass (one also runs at start): finish decided "
+        "transactions, scan every resource for prepared branches, abort orphans",
+        parse=_seconds_as_ms,
+    ),
+    _Setting(
+        name="recovery_grace_ms",
+        key="recovery_grace_s",
+        flag="--recovery-grace",
+        env="TWOSTEP_RECOVERY_GRACE",
+        metavar="SECONDS",
+        help="how long after a decision recovery leaves phase 2 to the client before "
+        "finishing the branches itself",
+        parse=_seconds_or_zero_as_ms,
+    ),
+    _Setting(
+        name="kill_grace_ms",
+        key="kill_grace_s",
+        flag="--kill-grace",
+        env="TWOSTEP_KILL_GRACE",
+        metavar="SECONDS",
+        help="MySQL/MariaDB: how long past a transaction's deadline a live session may keep "
+        "a prepared branch attached before recovery KILLs that session to finish the branch",
+        parse=_seconds_or_zero_as_ms,
+    ),
+    _Setting(
+        name="kill_live_sessions",
+        key="kill_live_sessions",
+        flag="--kill-live-sessions",
+        env="TWOSTEP_KILL_LIVE_SESSIONS",
+        metavar="true|false",
+        help="whether recovery may KILL such a session at all (false: the branch is reported "
+        "blocked until the session ends)",
+        parse=_boolean,
+    ),
+    _Setting(
+        name="admin_token",
+        key="admin_token",
+        flag=None,
+        env="TWOSTEP_ADMIN_TOKEN",
+        metavar="TOKEN",
+        help="",
+        parse=_token,
+    ),
+    _Setting(
+        name="admin_token_file",
+        key="admin_token_file",
+        flag="--admin-token-file",
+        env="TWOSTEP_ADMIN_TOKEN_FILE",
+        metavar="FILE",
+        help="file holding the token that Admin calls must send as 'authorization: Bearer "
+        "TOKEN'; without this and without admin_token (file key, or env TWOSTEP_ADMIN_TOKEN; "
+        "never a flag) a token is generated at first start into DATA_DIR/admin-token "
+        "(mode 0600) and the start line says where",
+        parse=_path,
+    ),
 )
 
 _DISPLAY_DEFAULTS = {
     "default_timeout_ms": "30",
     "max_timeout_ms": "300",
     "data_dir": "./twostep-data",
+    "recovery_interval_ms": "5",
+    "recovery_grace_ms": "10",
+    "kill_grace_ms": "30",
+    "kill_live_sessions": "true",
+    "admin_token_file": "DATA_DIR/admin-token, generated",
 }
+
+_EPILOG = """\
+Participant databases ("resources") are tables of the --config file, one per name the
+application's connections use:
+  [resources.orders]
+  driver = "postgresql"   # postgresql, postgres, mysql or mariadb
+  host = "10.0.0.5"
+  port = 5432
+  database = "shop"
+  username = "twostep"
+  password_file = "/run/secrets/orders"   # or password_env = "VAR", or password = "..."
+Optional: connect_timeout, pool_size, options (as in the client's connection config).
+Recovery finishes branches only on registered resources; a branch on another is reported
+blocked ("unknown resource") and retried, never dropped.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
     parser = argparse.ArgumentParser(
         prog="twostep-coordinator",
-        description=(
+        description=textwrap.fill(
             "The twostep coordinator: decides COMMIT or ABORT for global transactions across "
-            "PostgreSQL and MySQL/MariaDB and keeps each decision in a durable log. "
+            "PostgreSQL and MySQL/MariaDB, keeps each decision in a durable log, and finishes "
+            "every transaction it decided through its registered resources. "
             "Each setting is also read from the environment variable named in its help and "
             "from the [coordinator] table of the --config file; a flag beats the environment, "
-            "which beats the file, which beats the default."
+            "which beats the file, which beats the default.",
+            width=88,
         ),
         argument_default=argparse.SUPPRESS,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config",
@@ -225,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
         "file keys [env TWOSTEP_CONFIG]",
     )
     for setting in _SETTINGS:
+        if setting.flag is None:
+            continue
         default = _DISPLAY_DEFAULTS.get(setting.name, getattr(defaults, setting.name))
         parser.add_argument(
             setting.flag,
@@ -247,8 +379,19 @@ def load_settings(
     raw: dict[str, tuple[Any, str]] = {}  # setting -> (value, where it came from)
 
     config_file = flags.pop("config", None) or environ.get("TWOSTEP_CONFIG")
+    resources: tuple[ResourceConfig, ...] = ()
     if config_file:
-        table = _read_file(Path(config_file))
+        table, resource_tables = _read_file(Path(config_file))
+        if resource_tables is not None:
+            try:
+                resources = parse_resources(
+                    resource_tables,
+                    source=str(config_file),
+                    environ=environ,
+                    base_dir=Path(config_file).parent,
+                )
+            except ResourceConfigError as exc:
+                raise ConfigError(str(exc)) from None
         for setting in _SETTINGS:
             if setting.key in table:
                 source = f"{config_file} [coordinator] {setting.key}"
@@ -268,8 +411,9 @@ def load_settings(
         try:
             values[setting.name] = setting.parse(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{source} = {value!r}: {exc}") from None
-    settings = Settings(**values)
+            shown = "(hidden)" if setting.name == "admin_token" else repr(value)
+            raise ConfigError(f"{source} = {shown}: {exc}") from None
+    settings = Settings(**values, resources=resources)
     if settings.default_timeout_ms > settings.max_timeout_ms:
         raise ConfigError(
             f"default timeout ({settings.default_timeout_ms / 1000:g} s) is longer than the "
@@ -278,7 +422,8 @@ def load_settings(
     return settings
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path) -> tuple[dict[str, Any], object | None]:
+    """The file's [coordinator] table and its [resources] table (None if it has none)."""
     try:
         with path.open("rb") as f:
             document = tomllib.load(f)
@@ -296,4 +441,4 @@ def _read_file(path: Path) -> dict[str, Any]:
             f"config file {path}: unknown setting(s) in [coordinator]: {', '.join(unknown)} "
             f"(known: {', '.join(sorted(known))})"
         )
-    return table
+    return table, document.get("resources")

@@ -20,6 +20,18 @@ Ack (`record_acks`)
     transaction becomes COMMITTED ("one-phase commit by the client"): the client committed its
     only branch itself and never asked. An unknown gtrid is ignored. Not durable on return.
 
+Resolve (`resolve`, an operator's `Resolution`; the one way a decision can change)
+    Unknown gtrid or active row: ABORT is decided like a client's Abort; COMMIT is refused
+    unless forced (no decision means presumed abort, and a client may still be preparing).
+    Decided the same way: accepted, the decision unchanged. Decided the other way: refused
+    unless forced; forced, the decision is overwritten (a heuristic decision by the operator,
+    the documented exception to "one decision"). Every accepted resolution clears
+    `completed_ms` so recovery finishes the branches again. Every call, refused or accepted,
+    leaves an audit note, written in the same transaction as the decision.
+Notes (`add_notes`)
+    Heuristic outcomes, audit records and recovery remarks about a gtrid, oldest first;
+    durable when `add_notes` returns. A note never changes a decision.
+
 `decide` returns only after the batch holding the decisions is on disk (fsync), for Abort as
 well as Commit: a caller told ABORTED may roll prepared branches back, so that answer must
 survive a crash just like COMMITTED (an ABORT lost in a crash would leave the row active and
@@ -57,7 +69,10 @@ __all__ = [
     "DecisionLog",
     "ListQuery",
     "LogUnavailable",
+    "Note",
     "Proposal",
+    "Resolution",
+    "Resolved",
     "State",
     "TransactionRecord",
 ]
@@ -76,6 +91,7 @@ DEADLINE_PASSED = "deadline passed"
 UNKNOWN_TRANSACTION = "unknown transaction"
 ONE_PHASE_COMMIT = "one-phase commit by the client"
 ABORTED_BY_CLIENT = "aborted by the client"
+RESOLVED_BY_OPERATOR = "resolved by operator"  # followed by ": <the operator's reason>"
 
 
 class LogUnavailable(Exception):
@@ -162,6 +178,50 @@ class ListQuery:
     begun_before_ms: int | None = None  # only transactions begun before this time
     incomplete_only: bool = False  # only those whose phase 2 is not acknowledged
     limit: int = 1000
+    decided_before_ms: int | None = None  # only transactions decided before this time
+    #: Paging: only rows after this (begun_ms, gtrid), i.e. after the last row of a page.
+    after: tuple[int, str] | None = None
+
+
+@dataclass(frozen=True)
+class Note:
+    """A remark kept about a gtrid: a heuristic outcome, an audit record, a recovery step."""
+
+    gtrid: str
+    at_ms: int
+    kind: str  # "heuristic", "resolve", "blocked", "kill", ...
+    text: str
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """An operator's request to force COMMIT (commit=True) or ABORT of a gtrid.
+
+    `branches` are the prepared branches found on the databases; they are stored when the
+    log has none for the gtrid. `fallback_deadline_ms` as in `Proposal`; `who` names the
+    caller in the audit note.
+    """
+
+    gtrid: str
+    commit: bool
+    reason: str
+    force: bool = False
+    branches: tuple[BranchRecord, ...] = ()
+    fallback_deadline_ms: int = 0
+    who: str = ""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What `resolve` did: accepted or refused (with why), and the decision now in force.
+
+    `decision` is None only when a refused request left the gtrid unknown or active.
+    """
+
+    accepted: bool
+    decision: Decision | None
+    previous: State | None  # the state before the call; None: the gtrid was unknown
+    why: str
 
 
 class DecisionLog(Protocol):
@@ -186,6 +246,24 @@ class DecisionLog(Protocol):
 
     def list_transactions(self, query: ListQuery) -> list[TransactionRecord]:
         """Rows matching `query`, oldest first, at most `query.limit`."""
+        ...
+
+    def resolve(self, resolution: Resolution) -> Resolved:
+        """Apply the Resolve rule above with its audit note, atomically; returns once durable.
+
+        Raises `LogUnavailable` like `decide`.
+        """
+        ...
+
+    def add_notes(self, notes: Sequence[Note]) -> None:
+        """Keep notes about gtrids; returns once they are durable (`LogUnavailable` if not)."""
+
+    def notes(self, gtrid: str) -> list[Note]:
+        """The notes about `gtrid`, oldest first."""
+        ...
+
+    def summary(self) -> dict[tuple[State, bool], int]:
+        """How many transactions there are per (state, completed)."""
         ...
 
     def flush(self) -> None:

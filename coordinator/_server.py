@@ -1,8 +1,10 @@
-"""The coordinator's gRPC server: the Coordinator service, health checking and reflection.
+"""The coordinator's gRPC server: the Coordinator and Admin services, health, reflection.
 
-`CoordinatorServer(settings).start()` opens the decision log, binds the listen address and
-serves on a thread pool; `stop()` stops accepting, lets calls in flight finish, then writes
-what the log has queued and closes it. Used by `__main__` and, in-process, by the tests.
+`CoordinatorServer(settings)` opens the decision log and the resource registry (no database
+is contacted yet) and loads or generates the admin token; `start()` binds the listen address,
+serves on a thread pool and starts the recovery loop (its first pass runs at once); `stop()`
+stops recovery, stops accepting, lets calls in flight finish, then writes what the log has
+queued and closes it. Used by `__main__` and, in-process, by the tests.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from grpc_health.v1 import health_pb2 as _health_pb2
 from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
 from grpc_reflection.v1alpha import reflection as _reflection
 
+from twostep.v1 import admin_pb2_grpc as _admin_pb_grpc
 from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
+from ._admin import ADMIN_SERVICE_NAME, AdminServicer, load_admin_token
 from ._config import Settings
 from ._log import DecisionLog
+from ._recovery import Recovery
+from ._registry import ResourceRegistry
 from ._service import CoordinatorServicer
 from ._sqlite_log import SqliteDecisionLog
 
@@ -47,11 +53,27 @@ class CoordinatorServer:
         *,
         decision_log: DecisionLog | None = None,
         clock: Callable[[], int] = _now_ms,
+        run_recovery: bool = True,
     ):
+        """`run_recovery=False`: no recovery loop (a test drives `recovery.run_pass()`)."""
         self.settings = settings
+        # The token first: it may be generated into data_dir, and is the likelier to fail.
+        self.admin_token, self.admin_token_file = load_admin_token(settings)
         self.decision_log: DecisionLog = decision_log or SqliteDecisionLog(
             settings.data_dir, max_batch=settings.max_batch, clock=clock
         )
+        self.registry = ResourceRegistry(settings.resources)
+        self.recovery = Recovery(
+            self.decision_log,
+            self.registry,
+            cluster_id=settings.cluster_id,
+            interval_ms=settings.recovery_interval_ms,
+            grace_ms=settings.recovery_grace_ms,
+            kill_grace_ms=settings.kill_grace_ms,
+            kill_live_sessions=settings.kill_live_sessions,
+            clock=clock,
+        )
+        self._run_recovery = run_recovery
         self.address = ""  # "host:port" once started, with the port actually bound
         self._health = _health.HealthServicer(experimental_non_blocking=True)
         self._server = grpc.server(
@@ -69,11 +91,19 @@ class CoordinatorServer:
             max_timeout_ms=settings.max_timeout_ms,
             clock=clock,
         )
-        _pb_grpc.add_CoordinatorServicer_to_server(servicer, self._server)
-        _health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        _reflection.enable_server_reflection(
-            (SERVICE_NAME, _health.SERVICE_NAME, _reflection.SERVICE_NAME), self._server
+        admin = AdminServicer(
+            self.decision_log,
+            self.recovery,
+            self.registry,
+            cluster_id=settings.cluster_id,
+            token=self.admin_token,
+            clock=clock,
         )
+        _pb_grpc.add_CoordinatorServicer_to_server(servicer, self._server)
+        _admin_pb_grpc.add_AdminServicer_to_server(admin, self._server)
+        _health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        services = (SERVICE_NAME, ADMIN_SERVICE_NAME, _health.SERVICE_NAME)
+        _reflection.enable_server_reflection((*services, _reflection.SERVICE_NAME), self._server)
 
     @property
     def log_path(self) -> str:
@@ -92,18 +122,24 @@ class CoordinatorServer:
             error = None
         if not port:
             self.decision_log.close()
+            self.registry.close()
             raise OSError(f"cannot listen on {self.settings.listen}: {error or 'bind failed'}")
         self.address = f"{host}:{port}"
         self._server.start()
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             self._health.set(service, _health_pb2.HealthCheckResponse.SERVING)
+        if self._run_recovery:
+            self.recovery.start()
         return self.address
 
     def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting calls, let those in flight finish (up to `grace` s), close the log."""
+        """Stop recovery and accepting calls, let calls in flight finish (up to `grace` s),
+        close the log and the resources' sessions."""
         self._health.enter_graceful_shutdown()
+        self.recovery.stop(grace)
         self._server.stop(grace).wait()
         self.decision_log.close()
+        self.registry.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stops; False if `timeout` passed first."""

@@ -23,6 +23,13 @@ Schema (one row per gtrid, times in unix epoch milliseconds):
     reason TEXT           why ABORTED (or how COMMITTED, for a one-phase commit)
     branches TEXT         JSON list of {resource, bqual, dialect, session_id}
     completed_ms INTEGER  phase 2 acknowledged; NULL until then
+
+and the notes about gtrids (heuristic outcomes, resolve audit records, recovery remarks):
+
+    id INTEGER PRIMARY KEY, gtrid TEXT, at_ms INTEGER, kind TEXT, text TEXT
+
+Version 2 added the notes and an index of incomplete transactions; a version-1 file is
+upgraded in place at open (both are `CREATE ... IF NOT EXISTS`).
 """
 
 from __future__ import annotations
@@ -42,8 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twostep.client._failpoints import AFTER_DECISION_FSYNC, BEFORE_DECISION_FSYNC, failpoint
+
 from . import _log
-from ._failpoints import AFTER_DECISION_FSYNC, BEFORE_DECISION_FSYNC, failpoint
 from ._log import (
     Ack,
     Begun,
@@ -51,7 +59,10 @@ from ._log import (
     Decision,
     ListQuery,
     LogUnavailable,
+    Note,
     Proposal,
+    Resolution,
+    Resolved,
     State,
     TransactionRecord,
 )
@@ -61,7 +72,7 @@ __all__ = ["LOG_FILE_NAME", "SqliteDecisionLog", "WriterStats"]
 log = logging.getLogger("twostep.coordinator.log")
 
 LOG_FILE_NAME = "decisions.sqlite3"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 10_000  # wait for another process's write lock (several writers, one file)
 _DECIDE_WAIT_S = 60.0  # a decision not confirmed by then is reported as unavailable: ask again
 
@@ -78,6 +89,16 @@ CREATE TABLE IF NOT EXISTS global_transactions (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS global_transactions_by_begin ON global_transactions (begun_ms);
 CREATE INDEX IF NOT EXISTS global_transactions_by_state ON global_transactions (state, begun_ms);
+CREATE INDEX IF NOT EXISTS global_transactions_incomplete
+    ON global_transactions (begun_ms, gtrid) WHERE completed_ms IS NULL;
+CREATE TABLE IF NOT EXISTS notes (
+    id    INTEGER PRIMARY KEY,
+    gtrid TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    kind  TEXT NOT NULL,
+    text  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notes_by_gtrid ON notes (gtrid, id);
 """
 
 _INSERT_BEGUN = """
@@ -121,6 +142,7 @@ UPDATE global_transactions SET completed_ms = ?
  WHERE gtrid = ? AND state <> 'active' AND completed_ms IS NULL
 """
 _COLUMNS = "gtrid, state, begun_ms, deadline_ms, decided_ms, reason, branches, completed_ms"
+_INSERT_NOTE = "INSERT INTO notes (gtrid, at_ms, kind, text) VALUES (?, ?, ?, ?)"
 
 
 def _now_ms() -> int:
@@ -148,11 +170,15 @@ class _Request:
     begun: Sequence[Begun] = ()
     proposals: Sequence[Proposal] = ()
     acks: Sequence[Ack] = ()
-    done: Future[list[Decision]] | None = None
+    notes: Sequence[Note] = ()
+    resolution: Resolution | None = None
+    #: Resolved with the request's decisions (or its one `Resolved`) once they are durable.
+    done: Future[list[Any]] | None = None
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.size = len(self.begun) + len(self.proposals) + len(self.acks)
+        self.size = len(self.begun) + len(self.proposals) + len(self.acks) + len(self.notes)
+        self.size += self.resolution is not None
 
 
 _STOP = _Request()  # queued by close(): the writer exits after what came before it
@@ -203,10 +229,36 @@ class SqliteDecisionLog:
         self._submit(_Request(begun=tuple(begun)))
 
     def decide(self, proposals: Sequence[Proposal]) -> list[Decision]:
-        done: Future[list[Decision]] = Future()
-        self._submit(_Request(proposals=tuple(proposals), done=done))
+        return self._wait(_Request(proposals=tuple(proposals), done=Future()))
+
+    def resolve(self, resolution: Resolution) -> Resolved:
+        (resolved,) = self._wait(_Request(resolution=resolution, done=Future()))
+        return resolved  # type: ignore[no-any-return]
+
+    def add_notes(self, notes: Sequence[Note]) -> None:
+        if notes:
+            self._wait(_Request(notes=tuple(notes), done=Future()))
+
+    def notes(self, gtrid: str) -> list[Note]:
+        with self._reader() as db:
+            rows = db.execute(
+                "SELECT gtrid, at_ms, kind, text FROM notes WHERE gtrid = ? ORDER BY id", (gtrid,)
+            ).fetchall()
+        return [Note(*row) for row in rows]
+
+    def summary(self) -> dict[tuple[State, bool], int]:
+        with self._reader() as db:
+            rows = db.execute(
+                "SELECT state, completed_ms IS NOT NULL, COUNT(*) FROM global_transactions"
+                " GROUP BY 1, 2"
+            ).fetchall()
+        return {(State(state), bool(completed)): count for state, completed, count in rows}
+
+    def _wait(self, request: _Request) -> list[Any]:
+        assert request.done is not None
+        self._submit(request)
         try:
-            return done.result(timeout=_DECIDE_WAIT_S)
+            return request.done.result(timeout=_DECIDE_WAIT_S)
         except TimeoutError as exc:
             raise LogUnavailable("the decision log did not confirm in time") from exc
 
@@ -214,7 +266,7 @@ class SqliteDecisionLog:
         self._submit(_Request(acks=tuple(acks)))
 
     def flush(self) -> None:
-        done: Future[list[Decision]] = Future()
+        done: Future[list[Any]] = Future()
         self._submit(_Request(done=done))
         done.result()
 
@@ -235,6 +287,12 @@ class SqliteDecisionLog:
             params.append(query.begun_before_ms)
         if query.incomplete_only:
             where.append("completed_ms IS NULL")
+        if query.decided_before_ms is not None:
+            where.append("decided_ms < ?")
+            params.append(query.decided_before_ms)
+        if query.after is not None:
+            where.append("(begun_ms, gtrid) > (?, ?)")
+            params.extend(query.after)
         sql = f"SELECT {_COLUMNS} FROM global_transactions"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -319,7 +377,7 @@ class SqliteDecisionLog:
             if request.done is not None:
                 request.done.set_result(decisions)
 
-    def _apply(self, batch: list[_Request]) -> list[list[Decision]]:
+    def _apply(self, batch: list[_Request]) -> list[list[Any]]:
         db = self._writer_db
         db.execute("BEGIN IMMEDIATE")
         now = self._clock()  # read under the write lock: decisions are ordered by time
@@ -329,12 +387,19 @@ class SqliteDecisionLog:
                 db.executemany(
                     _INSERT_BEGUN, [(b.gtrid, b.begun_ms, b.deadline_ms) for b in request.begun]
                 )
-            results.append([_decide(db, p, now) for p in request.proposals])
+            decided: list[Any] = [_decide(db, p, now) for p in request.proposals]
+            if request.resolution is not None:
+                decided.append(_resolve(db, request.resolution, now))
+            results.append(decided)
+            if request.notes:
+                db.executemany(
+                    _INSERT_NOTE, [(n.gtrid, n.at_ms or now, n.kind, n.text) for n in request.notes]
+                )
             if request.acks:
                 one_phase = [a.gtrid for a in request.acks if a.one_phase_commit]
                 db.executemany(_ACK_ONE_PHASE, [(_log.ONE_PHASE_COMMIT, now, g) for g in one_phase])
                 db.executemany(_ACK_COMPLETED, [(now, a.gtrid) for a in request.acks])
-        deciding = any(request.proposals for request in batch)
+        deciding = any(request.proposals or request.resolution for request in batch)
         if deciding:
             failpoint(BEFORE_DECISION_FSYNC)
         db.execute("COMMIT")
@@ -382,6 +447,68 @@ def _decide(db: sqlite3.Connection, proposal: Proposal, now: int) -> Decision:
         rows = db.execute(_DECISION_OF, (proposal.gtrid,)).fetchall()
     ((state, reason),) = rows
     return Decision(proposal.gtrid, State(state), reason)
+
+
+def _resolve(db: sqlite3.Connection, resolution: Resolution, now: int) -> Resolved:
+    """The Resolve rule of `_log`, with its audit note, inside the writer's transaction."""
+    r = resolution
+    wanted = State.COMMITTED if r.commit else State.ABORTED
+    row = db.execute(
+        "SELECT state, reason, branches FROM global_transactions WHERE gtrid = ?", (r.gtrid,)
+    ).fetchone()
+    previous = State(row[0]) if row else None
+    refusal = ""
+    if previous in (None, State.ACTIVE):
+        if r.commit and not r.force:
+            refusal = (
+                "no decision is logged (presumed abort"
+                + (", and its client may still be preparing" if previous else "")
+                + "): committing it needs force"
+            )
+    elif previous is not wanted and not r.force:
+        refusal = (
+            f"the logged decision is {previous.value.upper()} ({row[1] or 'no reason given'}): "
+            "contradicting it needs force"
+        )
+
+    if refusal:
+        decision = None
+        if previous is not None and previous is not State.ACTIVE:
+            decision = Decision(r.gtrid, previous, row[1])
+    elif previous is wanted:
+        db.execute("UPDATE global_transactions SET completed_ms = NULL WHERE gtrid = ?", (r.gtrid,))
+        decision = Decision(r.gtrid, wanted, row[1])
+    else:
+        reason = f"{_log.RESOLVED_BY_OPERATOR}: {r.reason}"
+        stored = [BranchRecord(**b) for b in json.loads(row[2])] if row else []
+        known = {b.resource for b in stored}
+        merged = [*stored, *(b for b in r.branches if b.resource not in known)]
+        db.execute(
+            "INSERT INTO global_transactions"
+            " (gtrid, begun_ms, deadline_ms, state, decided_ms, reason, branches)"
+            " VALUES (:gtrid, :now, :deadline, :state, :now, :reason, :branches)"
+            " ON CONFLICT (gtrid) DO UPDATE SET state = :state, decided_ms = :now,"
+            " reason = :reason, branches = :branches, completed_ms = NULL",
+            {
+                "gtrid": r.gtrid,
+                "now": now,
+                "deadline": r.fallback_deadline_ms,
+                "state": wanted.value,
+                "reason": reason,
+                "branches": _branches_json(merged),
+            },
+        )
+        decision = Decision(r.gtrid, wanted, reason)
+
+    verb = "commit" if r.commit else "abort"
+    was = previous.value if previous else "unknown"
+    outcome = f"refused: {refusal}" if refusal else "accepted"
+    text = (
+        f"resolve {verb}{' (force)' if r.force else ''} by {r.who or 'unknown caller'}: "
+        f"{outcome}; was {was}; reason: {r.reason or '(none)'}"
+    )
+    db.execute(_INSERT_NOTE, (r.gtrid, now, "resolve", text))
+    return Resolved(not refusal, decision, previous, refusal)
 
 
 def _branches_json(branches: Sequence[BranchRecord]) -> str:

@@ -292,7 +292,7 @@ def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path):
     config = tmp_path / "twostep.toml"
     config.write_text(
         '[coordinator]\nlisten = "127.0.0.1:7001"\ncluster_id = "from-file"\n'
-        'max_timeout_s = 60\nworkers = 4\n\n[resources.orders]\ndsn = "ignored here"\n'
+        "max_timeout_s = 60\nworkers = 4\n"
     )
     environ = {"TWOSTEP_CLUSTER_ID": "from-env", "TWOSTEP_WORKERS": "8"}
     settings = load_settings(["--config", str(config), "--workers", "16"], environ)

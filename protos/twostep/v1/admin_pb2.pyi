@@ -28,7 +28,14 @@ class ResourceStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dialect: _Optional[str] = ..., target: _Optional[str] = ..., reachable: _Optional[bool] = ..., prepared: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("cluster_id", "active", "committed_incomplete", "aborted_incomplete", "in_doubt", "resources", "last_recovery")
+    __slots__ = ("cluster_id", "active", "committed_incomplete", "aborted_incomplete", "in_doubt", "resources", "last_recovery", "recovery_counters")
+    class RecoveryCountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_INCOMPLETE_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +43,7 @@ class StatusResponse(_message.Message):
     IN_DOUBT_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     LAST_RECOVERY_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_COUNTERS_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     active: int
     committed_incomplete: int
@@ -43,7 +51,8 @@ class StatusResponse(_message.Message):
     in_doubt: int
     resources: _containers.RepeatedCompositeFieldContainer[ResourceStatus]
     last_recovery: RecoveryReport
-    def __init__(self, cluster_id: _Optional[str] = ..., active: _Optional[int] = ..., committed_incomplete: _Optional[int] = ..., aborted_incomplete: _Optional[int] = ..., in_doubt: _Optional[int] = ..., resources: _Optional[_Iterable[_Union[ResourceStatus, _Mapping]]] = ..., last_recovery: _Optional[_Union[RecoveryReport, _Mapping]] = ...) -> None: ...
+    recovery_counters: _containers.ScalarMap[str, int]
+    def __init__(self, cluster_id: _Optional[str] = ..., active: _Optional[int] = ..., committed_incomplete: _Optional[int] = ..., aborted_incomplete: _Optional[int] = ..., in_doubt: _Optional[int] = ..., resources: _Optional[_Iterable[_Union[ResourceStatus, _Mapping]]] = ..., last_recovery: _Optional[_Union[RecoveryReport, _Mapping]] = ..., recovery_counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ShowTransactionRequest(_message.Message):
     __slots__ = ("gtrid",)
@@ -118,18 +127,22 @@ class RecoveryAction(_message.Message):
     def __init__(self, gtrid: _Optional[str] = ..., resource: _Optional[str] = ..., action: _Optional[str] = ..., result: _Optional[str] = ...) -> None: ...
 
 class RecoveryReport(_message.Message):
-    __slots__ = ("started_unix_ms", "finished_unix_ms", "dry_run", "actions", "errors")
+    __slots__ = ("started_unix_ms", "finished_unix_ms", "dry_run", "actions", "errors", "omitted_actions", "in_doubt")
     STARTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    IN_DOUBT_FIELD_NUMBER: _ClassVar[int]
     started_unix_ms: int
     finished_unix_ms: int
     dry_run: bool
     actions: _containers.RepeatedCompositeFieldContainer[RecoveryAction]
     errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, started_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., dry_run: _Optional[bool] = ..., actions: _Optional[_Iterable[_Union[RecoveryAction, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    omitted_actions: int
+    in_doubt: int
+    def __init__(self, started_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., dry_run: _Optional[bool] = ..., actions: _Optional[_Iterable[_Union[RecoveryAction, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ..., omitted_actions: _Optional[int] = ..., in_doubt: _Optional[int] = ...) -> None: ...
 
 class ResolveRequest(_message.Message):
     __slots__ = ("gtrid", "commit", "reason", "force")

@@ -1,0 +1,428 @@
+"""The Admin gRPC service: what is in doubt, and how an operator ends it (admin.proto).
+
+Every call needs `authorization: Bearer <admin token>` metadata; anything else is answered
+UNAUTHENTICATED before the request is looked at. The token comes from the settings
+(`admin_token`, `admin_token_file`, env `TWOSTEP_ADMIN_TOKEN`); without one, a random token is
+generated at first start into `<data_dir>/admin-token` (mode 0600) and reused afterwards. It
+is compared in constant time (digests of equal length) and never logged.
+
+Handlers stay thin: the rules live in the decision log (`resolve`) and in recovery (scans,
+finishing branches); `_service._answering` turns `BadRequest` into INVALID_ARGUMENT and
+`LogUnavailable` into UNAVAILABLE, as for the Coordinator service. No lock here: the servicer
+holds no mutable state.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from twostep.client._errors import InvalidIdentifier
+from twostep.client._xid import Xid, parse_gtrid, validate_resource_name
+from twostep.v1 import admin_pb2 as _admin_pb
+from twostep.v1 import admin_pb2_grpc as _admin_pb_grpc
+from twostep.v1 import coordinator_pb2 as _pb
+
+from . import _inspect, _wire
+from ._config import ConfigError, Settings
+from ._log import BranchRecord, DecisionLog, Note, Resolution, State
+from ._recovery import Action, Recovery, Report
+from ._registry import ResourceRegistry
+from ._service import _answering
+
+__all__ = ["ADMIN_SERVICE_NAME", "ADMIN_TOKEN_FILE_NAME", "AdminServicer", "load_admin_token"]
+
+log = logging.getLogger("twostep.coordinator.admin")
+
+ADMIN_SERVICE_NAME = _admin_pb.DESCRIPTOR.services_by_name["Admin"].full_name  # twostep.v1.Admin
+ADMIN_TOKEN_FILE_NAME = "admin-token"
+MAX_REPORTED_ACTIONS = 1000  # actions in one reply; the rest are counted in omitted_actions
+_PASS_WAIT_S = 60.0  # how long Recover / Resolve wait for a pass already running
+_MIN_TOKEN_CHARS = 16
+
+_Reply = TypeVar("_Reply")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# -- the token ---------------------------------------------------------------------------------
+
+
+def load_admin_token(settings: Settings) -> tuple[str, Path | None]:
+    """(token, the file it is in; None when it is set directly). Generates one if none is set.
+
+    Raises `ConfigError` for an unusable token file, `OSError` if the generated one cannot
+    be written.
+    """
+    if settings.admin_token:
+        return settings.admin_token, None
+    if settings.admin_token_file is not None:
+        path = settings.admin_token_file
+        try:
+            return _read_token(path), path.resolve()
+        except FileNotFoundError:
+            raise ConfigError(f"admin_token_file {path} does not exist") from None
+    path = Path(settings.data_dir) / ADMIN_TOKEN_FILE_NAME
+    try:
+        return _read_token(path), path.resolve()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it meanwhile: use that one
+        return _read_token(path), path.resolve()
+    try:
+        os.write(fd, (token + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return token, path.resolve()  # the start line names the file
+
+
+def _read_token(path: Path) -> str:
+    try:
+        text = path.read_text()
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"cannot read the admin token file {path}: {why}") from None
+    token = text.strip()
+    if len(token) < _MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigError(
+            f"admin token file {path}: the token must be at least {_MIN_TOKEN_CHARS} printable "
+            "characters without spaces"
+        )
+    if mode & 0o077:
+        log.warning(
+            "the admin token file is readable by others; chmod 600 it",
+            extra={"admin_token_file": path, "mode": oct(mode & 0o777)},
+        )
+    return token
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+def _authorized(
+    handler: Callable[[Any, Any, grpc.ServicerContext], _Reply],
+) -> Callable[[Any, Any, grpc.ServicerContext], _Reply]:
+    """Checks the admin token, then runs the handler with the usual error boundary."""
+    answering = _answering(handler)
+
+    @functools.wraps(handler)
+    def call(self: AdminServicer, request: Any, context: grpc.ServicerContext) -> _Reply:
+        if not self._token_matches(context):
+            log.warning(
+                "admin call refused: missing or wrong token",
+                extra={"rpc": handler.__name__, "peer": context.peer()},
+            )
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "Admin calls need the admin token as 'authorization: Bearer <token>' metadata",
+            )
+        return answering(self, request, context)
+
+    return call
+
+
+# -- the service -------------------------------------------------------------------------------
+
+
+class AdminServicer(_admin_pb_grpc.AdminServicer):
+    def __init__(
+        self,
+        decision_log: DecisionLog,
+        recovery: Recovery,
+        registry: ResourceRegistry,
+        *,
+        cluster_id: str,
+        token: str,
+        clock: Callable[[], int] = _now_ms,
+    ):
+        self._log = decision_log
+        self._recovery = recovery
+        self._registry = registry
+        self._cluster = cluster_id
+        self._token_digest = _digest(token)
+        self._clock = clock
+
+    def _token_matches(self, context: grpc.ServicerContext) -> bool:
+        for key, value in context.invocation_metadata():
+            if key != "authorization" or not isinstance(value, str):
+                continue
+            scheme, _, presented = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                _digest(presented.strip()), self._token_digest
+            ):
+                return True
+        return False
+
+    @_authorized
+    def Status(
+        self, request: _admin_pb.StatusRequest, context: grpc.ServicerContext
+    ) -> _admin_pb.StatusResponse:
+        summary = self._log.summary()
+        return _admin_pb.StatusResponse(
+            cluster_id=self._cluster,
+            active=sum(n for (state, _), n in summary.items() if state is State.ACTIVE),
+            committed_incomplete=summary.get((State.COMMITTED, False), 0),
+            aborted_incomplete=summary.get((State.ABORTED, False), 0),
+            in_doubt=len(self._recovery.in_doubt()),
+            resources=[
+                _admin_pb.ResourceStatus(
+                    name=r.name,
+                    dialect=r.dialect,
+                    target=r.target,
+                    reachable=bool(r.reachable),
+                    prepared=r.prepared,
+                    error=r.error if r.reachable is not None else "not scanned yet",
+                )
+                for r in self._recovery.resource_states()
+            ],
+            last_recovery=_report_to_pb(self._recovery.last_report()),
+            recovery_counters=self._recovery.counters(),
+        )
+
+    @_authorized
+    def ShowTransaction(
+        self, request: _admin_pb.ShowTransactionRequest, context: grpc.ServicerContext
+    ) -> _admin_pb.TransactionDetail:
+        info = _wire.gtrid_of(request.gtrid, self._cluster)
+        record = self._log.get(info.gtrid)
+        found, _errors = self._recovery.find_branches(info.gtrid)
+        branches = list(record.branches) if record else []
+        named = {b.resource for b in branches}
+        branches += [b for b in found if b.resource not in named]
+        if record is None and not branches:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no transaction {info.gtrid} in the log, and no branch of it is prepared "
+                "on a registered resource",
+            )
+        if record is not None:
+            transaction = _wire.transaction_to_pb(record)
+        else:  # known only from the databases: an orphan the log never heard of
+            transaction = _pb.Transaction(
+                gtrid=info.gtrid,
+                state=_pb.TRANSACTION_STATE_UNSPECIFIED,
+                deadline_unix_ms=info.deadline_unix_s * 1000,
+                branches=[_branch_to_pb(b) for b in branches],
+            )
+        pending = self._recovery.pending(info.gtrid)
+        states = []
+        for branch in branches:
+            shown = self._on_database(info.gtrid, branch)
+            if branch.resource in pending:
+                shown += f"; recovery: {pending[branch.resource]}"
+            states.append(_admin_pb.BranchState(branch=_branch_to_pb(branch), on_database=shown))
+        return _admin_pb.TransactionDetail(
+            transaction=transaction,
+            branches=states,
+            notes=[_note_line(n) for n in self._log.notes(info.gtrid)],
+        )
+
+    def _on_database(self, gtrid: str, branch: BranchRecord) -> str:
+        resource = self._registry.get(branch.resource)
+        if resource is None:
+            return "unknown resource"
+        try:
+            xid = Xid.of(gtrid, branch.bqual)
+        except InvalidIdentifier as exc:
+            return f"unreachable: {exc}"
+        try:
+            session = resource.connection.acquire()
+        except Exception as exc:
+            return f"unreachable: {resource.redact(exc)}"
+        try:
+            prepared = resource.ops.is_prepared(session, xid)
+        except Exception as exc:
+            resource.connection.release(session, discard=True)
+            return f"unreachable: {resource.redact(exc)}"
+        resource.connection.release(session)
+        return "prepared" if prepared else "not prepared"
+
+    @_authorized
+    def ScanResource(
+        self, request: _admin_pb.ScanResourceRequest, context: grpc.ServicerContext
+    ) -> _admin_pb.ScanResourceResponse:
+        try:
+            validate_resource_name(request.resource)
+        except InvalidIdentifier as exc:
+            raise _wire.BadRequest(f"resource: {exc}") from None
+        resource = self._registry.get(request.resource)
+        if resource is None:
+            known = ", ".join(self._registry.names()) or "none"
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no resource {request.resource!r} is registered (registered: {known})",
+            )
+        try:
+            session = resource.connection.acquire()
+            try:
+                listed = _inspect.prepared_xids(resource, session)
+            except BaseException:
+                resource.connection.release(session, discard=True)
+                raise
+            resource.connection.release(session)
+        except Exception as exc:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot scan {resource.name}: {resource.redact(exc)}",
+            )
+        return _admin_pb.ScanResourceResponse(
+            resource=resource.name, xids=[self._scanned(raw) for raw in listed]
+        )
+
+    def _scanned(self, raw: _inspect.RawXid) -> _admin_pb.ScannedXid:
+        if raw.xid is None:
+            return _admin_pb.ScannedXid(raw=raw.raw, owner="foreign")
+        info = parse_gtrid(raw.xid.gtrid)
+        scanned = _admin_pb.ScannedXid(
+            raw=raw.raw,
+            gtrid=raw.xid.gtrid,
+            bqual=raw.xid.bqual,
+            deadline_unix_ms=info.deadline_unix_s * 1000,
+        )
+        if info.cluster != self._cluster:
+            scanned.owner = "other cluster"
+            return scanned
+        scanned.owner = "ours"
+        record = self._log.get(raw.xid.gtrid)
+        if record is not None:
+            scanned.logged_state = _STATES[record.state]
+        return scanned
+
+    @_authorized
+    def Recover(
+        self, request: _admin_pb.RecoverRequest, context: grpc.ServicerContext
+    ) -> _admin_pb.RecoveryReport:
+        try:
+            report = self._recovery.run_pass(
+                dry_run=request.dry_run, eager=True, wait=_wait_for(context)
+            )
+        except TimeoutError:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE, "a recovery pass is running and did not end in time"
+            )
+        return _report_to_pb(report)
+
+    @_authorized
+    def Resolve(
+        self, request: _admin_pb.ResolveRequest, context: grpc.ServicerContext
+    ) -> _admin_pb.ResolveResponse:
+        info = _wire.gtrid_of(request.gtrid, self._cluster)
+        who = context.peer()
+        verb = "commit" if request.commit else "abort"
+        reason = request.reason.strip()
+        problem = ""
+        if not reason:
+            problem = "required: say why the operator decides this (kept in the audit record)"
+        elif len(reason) > _wire.MAX_REASON_CHARS:
+            problem = f"longer than {_wire.MAX_REASON_CHARS} characters"
+        if problem:
+            text = f"resolve {verb} by {who}: refused: reason {problem.split(':')[0]}"
+            self._log.add_notes([Note(info.gtrid, self._clock(), "resolve", text)])
+            raise _wire.BadRequest(f"reason: {problem}")
+
+        found, errors = self._recovery.find_branches(info.gtrid)
+        resolved = self._log.resolve(
+            Resolution(
+                gtrid=info.gtrid,
+                commit=request.commit,
+                reason=reason,
+                force=request.force,
+                branches=tuple(found),
+                fallback_deadline_ms=info.deadline_unix_s * 1000,
+                who=who,
+            )
+        )
+        extra = {"gtrid": info.gtrid, "resolve": verb, "force": request.force, "peer": who}
+        if not resolved.accepted:
+            log.warning("resolve refused", extra={**extra, "why": resolved.why})
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, resolved.why)
+        assert resolved.decision is not None
+        was = resolved.previous.value if resolved.previous else "unknown"
+        log.warning("resolve accepted", extra={**extra, "was": was})
+        try:
+            report = self._recovery.settle(info.gtrid, wait=_wait_for(context))
+            actions = report.actions
+        except TimeoutError:
+            why = "waiting: a recovery pass is running; recovery finishes the branches"
+            actions = [Action(info.gtrid, "", "settle", why)]
+        actions = [*(Action(info.gtrid, "", "scan", f"failed: {e}") for e in errors), *actions]
+        return _admin_pb.ResolveResponse(
+            decision=_wire.decision_to_pb(resolved.decision),
+            actions=[_action_to_pb(a) for a in actions[:MAX_REPORTED_ACTIONS]],
+        )
+
+
+# -- replies -----------------------------------------------------------------------------------
+
+_STATES = {
+    State.ACTIVE: _pb.TRANSACTION_STATE_ACTIVE,
+    State.COMMITTED: _pb.TRANSACTION_STATE_COMMITTED,
+    State.ABORTED: _pb.TRANSACTION_STATE_ABORTED,
+}
+
+
+def _wait_for(context: grpc.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return _PASS_WAIT_S
+    return max(0.0, min(_PASS_WAIT_S, remaining - 0.5))
+
+
+def _branch_to_pb(branch: BranchRecord) -> _pb.Branch:
+    return _pb.Branch(
+        resource=branch.resource,
+        bqual=branch.bqual,
+        dialect=branch.dialect,
+        session_id=branch.session_id,
+    )
+
+
+def _note_line(note: Note) -> str:
+    at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(note.at_ms / 1000))
+    return f"{at}.{note.at_ms % 1000:03d}Z {note.kind}: {note.text}"
+
+
+def _action_to_pb(action: Action) -> _admin_pb.RecoveryAction:
+    return _admin_pb.RecoveryAction(
+        gtrid=action.gtrid, resource=action.resource, action=action.action, result=action.result
+    )
+
+
+def _report_to_pb(report: Report | None) -> _admin_pb.RecoveryReport:
+    if report is None:
+        return _admin_pb.RecoveryReport()
+    return _admin_pb.RecoveryReport(
+        started_unix_ms=report.started_ms,
+        finished_unix_ms=report.finished_ms,
+        dry_run=report.dry_run,
+        actions=[_action_to_pb(a) for a in report.actions[:MAX_REPORTED_ACTIONS]],
+        errors=report.errors,
+        omitted_actions=max(0, len(report.actions) - MAX_REPORTED_ACTIONS),
+        in_doubt=len(report.in_doubt),
+    )

@@ -1,0 +1,136 @@
+"""What a database can tell about prepared branches beyond the branch operations.
+
+Recovery finishes and lists branches only through the client's operations
+(`twostep.client._tpc`: commit_prepared, rollback_prepared, is_prepared, recover), never a
+second copy of them. The queries here never finish a branch; they answer what those do not:
+
+`prepared_xids(resource, session)`
+    Every prepared xid the resource shows, foreign ones included, as the database shows it
+    (for ScanResource), and on PostgreSQL each one's transaction id as a 64-bit xid8, the
+    evidence `transaction_status` needs later.
+`transaction_status(session, txid)` (PostgreSQL)
+    'committed', 'aborted', 'in progress', or None when PostgreSQL no longer knows. The only
+    way to tell, once a gid has gone from `pg_prepared_xacts`, whether it was committed or
+    rolled back (e.g. by hand: a heuristic outcome); COMMIT/ROLLBACK PREPARED answer 42704
+    either way.
+`session_holds_transaction(session, thread_id)` and `kill_session(session, thread_id)`
+    (MySQL/MariaDB) A prepared branch attached to a live session cannot be finished from
+    another one (XAER_NOTA while XA RECOVER lists it). The session the client reported is
+    confirmed in `information_schema.INNODB_TRX` (which does not show xids), and only then
+    may recovery KILL it, so that the branch detaches and can be finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twostep.client._errors import translate_driver_errors
+from twostep.client._xid import FORMAT_ID, Xid
+
+from ._registry import Resource
+
+__all__ = [
+    "RawXid",
+    "kill_session",
+    "prepared_xids",
+    "session_holds_transaction",
+    "transaction_status",
+]
+
+_MAX_THREAD_ID = 2**63 - 1
+
+# pg_prepared_xacts.transaction is a 32-bit xid; pg_xact_status() wants the 64-bit xid8. A
+# prepared transaction is older than the snapshot's xmax, so it is in xmax's epoch, or in the
+# one before if its 32 bits are above xmax's (the counter wrapped in between).
+_PG_PREPARED = """
+SELECT p.gid,
+       ((x.epoch - CASE WHEN p.transaction::text::bigint > x.low THEN 1 ELSE 0 END) << 32)
+         + p.transaction::text::bigint
+  FROM pg_prepared_xacts p,
+       LATERAL (SELECT v >> 32 AS epoch, v & 4294967295 AS low
+                  FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS v) s) x
+ WHERE p.database = current_database()
+ ORDER BY p.prepared
+"""
+
+
+@dataclass(frozen=True)
+class RawXid:
+    """One prepared xid as a database lists it."""
+
+    raw: str  # the PostgreSQL gid, or MySQL's `'gtrid','bqual',formatID` (hex if unprintable)
+    xid: Xid | None  # set when it is a twostep branch (of any cluster)
+    pg_txid: int | None = None  # PostgreSQL: its transaction id (xid8)
+
+
+def prepared_xids(resource: Resource, session: Any) -> list[RawXid]:
+    """Every prepared xid on the resource (PostgreSQL: in its database; MySQL: server-wide)."""
+    with translate_driver_errors(resource.name):
+        if resource.dialect == "postgresql":
+            rows = session.execute(_PG_PREPARED).fetchall()
+            return [RawXid(gid, Xid.from_pg_gid(gid), int(txid)) for gid, txid in rows]
+        with session.cursor() as cur:
+            cur.execute("XA RECOVER")
+            rows = cur.fetchall()
+    return [_mysql_raw(*row) for row in rows]
+
+
+def _mysql_raw(format_id: int, gtrid_length: int, bqual_length: int, data: Any) -> RawXid:
+    raw = data.encode("latin-1") if isinstance(data, str) else bytes(data)
+    gtrid, bqual = raw[:gtrid_length], raw[gtrid_length : gtrid_length + bqual_length]
+    printable = all(32 <= b < 127 and b not in b"'\\" for b in raw)
+    if printable:
+        shown = f"'{gtrid.decode()}','{bqual.decode()}',{format_id}"
+    else:
+        shown = f"X'{gtrid.hex()}',X'{bqual.hex()}',{format_id}"
+    xid = None
+    if format_id == FORMAT_ID:
+        xid = Xid.from_mysql_recover(format_id, gtrid_length, bqual_length, raw)
+    return RawXid(shown, xid)
+
+
+def transaction_status(session: Any, txid: int) -> str | None:
+    """PostgreSQL's status of transaction `txid` (xid8), or None if it no longer knows."""
+    with translate_driver_errors():
+        row = session.execute("SELECT pg_xact_status(%s::text::xid8)", (str(int(txid)),))
+        found = row.fetchone()
+    return found[0] if found else None
+
+
+def _thread_id(thread_id: object) -> int:
+    if isinstance(thread_id, bool) or not isinstance(thread_id, int):
+        raise ValueError(f"a session id is an integer, not {type(thread_id).__name__}")
+    if not 0 < thread_id <= _MAX_THREAD_ID:
+        raise ValueError(f"session id {thread_id} out of range")
+    return thread_id
+
+
+def session_holds_transaction(session: Any, thread_id: int) -> bool:
+    """MySQL/MariaDB: whether session `thread_id` has an InnoDB transaction open right now."""
+    with translate_driver_errors(), session.cursor() as cur:
+        cur.execute(
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = %s",
+            (_thread_id(thread_id),),
+        )
+        (count,) = cur.fetchone()
+    return bool(count)
+
+
+def kill_session(session: Any, thread_id: int) -> bool:
+    """MySQL/MariaDB: KILL CONNECTION `thread_id`; False if no such session exists (any more).
+
+    Never the calling session itself. KILL returns before the session has ended.
+    """
+    victim = _thread_id(thread_id)
+    if victim == session.thread_id():
+        raise ValueError("refusing to KILL the recovery session itself")
+    with translate_driver_errors(), session.cursor() as cur:
+        try:
+            # PyMySQL binds on the client: the validated integer becomes a plain number literal.
+            cur.execute("KILL CONNECTION %s", (victim,))
+        except Exception as exc:
+            if getattr(exc, "args", (None,))[0] == 1094:  # ER_NO_SUCH_THREAD
+                return False
+            raise
+    return True
