@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 import pytest
 from click.testing import CliRunner
+from test_recovery import (
+    TOKEN,
+    dbs_fixture,  # noqa: F401 - the fixture "dbs"
+    in_process_fixture,  # noqa: F401 - the fixture "in_process"
+    prepare,
+)
 
 from twostep.client._cli import cli
+from twostep.client._xid import new_gtrid
 from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
@@ -87,3 +95,43 @@ def test_admin_command_without_a_token_exits_5_before_any_rpc(run):
     result = CliRunner().invoke(cli, ["--coordinator", "127.0.0.1:9", "status"])
     assert result.exit_code == 5
     assert "admin token" in result.output
+
+
+# -- against a coordinator with both databases registered (helpers from test_recovery) -------
+
+
+def test_an_operator_sees_and_resolves_an_orphan_with_the_cli(run, in_process, dbs):
+    c = in_process()
+    admin = ("--coordinator", c.server.address, "--token", TOKEN)
+    gtrid = new_gtrid(c.server.settings.cluster_id, int(time.time()) + 3600)
+    prepare(dbs, "orders", gtrid, 1)
+    prepare(dbs, "billing", gtrid, 1)
+
+    scanned = json.loads(run(*admin, "--json", "scan", "billing").output)["xids"]
+    assert [(x["gtrid"], x["owner"]) for x in scanned] == [(gtrid, "ours")]
+    shown = run(*admin, "show", gtrid)
+    assert shown.exit_code == 0
+    assert "orders" in shown.output and "billing" in shown.output and "prepared" in shown.output
+    status = run(*admin, "status")
+    assert status.exit_code == 0 and "billing" in status.output and "password" not in status.output
+
+    # Not past its deadline: recovery leaves it; the operator ends it, with a reason.
+    assert run(*admin, "recover").exit_code == 0
+    assert {x.gtrid for x in dbs.prepared("orders")} == {gtrid}
+    resolved = run(*admin, "--json", "resolve", gtrid, "--abort", "--reason", "app is gone")
+    assert resolved.exit_code == 0, resolved.output
+    assert json.loads(resolved.output)["decision"]["state"] == "TRANSACTION_STATE_ABORTED"
+    assert dbs.prepared("orders") == dbs.prepared("billing") == set()
+    # A second resolve the other way contradicts the logged decision: refused without --force.
+    refused = run(*admin, "resolve", gtrid, "--commit", "--reason", "changed my mind")
+    assert refused.exit_code == 1
+    assert "FAILED_PRECONDITION" in refused.output
+    notes = run(*admin, "show", gtrid).output
+    assert "app is gone" in notes and "changed my mind" in notes
+
+
+def test_a_wrong_admin_token_exits_5(run, in_process, dbs):
+    c = in_process()
+    result = run("--coordinator", c.server.address, "--token", "x" * 20, "status")
+    assert result.exit_code == 5
+    assert "UNAUTHENTICATED" in result.output
