@@ -38,12 +38,13 @@ class PreparedBranch(Protocol):
 
 
 def finish_prepared(
-    branch: PreparedBranch, *, commit: bool, patience: float = _PATIENCE
+    branch: PreparedBranch, *, commit: bool, patience: float = _PATIENCE, quiet: bool = False
 ) -> bool | None:
     """COMMIT or ROLLBACK PREPARED the branch, retrying; reconnects if its session is lost.
 
     True: finished as asked. False: the database had ended it the other way (a heuristic
     outcome). None: still prepared after `patience` seconds; the coordinator must finish it.
+    `quiet`: the caller reports a branch left prepared itself (recovery probes every pass).
     """
     assert branch.xid is not None
     give_up = time.monotonic() + patience
@@ -72,7 +73,8 @@ def finish_prepared(
             why = f"session lost: {exc}"
             release_session(branch, discard=True)
         if time.monotonic() + delay > give_up:
-            log.error(
+            log.log(
+                logging.DEBUG if quiet else logging.ERROR,
                 "branch left prepared",
                 extra={"xid": str(branch.xid), "commit": commit, "why": why},
             )

@@ -669,7 +669,7 @@ class Recovery:
             return
         branch = _Branch(w.resource.connection, w.resource.ops, w.xid)
         try:
-            finished = finish_prepared(branch, commit=w.commit, patience=0.0)
+            finished = finish_prepared(branch, commit=w.commit, patience=0.0, quiet=True)
         except TwostepError as exc:
             w.result = f"failed: {w.resource.redact(exc)}"
             return
