@@ -38,6 +38,7 @@ from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 __all__ = [
     "CoordinatorProcess",
+    "FakeClock",
     "TransactionView",
     "coordinator",
     "coordinator_factory",
@@ -63,6 +64,19 @@ class TransactionView:
     deadline_unix_ms: int
     resources: tuple[str, ...]
     message: _pb.Transaction
+
+
+class FakeClock:
+    """Unix milliseconds that move only when told to."""
+
+    def __init__(self) -> None:
+        self.ms = time.time_ns() // 1_000_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance(self, ms: int) -> None:
+        self.ms += ms
 
 
 class CoordinatorProcess:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from coordinator_process import FakeClock
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -31,19 +32,6 @@ ACTIVE = pb.TRANSACTION_STATE_ACTIVE
 COMMITTED = pb.TRANSACTION_STATE_COMMITTED
 ABORTED = pb.TRANSACTION_STATE_ABORTED
 RPC_TIMEOUT = 10.0
-
-
-class FakeClock:
-    """Unix milliseconds that move only when told to."""
-
-    def __init__(self) -> None:
-        self.ms = time.time_ns() // 1_000_000
-
-    def __call__(self) -> int:
-        return self.ms
-
-    def advance(self, ms: int) -> None:
-        self.ms += ms
 
 
 @dataclass

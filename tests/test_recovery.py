@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import pymysql
 import pytest
-from coordinator_process import CoordinatorProcess
+from coordinator_process import CoordinatorProcess, FakeClock
 from psycopg import sql
 
 from twostep.client._connections import Connection
@@ -224,19 +224,6 @@ def start_process(
     config.write_text(f"[coordinator]\n{coordinator}\n\n{dbs.resources_toml()}")
     env = {"TWOSTEP_ADMIN_TOKEN": TOKEN, **(env or {})}
     return coordinator_factory(args=["--config", str(config)], env=env)
-
-
-class FakeClock:
-    """Unix milliseconds that move only when told to."""
-
-    def __init__(self) -> None:
-        self.ms = time.time_ns() // 1_000_000
-
-    def __call__(self) -> int:
-        return self.ms
-
-    def advance(self, ms: int) -> None:
-        self.ms += ms
 
 
 @dataclass
