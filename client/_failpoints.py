@@ -13,8 +13,9 @@ Actions:
     closed by the kernel, which detaches a prepared MariaDB branch).
 `stop`
     SIGSTOP the own process, once (the first time the step is reached; later hits pass): every
-    thread freezes at that step with its sessions and sockets open, so a test can do something
-    else at exactly that moment (kill a database, cut a connection) and then send SIGCONT.
+    thread freezes, the one at the step before it takes another, with its sessions and sockets
+    open, so a test can do something else at exactly that moment (kill a database, cut a
+    connection) and then send SIGCONT.
 
 Names (where they sit is the contract the fault tests rely on):
 
@@ -39,8 +40,8 @@ Names (where they sit is the contract the fault tests rely on):
     Same batches: after COMMIT returned (the decisions are on disk), before any caller is
     answered. The decisions survive; every caller's RPC fails with a lost connection.
 `coordinator.during_recovery`
-    In the coordinator's recovery pass, while it is finishing branches (placed by the
-    recovery code; see there for the exact step).
+    In a recovery pass, right after one branch was finished (committed or rolled back as
+    decided), before the pass records it or finishes the others.
 
 Batches with only Begins and Acks (which nobody waits for) never hit the decision failpoints.
 """
@@ -124,14 +125,17 @@ def failpoint(name: str) -> None:
 
 
 def _fire(name: str) -> None:
+    signum = signal.SIGKILL
     if _ACTION[name] == "stop":
         with _stopped_lock:
             if name in _stopped:
                 return
             _stopped.add(name)
-        # Straight to fd 2: logging may hold locks or buffers.
-        os.write(2, f"failpoint {name} hit: SIGSTOP pid {os.getpid()}\n".encode())
-        os.kill(os.getpid(), signal.SIGSTOP)
-        return
-    os.write(2, f"failpoint {name} hit: SIGKILL pid {os.getpid()}\n".encode())
-    os.kill(os.getpid(), signal.SIGKILL)
+        signum = signal.SIGSTOP
+    # Straight to fd 2: logging may hold locks or buffers.
+    os.write(2, f"failpoint {name} hit: {signum.name} pid {os.getpid()}\n".encode())
+    # To this thread, not the process: a process-directed SIGSTOP may be taken by another
+    # thread, and this one would run on (a phase-2 step takes a millisecond) until the stop
+    # reached it. Sent to the caller, the signal acts before the call returns; both signals
+    # still stop or kill every thread of the process.
+    signal.pthread_kill(threading.get_ident(), signum)

@@ -339,6 +339,8 @@ def _on_each(
     When the failpoint `between` is armed (fault tests only), the branches run one after the
     other and the failpoint fires after the first, so that step is hit exactly.
     """
+    if not branches:
+        return []
 
     def run(branch: _Branch) -> Any:
         try:

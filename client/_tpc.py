@@ -156,20 +156,32 @@ class _PostgresOps:
         return [xid for xid in map(Xid.from_pg_gid, gids) if xid is not None]
 
 
+# How long past its deadline a MySQL branch session may sit idle before the server ends it.
+# By then the coordinator answers ABORTED to a late Commit, and a prepared branch only detaches.
+_IDLE_MARGIN_S = 5
+
+
 class _MySQLOps:
     dialect = "mysql"
 
     def begin(
         self, session: pymysql.Connection, xid: Xid | None, lock_timeout_ms: int | None
     ) -> None:
-        # Whole seconds, at least 1; None: the server's default. Set for every branch: a pooled
-        # session keeps whatever its previous user set.
+        # Whole seconds, at least 1; None: the server's defaults. Set for every branch: a pooled
+        # session keeps whatever its previous user set. wait_timeout makes MariaDB end the
+        # session of a client that froze with the branch attached (XAER_NOTA to everyone else)
+        # soon after the deadline, detaching a prepared branch so recovery can finish it.
         seconds = None if lock_timeout_ms is None else max(1, -(-int(lock_timeout_ms) // 1000))
         with translate_driver_errors(), session.cursor() as cur:
             if seconds is None:
-                cur.execute("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+                cur.execute(
+                    "SET SESSION innodb_lock_wait_timeout = DEFAULT, wait_timeout = DEFAULT"
+                )
             else:
-                cur.execute("SET SESSION innodb_lock_wait_timeout = %s", (seconds,))
+                cur.execute(
+                    "SET SESSION innodb_lock_wait_timeout = %s, wait_timeout = %s",
+                    (seconds, seconds + _IDLE_MARGIN_S),
+                )
             cur.execute(f"XA START {xid.mysql_literal()}" if xid else "START TRANSACTION")
 
     def session_id(self, session: pymysql.Connection) -> int:

@@ -267,3 +267,20 @@ def test_deadline_passed_before_commit_aborts_both(shop, coordinator):
             Invoice.create(order_id=1, amount=30)
             threading.Event().wait(0.7)
     assert counts() == (0, 0)
+
+
+def test_a_database_down_at_the_first_statement_raises_its_own_error(shop):
+    ConnectionManager.configure(
+        "down",
+        {
+            "driver": "postgresql",
+            "host": "127.0.0.1",
+            "port": 9,
+            "database": "x",
+            "username": "x",
+            "connect_timeout": 2,
+        },
+    )
+    with pytest.raises(DatabaseError):
+        with global_transaction(coordinator="127.0.0.1:9"):
+            get_connection("down").execute("SELECT 1")
