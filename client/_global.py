@@ -282,6 +282,7 @@ class GlobalTransaction:
                 log.error(
                     "COMMIT PREPARED failed", extra={"xid": str(branch.xid)}, exc_info=outcome
                 )
+                release_session(branch, discard=True)  # closed: the coordinator can finish it
         pending = [b.name for b, done in outcomes if done is None or isinstance(done, Exception)]
         heuristic = [b.name for b, done in outcomes if done is False]
         if heuristic:
@@ -311,6 +312,7 @@ def _rollback_all(branches: list[_Branch]) -> list[str]:
     for branch, done in _on_each(branches, _rollback_one):
         if done is not True:
             log.error("rollback failed", extra={"branch": branch.name, "outcome": repr(done)})
+            release_session(branch, discard=True)  # closed: the coordinator can finish it
             left.append(branch.name)
     return left
 
