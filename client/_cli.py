@@ -84,6 +84,12 @@ class _Context:
             )
         return [("authorization", f"Bearer {self.token}")]
 
+    def admin_call(self, method: str, request: Any, timeout: float = _RPC_TIMEOUT) -> Any:
+        """One Admin RPC with the token; grpc errors become exit codes (see `_rpc`)."""
+        metadata = self.metadata()
+        with _rpc(self):
+            return getattr(self.admin, method)(request, metadata=metadata, timeout=timeout)
+
     def emit(self, message: Any, render: Callable[[Any], None]) -> None:
         if self.as_json:
             data = json_format.MessageToDict(message, preserving_proto_field_name=True)
@@ -174,10 +180,7 @@ def cli(
 @click.pass_obj
 def status(ctx: _Context) -> None:
     """Counts by state, in-doubt transactions, resources, the last recovery pass."""
-    with _rpc(ctx):
-        reply = ctx.admin.Status(
-            _admin.StatusRequest(), metadata=ctx.metadata(), timeout=_RPC_TIMEOUT
-        )
+    reply = ctx.admin_call("Status", _admin.StatusRequest())
 
     def render(r: Any) -> None:
         ctx.console.print(
@@ -234,12 +237,7 @@ def list_(ctx: _Context, state: str | None, older_than: int | None, limit: int) 
 def show(ctx: _Context, gtrid: str) -> None:
     """One transaction: its decision, deadline, and each branch's state on its database."""
     _check(parse_gtrid, gtrid, "GTRID")
-    with _rpc(ctx):
-        reply = ctx.admin.ShowTransaction(
-            _admin.ShowTransactionRequest(gtrid=gtrid),
-            metadata=ctx.metadata(),
-            timeout=_RPC_TIMEOUT,
-        )
+    reply = ctx.admin_call("ShowTransaction", _admin.ShowTransactionRequest(gtrid=gtrid))
 
     def render(r: Any) -> None:
         ctx.console.print(_transactions_table([r.transaction]))
@@ -261,12 +259,7 @@ def show(ctx: _Context, gtrid: str) -> None:
 def scan(ctx: _Context, resource: str) -> None:
     """Prepared xids on one database, each beside what the log says of it."""
     _check(validate_resource_name, resource, "RESOURCE")
-    with _rpc(ctx):
-        reply = ctx.admin.ScanResource(
-            _admin.ScanResourceRequest(resource=resource),
-            metadata=ctx.metadata(),
-            timeout=_RPC_TIMEOUT,
-        )
+    reply = ctx.admin_call("ScanResource", _admin.ScanResourceRequest(resource=resource))
 
     def render(r: Any) -> None:
         table = Table("xid", "owner", "gtrid", "logged", "deadline")
@@ -295,10 +288,7 @@ def _actions_table(actions: Any) -> Table:
 @click.pass_obj
 def recover(ctx: _Context, dry_run: bool) -> None:
     """Run one recovery pass now and report every action."""
-    with _rpc(ctx):
-        reply = ctx.admin.Recover(
-            _admin.RecoverRequest(dry_run=dry_run), metadata=ctx.metadata(), timeout=300
-        )
+    reply = ctx.admin_call("Recover", _admin.RecoverRequest(dry_run=dry_run), timeout=300)
 
     def render(r: Any) -> None:
         ctx.console.print(_actions_table(r.actions))
@@ -327,8 +317,7 @@ def resolve(ctx: _Context, gtrid: str, outcome: str | None, reason: str, force: 
     request = _admin.ResolveRequest(
         gtrid=gtrid, commit=outcome == "commit", reason=reason, force=force
     )
-    with _rpc(ctx):
-        reply = ctx.admin.Resolve(request, metadata=ctx.metadata(), timeout=300)
+    reply = ctx.admin_call("Resolve", request, timeout=300)
 
     def render(r: Any) -> None:
         ctx.console.print(f"{r.decision.gtrid}: {_STATE_NAMES.get(r.decision.state, '?')}")
