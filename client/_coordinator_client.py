@@ -108,11 +108,6 @@ class CoordinatorClient:
         reply = self._stub.Commit(_pb.CommitRequest(transactions=[item]), timeout=rpc_timeout)
         return _decided(reply.decisions[0])
 
-    def get_state(self, gtrid: str, *, rpc_timeout: float) -> _pb.Transaction:
-        return self._stub.GetTransaction(
-            _pb.GetTransactionRequest(gtrid=gtrid), timeout=rpc_timeout
-        )
-
     # -- best effort, batched in the background ---------------------------------------------
 
     def ack(self, gtrid: str, *, one_phase_commit: bool = False) -> None:

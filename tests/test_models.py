@@ -502,3 +502,13 @@ def test_every_model_statement_goes_through_the_scope_naming_the_model(db: Conne
 def test_get_connection_of_a_model_connection(db: Connection) -> None:
     assert get_connection(Gadget.__connection__) is db
     assert db.dialect.name in {"postgresql", "mysql", "sqlite"}
+
+
+def test_forget_tables_picks_up_a_column_added_by_a_migration(archive: Connection) -> None:
+    Gadget.using("archive").first()  # reads and caches the table's columns
+    archive.execute("ALTER TABLE gadgets ADD COLUMN color TEXT")
+    with pytest.raises(AttributeError, match="color"):
+        Gadget.using("archive").create(name="x", price=1, color="red")
+    archive.forget_tables()
+    Gadget.using("archive").create(name="x", price=1, color="red")
+    assert archive.execute("SELECT color FROM gadgets") == [("red",)]
