@@ -36,7 +36,13 @@ from ._dialects import (
     TableInfo,
     dialect_for_driver,
 )
-from ._errors import ConfigurationError, DatabaseError, translate_driver_errors
+from ._errors import (
+    ConfigurationError,
+    DatabaseError,
+    StatementRefused,
+    is_connection_failure,
+    translate_driver_errors,
+)
 from ._scope import current_scope
 from ._xid import validate_resource_name
 
@@ -53,8 +59,8 @@ _FIELDS = (
     "options",
     "pool_size",
 )
-#: A pooled session idle for longer than this is pinged before reuse: a server restart or an
-#: idle timeout would otherwise fail the caller's first statement.
+#: A pooled session idle for longer than this is pinged before reuse: a dropped connection
+#: that sent nothing (no FIN, no error packet) would otherwise fail the caller's first statement.
 _PING_AFTER_S = 1.0
 
 
@@ -120,9 +126,13 @@ class Connection:
         return self.connect()
 
     def _still_usable(self, session: Any, released_at: float) -> bool:
+        """Idle, and not ended by the server: an idle session has nothing to read, so a
+        readable socket (a KILL's error packet, a shutdown, EOF) costs a ping to judge; so
+        does a session idle for long (a silently dropped connection shows only then)."""
         if not self.dialect.is_idle(session):
             return False
-        if time.monotonic() - released_at < _PING_AFTER_S:
+        quiet = not self.dialect.has_input(session)
+        if quiet and time.monotonic() - released_at < _PING_AFTER_S:
             return True
         try:
             self.dialect.ping(session)
@@ -163,16 +173,32 @@ class Connection:
     ) -> StatementResult:
         """Run one `?`-placeholder statement where it belongs: on the active transaction's
         session for this connection (not committed here), else on a pooled session in
-        autocommit. `origin` names the model class that issues it, for error messages."""
+        autocommit. `origin` names the model class that issues it, for error messages.
+
+        Inside a transaction, a statement that would end or leave it (COMMIT, ROLLBACK,
+        BEGIN, XA ..., SET autocommit) raises `StatementRefused` and is not sent. Outside,
+        a session whose connection failed is closed, never pooled again.
+        """
         scope = current_scope()
         if scope is not None:
-            session = scope.session_for(self, origin)
-            return self.dialect.run(session, sql, params, connection=self.name)
+            statements = self.dialect.statements(sql)
+            refused = statements.ends_transaction
+            if refused is not None:
+                raise StatementRefused(
+                    f"{refused!r} on connection {self.name!r} would end or leave the "
+                    "transaction it runs in; it was not sent. Leave the block (or raise) to "
+                    "end the transaction"
+                )
+            with scope.statement_session(self, origin, statements) as session:
+                return self.dialect.run(session, sql, params, connection=self.name)
         session = self.acquire()
         try:
-            return self.dialect.run(session, sql, params, connection=self.name)
-        finally:
-            self.release(session)  # closed instead if the statement left it non-idle
+            result = self.dialect.run(session, sql, params, connection=self.name)
+        except BaseException as exc:
+            self.release(session, discard=is_connection_failure(exc))
+            raise
+        self.release(session)  # closed instead if the statement left it non-idle
+        return result
 
     def execute(
         self, sql: str, params: Sequence[Any] = (), *, origin: str | None = None

@@ -21,33 +21,43 @@ from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from ._errors import CoordinatorUnavailable
 
-__all__ = ["BranchInfo", "CoordinatorClient", "Decided", "client_for"]
+__all__ = [
+    "REFUSED_UNDECIDED",
+    "BranchInfo",
+    "CoordinatorClient",
+    "Decided",
+    "Started",
+    "client_for",
+]
 
 log = logging.getLogger("twostep.client")
 
 COMMITTED = _pb.TRANSACTION_STATE_COMMITTED
 ABORTED = _pb.TRANSACTION_STATE_ABORTED
 
-# Status codes after which a Commit may or may not have reached the coordinator: ask again.
-# Anything else (INVALID_ARGUMENT, FAILED_PRECONDITION, ...) means the request was refused whole.
-RETRYABLE = frozenset(
+# Status codes with which a server refuses a request before acting on it (bad request,
+# credentials, no such method). Only the answer to a Commit's first attempt may be read so:
+# a retry may follow a first attempt that was decided and whose reply was lost.
+REFUSED_UNDECIDED = frozenset(
     {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
     }
 )
 
 
 @dataclass(frozen=True)
 class BranchInfo:
+    """A branch as the coordinator is told of it."""
+
     resource: str
     dialect: str
-    session_id: int = 0
+    session_id: int = 0  # MySQL: the owner session's CONNECTION_ID()
+    transaction_id: int = 0  # PostgreSQL: the prepared transaction's xid8
 
     def to_pb(self) -> _pb.Branch:
         # The branch qualifier is the resource name (see _xid).
@@ -56,7 +66,16 @@ class BranchInfo:
             bqual=self.resource,
             dialect=self.dialect,
             session_id=self.session_id,
+            transaction_id=self.transaction_id,
         )
+
+
+@dataclass(frozen=True)
+class Started:
+    """A Begin's answer: the gtrid and the lifetime granted (the coordinator's deadline)."""
+
+    gtrid: str
+    timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -77,9 +96,15 @@ class CoordinatorClient:
 
     # -- calls the transaction waits for -----------------------------------------------------
 
-    def begin(self, timeout_s: float, *, rpc_timeout: float) -> tuple[str, int]:
-        """A new gtrid and its deadline (unix ms) or `CoordinatorUnavailable`."""
-        request = _pb.BeginRequest(timeout_ms=max(1, int(timeout_s * 1000)), count=1)
+    def begin(
+        self, timeout_s: float, branches: Sequence[BranchInfo] = (), *, rpc_timeout: float
+    ) -> Started:
+        """A new gtrid with `branches` registered, or `CoordinatorUnavailable`."""
+        request = _pb.BeginRequest(
+            timeout_ms=max(1, int(timeout_s * 1000)),
+            count=1,
+            branches=[b.to_pb() for b in branches],
+        )
         try:
             reply = self._stub.Begin(request, timeout=rpc_timeout)
         except grpc.RpcError as exc:
@@ -87,8 +112,30 @@ class CoordinatorClient:
                 f"coordinator {self.address} did not start the transaction "
                 f"({exc.code().name}: {exc.details()}); nothing was committed"
             ) from exc
+        if len(reply.transactions) != 1 or not reply.transactions[0].gtrid:
+            raise CoordinatorUnavailable(
+                f"coordinator {self.address} answered Begin with {len(reply.transactions)} "
+                "transactions instead of one; nothing was committed"
+            )
         started = reply.transactions[0]
-        return started.gtrid, started.deadline_unix_ms
+        # An older coordinator sends no timeout: then the one asked for is the one granted.
+        granted_ms = started.timeout_ms or request.timeout_ms
+        return Started(started.gtrid, min(granted_ms, request.timeout_ms) / 1000)
+
+    def enlist(self, gtrid: str, branches: Sequence[BranchInfo], *, rpc_timeout: float) -> bool:
+        """Register branches before they are prepared: True while the transaction is active;
+        False when it is decided or unknown (then it must not be prepared).
+        Raises `CoordinatorUnavailable` when the coordinator did not answer."""
+        item = _pb.EnlistItem(gtrid=gtrid, branches=[b.to_pb() for b in branches])
+        try:
+            reply = self._stub.Enlist(_pb.EnlistRequest(transactions=[item]), timeout=rpc_timeout)
+        except grpc.RpcError as exc:
+            raise CoordinatorUnavailable(
+                f"coordinator {self.address} did not register the branches of {gtrid} "
+                f"({exc.code().name}: {exc.details()}); nothing was committed"
+            ) from exc
+        states = [d.state for d in reply.transactions if d.gtrid == gtrid]
+        return states == [_pb.TRANSACTION_STATE_ACTIVE]
 
     def reachable(self, within: float) -> bool:
         """Whether a connection to the coordinator is up (or comes up within `within` s).
@@ -102,11 +149,17 @@ class CoordinatorClient:
             return False
         return True
 
-    def commit(self, gtrid: str, branches: Sequence[BranchInfo], *, rpc_timeout: float) -> Decided:
-        """One Commit attempt; raises `grpc.RpcError` (check its code against RETRYABLE)."""
+    def commit(
+        self, gtrid: str, branches: Sequence[BranchInfo], *, rpc_timeout: float
+    ) -> Decided | None:
+        """One Commit attempt: the decision, or None when the reply holds no decision for
+        `gtrid` (a misbehaving server or proxy: not an answer). Raises `grpc.RpcError`."""
         item = _pb.CommitItem(gtrid=gtrid, branches=[b.to_pb() for b in branches])
         reply = self._stub.Commit(_pb.CommitRequest(transactions=[item]), timeout=rpc_timeout)
-        return _decided(reply.decisions[0])
+        decisions = [d for d in reply.decisions if d.gtrid == gtrid]
+        if len(reply.decisions) != 1 or len(decisions) != 1:
+            return None
+        return _decided(decisions[0])
 
     # -- best effort, batched in the background ---------------------------------------------
 
@@ -156,12 +209,12 @@ class CoordinatorClient:
                 )
 
 
-def _decided(decision: _pb.Decision) -> Decided:
+def _decided(decision: _pb.Decision) -> Decided | None:
     if decision.state == COMMITTED:
         return Decided(True, decision.reason)
     if decision.state == ABORTED:
         return Decided(False, decision.reason)
-    raise CoordinatorUnavailable(f"coordinator answered an undecided state for {decision.gtrid}")
+    return None  # ACTIVE, UNSPECIFIED, unknown numbers: no decision
 
 
 _clients: dict[str, CoordinatorClient] = {}

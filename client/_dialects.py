@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import select
 import sqlite3
 import uuid
 from abc import ABC, abstractmethod
@@ -34,6 +35,7 @@ from psycopg.pq import TransactionStatus
 from pymysql.constants import SERVER_STATUS
 
 from ._errors import InvalidIdentifier, translate_driver_errors
+from ._statements import Statements, classify
 
 __all__ = [
     "DIALECTS",
@@ -207,6 +209,8 @@ class Dialect(ABC):
     _quote_char: ClassVar[str] = '"'
     _lexer: ClassVar[re.Pattern[str]]
     _format_params: ClassVar[bool] = True  # `%s` placeholders (psycopg, PyMySQL)
+    _identifier_quotes: ClassVar[str] = '"'  # what opens a quoted identifier
+    _executable_comments: ClassVar[bool] = False  # MySQL runs `/*! ... */` as code
 
     def __repr__(self) -> str:
         return f"<Dialect {self.name}>"
@@ -225,6 +229,22 @@ class Dialect(ABC):
     def ping(self, session: Any) -> None:
         """One round trip; raises if the session is dead."""
 
+    def has_input(self, session: Any) -> bool:
+        """Whether the server sent something to an idle session (no I/O but a poll): it
+        sends nothing unasked unless it is ending the session (KILL, shutdown, timeout)."""
+        fd = self._socket(session)
+        if fd is None:
+            return False
+        try:
+            readable, _, _ = select.select([fd], [], [], 0)
+        except (OSError, ValueError):  # closed underneath
+            return True
+        return bool(readable)
+
+    def _socket(self, session: Any) -> Any:
+        """The session's socket (anything with fileno()), or None when it has none."""
+        return None
+
     def close(self, session: Any) -> None:
         with contextlib.suppress(Exception):
             session.close()
@@ -234,6 +254,15 @@ class Dialect(ABC):
     def translate(self, sql: str) -> tuple[str, int]:
         """`?`-placeholder SQL in the driver's own syntax, and how many parameters it takes."""
         return _translate(self._lexer, sql, self._format_params)
+
+    def statements(self, sql: str) -> Statements:
+        """What the statements of `sql` would do to an open transaction (see `_statements`)."""
+        return classify(
+            self._lexer,
+            sql,
+            identifier_quotes=self._identifier_quotes,
+            executable_comments=self._executable_comments,
+        )
 
     def run(
         self, session: Any, sql: str, params: Sequence[Any] = (), *, connection: str | None = None
@@ -363,6 +392,9 @@ class _Postgres(Dialect):
     def ping(self, session: psycopg.Connection[Any]) -> None:
         session.execute("SELECT 1")
 
+    def _socket(self, session: psycopg.Connection[Any]) -> Any:
+        return session
+
     def describe(
         self, session: psycopg.Connection[Any], table: str, *, connection: str
     ) -> TableInfo | None:
@@ -389,6 +421,8 @@ class _MySQL(Dialect):
     default_port = 3306
     _quote_char = "`"
     _lexer = _MYSQL_LEXER
+    _identifier_quotes = "`"
+    _executable_comments = True
 
     def connect(self, settings: ConnectionSettings) -> pymysql.Connection:
         kwargs: dict[str, Any] = {
@@ -416,6 +450,9 @@ class _MySQL(Dialect):
 
     def ping(self, session: pymysql.Connection) -> None:
         session.ping(reconnect=False)
+
+    def _socket(self, session: pymysql.Connection) -> Any:
+        return session._sock  # PyMySQL keeps its socket there (None once closed)
 
     def describe(
         self, session: pymysql.Connection, table: str, *, connection: str
@@ -479,6 +516,7 @@ class _SQLite(Dialect):
     supports_returning = sqlite3.sqlite_version_info >= (3, 35)
     _lexer = _SQLITE_LEXER
     _format_params = False  # sqlite3 takes `?` itself
+    _identifier_quotes = '"`['
 
     def connect(self, settings: ConnectionSettings) -> sqlite3.Connection:
         kwargs: dict[str, Any] = {"timeout": settings.connect_timeout}

@@ -22,7 +22,9 @@ __all__ = [
     "InvalidIdentifier",
     "OutcomeUnknown",
     "PhaseTwoIncomplete",
+    "StatementRefused",
     "TransactionAborted",
+    "TransactionEnded",
     "TransactionError",
     "TwoPhaseNotSupported",
     "TwostepError",
@@ -31,6 +33,12 @@ __all__ = [
 ]
 
 _FIRST_CLIENT_ERRNO = 2000  # MySQL client-side errors (CR_*: lost connection...) start here
+# Server errors after which MySQL/MariaDB closes the session: shutdown, packet too large
+# (max_allowed_packet), network read/write errors, connection killed.
+_MY_SESSION_ENDED = frozenset({1053, 1153, 1158, 1159, 1160, 1161, 1927})
+# PostgreSQL SQLSTATEs (besides class 08, connection exception) that end the session:
+# admin/crash shutdown, cannot connect now, idle-in-transaction and idle session timeouts.
+_PG_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03", "25P03", "57P05"})
 
 
 class TwostepError(Exception):
@@ -50,6 +58,11 @@ class InvalidIdentifier(TwostepError, ValueError):
 
 class TwoPhaseNotSupported(TwostepError):
     """A database that cannot take part in two-phase commit (SQLite) was used where it must."""
+
+
+class StatementRefused(TwostepError):
+    """A statement would end or leave the transaction it runs in (COMMIT, ROLLBACK, BEGIN,
+    XA ..., SET autocommit ...); it was not sent, and the transaction is unchanged."""
 
 
 # -- databases ---------------------------------------------------------------------------------
@@ -81,6 +94,10 @@ class TransactionError(TwostepError):
     def __init__(self, message: str, *, gtrid: str | None = None):
         super().__init__(message)
         self.gtrid = gtrid
+
+
+class TransactionEnded(TransactionError):
+    """A statement came after its transaction had ended (or begun to end); it was not sent."""
 
 
 class TransactionAborted(TransactionError):
@@ -131,20 +148,28 @@ def _describe(connection: str | None, exc: BaseException) -> str:
 
 
 def is_connection_failure(exc: BaseException) -> bool:
-    """Whether the session itself failed (so the server's verdict is unknown to us)."""
+    """Whether the session itself failed or was ended by the server (so it is unusable, and the
+    server's verdict on a statement in flight is unknown to us)."""
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, psycopg.OperationalError) and not getattr(cause, "sqlstate", None):
-            return True
-        if isinstance(cause, psycopg.errors.AdminShutdown | psycopg.errors.ConnectionException):
+        if isinstance(cause, psycopg.Error) and _pg_session_ended(cause):
             return True
         if isinstance(cause, pymysql.err.InterfaceError):
             return True
-        if isinstance(cause, pymysql.err.OperationalError):
+        if isinstance(cause, pymysql.err.MySQLError):
             errno = cause.args[0] if cause.args else 0
-            if isinstance(errno, int) and errno >= _FIRST_CLIENT_ERRNO:
+            if isinstance(errno, int) and (
+                errno >= _FIRST_CLIENT_ERRNO or errno in _MY_SESSION_ENDED
+            ):
                 return True
         if isinstance(cause, OSError | EOFError):
             return True
         cause = cause.__cause__
     return False
+
+
+def _pg_session_ended(exc: psycopg.Error) -> bool:
+    code = exc.sqlstate
+    if code is None:
+        return isinstance(exc, psycopg.OperationalError)  # raised by libpq: no server reply
+    return code.startswith("08") or code in _PG_SESSION_ENDED

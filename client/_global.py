@@ -1,17 +1,27 @@
 """`global_transaction()`: one atomic commit across several databases, through the coordinator.
 
-The protocol is DESIGN.md §2. The client's side of it, in the order it happens:
+The protocol is docs/design.md §2. The client's side of it, in the order it happens:
 1. A branch starts on the first use of each named connection inside the block. PostgreSQL
-   needs no id until PREPARE; MySQL needs the xid at `XA START`, so the first MySQL branch (or
-   the second branch of any kind) asks the coordinator for a gtrid. A block that touches one
-   PostgreSQL database therefore never talks to the coordinator.
-2. On exit, one branch commits with one phase. Two or more: PREPARE all in parallel; any NO
-   vote or error rolls every branch back (Commit was never sent, so nobody can decide COMMIT).
-3. Commit is sent only after checking that the coordinator is reachable: if it is not, the
-   request certainly never left and the client still rolls back. Once Commit may have left, a
-   lost reply is not an abort: the client asks again until its patience runs out, then closes
-   its branch sessions (MariaDB detaches prepared branches) and raises `OutcomeUnknown`.
-4. COMMITTED: commit every branch in parallel, retrying and reconnecting; then Ack.
+   needs no id until PREPARE; MySQL needs the xid at `XA START`, so the first MySQL branch
+   asks the coordinator for a gtrid (Begin, which registers the branch and its session) and
+   a later MySQL branch is registered (Enlist) before it is prepared: recovery can always
+   name the session that holds a branch it must finish. Every timeout of a branch (lock
+   waits, MySQL's idle timeout) derives from the deadline the coordinator granted, or from
+   the block's own timeout while it has not been asked.
+2. Statements run one at a time per branch (a lock per branch: threads that share the block
+   take turns). When the block ends, every branch is closed first, so no statement reaches
+   a branch session after that (`TransactionEnded`).
+3. A branch that wrote nothing is finished without PREPARE (XA's read-only vote). If one
+   writing branch is left, it commits with one phase and no Commit request. Two or more:
+   PREPARE all in parallel; any NO vote or error rolls every branch back (Commit was never
+   sent, so nobody can decide COMMIT).
+4. Commit is sent only after checking that the coordinator is reachable: if it is not, the
+   request certainly never left and the client still rolls back. Once Commit may have left,
+   the only ways out are a COMMITTED or ABORTED decision for this gtrid, or closing every
+   branch session (MariaDB detaches prepared branches) and `OutcomeUnknown`. Only a refusal
+   of the very first attempt, with a status that means "not acted on", may roll back.
+5. COMMITTED: commit every branch in parallel, retrying and reconnecting; then Ack. A branch
+   found rolled back is a heuristic outcome (`HeuristicOutcome`, no Ack: recovery notes it).
 """
 
 from __future__ import annotations
@@ -23,25 +33,33 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from . import _failpoints
 from ._connections import Connection
-from ._coordinator_client import RETRYABLE, BranchInfo, CoordinatorClient, Decided, client_for
+from ._coordinator_client import (
+    REFUSED_UNDECIDED,
+    BranchInfo,
+    CoordinatorClient,
+    Decided,
+    client_for,
+)
 from ._errors import (
     CoordinatorUnavailable,
     HeuristicOutcome,
     OutcomeUnknown,
     PhaseTwoIncomplete,
     TransactionAborted,
+    TransactionEnded,
     TwostepError,
     is_connection_failure,
 )
-from ._phase2 import finish_prepared, release_session
+from ._phase2 import Ended, finish_prepared, release_session
 from ._scope import activate, current_scope
+from ._statements import Statements
 from ._tpc import BranchOps, VoteNo, require_two_phase
 from ._xid import Xid
 
@@ -58,21 +76,34 @@ _OUTCOME_PATIENCE = 10.0  # after the deadline, how long to keep asking for a lo
 _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="twostep-branch")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Branch:
     connection: Connection
     ops: BranchOps
     session: Any
     xid: Xid | None  # None: a PostgreSQL branch begun before the gtrid existed
     session_id: int = 0
+    #: The deadline (monotonic s) its lock timeout was computed from.
+    bound: float = 0.0
+    #: A statement that is not a plain read ran on it (else it is asked before PREPARE).
+    may_write: bool = False
+    #: The coordinator knows this branch and its session (Begin or Enlist).
+    registered: bool = False
     prepared: bool = False
+    #: Finished (read-only, one-phase, rolled back or committed) or detached.
+    ended: bool = False
+    transaction_id: int | None = None  # PostgreSQL: xid8 of the prepared transaction
+    #: The transaction has begun to end: no statement may reach the session any more.
+    closed: bool = False
+    #: Held while a statement runs on the session, and by the end of the block.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def name(self) -> str:
         return self.connection.name
 
     def info(self) -> BranchInfo:
-        return BranchInfo(self.name, self.ops.dialect, self.session_id)
+        return BranchInfo(self.name, self.ops.dialect, self.session_id, self.transaction_id or 0)
 
 
 class GlobalTransaction:
@@ -88,8 +119,9 @@ class GlobalTransaction:
         self._branches: dict[str, _Branch] = {}
         self._rollback_only: str | None = None
         self._finished = False
-        # Guards _branches and _gtrid: statements of one block may come from several threads
-        # that share its context. Never held across a coordinator call's retries.
+        # Guards _branches, _gtrid, _deadline and _finished: statements of one block may come
+        # from several threads that share its context. Lock order: this one, then a branch's
+        # `lock`; never the other way round. Never held across a coordinator call's retries.
         self._lock = threading.Lock()
 
     @property
@@ -103,48 +135,103 @@ class GlobalTransaction:
     def _remaining(self) -> float:
         return self._deadline - time.monotonic()
 
+    def _ended_error(self, connection: str) -> TransactionEnded:
+        return TransactionEnded(
+            f"global transaction {self._gtrid or ''} has already ended (or is ending); "
+            f"the statement on {connection!r} was not sent",
+            gtrid=self._gtrid,
+        )
+
     # -- inside the block ---------------------------------------------------------------------
 
-    def session_for(self, connection: Connection, origin: str | None) -> Any:
+    @contextlib.contextmanager
+    def statement_session(
+        self, connection: Connection, origin: str | None, statements: Statements
+    ) -> Iterator[Any]:
         with self._lock:
             if self._finished:
-                raise TwostepError("this global transaction has already ended")
+                raise self._ended_error(connection.name)
             branch = self._branches.get(connection.name)
             if branch is None:
-                branch = self._start_branch(connection, origin)
+                branch = self._start_branch(connection, origin, statements)
                 self._branches[connection.name] = branch
-            return branch.session
+            deadline = self._deadline
+        with branch.lock:
+            if branch.closed:
+                raise self._ended_error(connection.name)
+            if deadline < branch.bound:  # the coordinator granted less than the block asked
+                branch.ops.set_lock_timeout(branch.session, _ms(deadline - time.monotonic()))
+                branch.bound = deadline
+            branch.may_write = branch.may_write or statements.may_write
+            yield branch.session
 
-    def _start_branch(self, connection: Connection, origin: str | None) -> _Branch:
+    def _start_branch(
+        self, connection: Connection, origin: str | None, statements: Statements
+    ) -> _Branch:
         ops = require_two_phase(connection.dialect.name, connection=connection.name, origin=origin)
-        remaining = self._remaining()
-        if remaining <= 0:
+        if self._remaining() <= 0:
             raise TransactionAborted("the global transaction's deadline passed", gtrid=self._gtrid)
-        needs_xid = ops.dialect != "postgresql" or self._branches
-        xid = Xid.of(self._ensure_gtrid(), connection.name) if needs_xid else None
         session = connection.acquire()
         try:
-            ops.begin(session, xid, lock_timeout_ms=int(remaining * 1000))
-            session_id = ops.session_id(session)
+            branch = _Branch(connection, ops, session, None, ops.session_id(session))
+            if ops.dialect == "mysql":  # the xid is needed at XA START
+                if self._gtrid is None:
+                    self._begin([branch.info()])
+                    branch.registered = True
+                branch.xid = Xid.of(self._gtrid, connection.name)  # type: ignore[arg-type]
+            else:
+                branch.registered = True  # a PostgreSQL branch has no owner session to name
+            branch.bound = self._deadline
+            # A MySQL branch that starts with a read counts its writes, so that it can be
+            # finished without PREPARE if it writes nothing (see _tpc).
+            ops.begin(
+                session,
+                branch.xid,
+                lock_timeout_ms=_ms(self._remaining()),
+                count_writes=not statements.may_write,
+            )
         except BaseException:
             connection.release(session, discard=True)
             raise
-        return _Branch(connection, ops, session, xid, session_id)
+        return branch
+
+    def _begin(self, branches: Sequence[BranchInfo] = ()) -> None:
+        """Ask for the gtrid; the deadline becomes the one granted if that is earlier."""
+        asked = time.monotonic()
+        started = self._client().begin(self._remaining(), branches, rpc_timeout=_RPC_TIMEOUT)
+        self._gtrid = started.gtrid
+        self._deadline = min(self._deadline, asked + started.timeout_s)
 
     def _ensure_gtrid(self) -> str:
-        if self._gtrid is None:
-            self._gtrid, _ = self._client().begin(self._remaining(), rpc_timeout=_RPC_TIMEOUT)
-        return self._gtrid
+        with self._lock:
+            if self._gtrid is None:
+                self._begin()
+            return self._gtrid  # type: ignore[return-value]
 
     def _mark_rollback_only(self, why: str) -> None:
         self._rollback_only = self._rollback_only or why
 
     # -- the end of the block -----------------------------------------------------------------
 
-    def _abort(self, reason: str) -> None:
-        """Roll back every branch; tell the coordinator if it knows the gtrid."""
-        self._finished = True
-        branches = list(self._branches.values())
+    def _end(self) -> list[_Branch]:
+        """Close the block to statements; waits for statements in flight on other threads.
+
+        Returns the branches that are still open, in the order they started.
+        """
+        with self._lock:
+            self._finished = True
+            branches = list(self._branches.values())
+        for branch in branches:
+            with branch.lock:
+                branch.closed = True
+        return [b for b in branches if not b.ended]
+
+    def _abort(self, reason: str) -> str:
+        """Roll back every open branch; tell the coordinator if it knows the gtrid.
+
+        Returns what happened to the data, for the error message.
+        """
+        branches = self._end()
         left = _rollback_all(branches)
         if self._gtrid is not None:
             self._client().abort(self._gtrid, reason, [b.info() for b in branches])
@@ -153,29 +240,56 @@ class GlobalTransaction:
                 "prepared branches could not be rolled back; the coordinator will",
                 extra={"gtrid": self._gtrid, "branches": left},
             )
+            return (
+                f"{', '.join(left)} could not be rolled back yet and stay prepared until the "
+                "coordinator rolls them back (nothing was committed)"
+            )
+        return "every branch was rolled back"
 
     def _commit(self) -> None:
-        self._finished = True
-        branches = list(self._branches.values())
+        branches = self._end()
         if self._rollback_only:
-            self._abort(self._rollback_only)
-            raise TransactionAborted(f"rolled back: {self._rollback_only}", gtrid=self._gtrid)
-        if not branches:
-            return
-        if len(branches) == 1:
-            self._commit_one_phase(branches[0])
+            outcome = self._abort(self._rollback_only)
+            raise TransactionAborted(f"{self._rollback_only}: {outcome}", gtrid=self._gtrid)
+        writers = self._end_read_only(branches)
+        if not writers:
+            if self._gtrid is not None:  # nothing was written anywhere: commit is trivial
+                self._client().ack(self._gtrid, one_phase_commit=True)
+        elif len(writers) == 1:
+            self._commit_one_phase(writers[0])
         else:
-            self._commit_two_phase(branches)
+            self._commit_two_phase(writers)
+
+    def _end_read_only(self, branches: list[_Branch]) -> list[_Branch]:
+        """Finish every branch that wrote nothing; the branches that did write."""
+        asked = [b for b in branches if not b.may_write]
+        outcomes = _on_each(asked, lambda b: b.ops.end_if_read_only(b.session, b.xid))
+        failed = None
+        for branch, outcome in outcomes:
+            if outcome is True:
+                branch.ended = True
+                release_session(branch)
+            elif isinstance(outcome, Exception):
+                failed = failed or (branch, outcome)
+        if failed is not None:
+            branch, exc = failed
+            outcome_text = self._abort(f"{branch.name} voted NO")
+            raise TransactionAborted(
+                f"{branch.name} could not be finished: {exc}; {outcome_text}", gtrid=self._gtrid
+            ) from exc
+        return [b for b in branches if not b.ended]
 
     def _commit_one_phase(self, branch: _Branch) -> None:
         try:
             branch.ops.commit_one_phase(branch.session, branch.xid)
         except VoteNo as exc:
+            branch.ended = True
             release_session(branch, discard=True)
             raise TransactionAborted(
                 f"{branch.name} rolled the transaction back: {exc}", gtrid=self._gtrid
             ) from exc
         except TwostepError as exc:
+            branch.ended = True
             release_session(branch, discard=True)
             if is_connection_failure(exc):
                 raise OutcomeUnknown(
@@ -184,6 +298,7 @@ class GlobalTransaction:
                     gtrid=self._gtrid,
                 ) from exc
             raise
+        branch.ended = True
         release_session(branch)
         if self._gtrid is not None:
             self._client().ack(self._gtrid, one_phase_commit=True)
@@ -191,82 +306,121 @@ class GlobalTransaction:
     def _commit_two_phase(self, branches: list[_Branch]) -> None:
         try:
             gtrid = self._ensure_gtrid()
-        except CoordinatorUnavailable:
-            self._abort("coordinator unavailable")
-            raise
+            self._enlist(gtrid, branches)
+        except CoordinatorUnavailable as exc:
+            outcome = self._abort("coordinator unavailable before prepare")
+            raise CoordinatorUnavailable(f"{exc}; {outcome}") from exc
+        except TransactionAborted as exc:
+            outcome = self._abort(f"before prepare: {exc}")
+            raise TransactionAborted(f"{exc}; {outcome}", gtrid=self._gtrid) from exc
         for branch in branches:
             if branch.xid is None:
                 branch.xid = Xid.of(gtrid, branch.name)
         if self._remaining() <= 0:
-            self._abort("deadline passed before prepare")
-            raise TransactionAborted("the global transaction's deadline passed", gtrid=gtrid)
+            outcome = self._abort("deadline passed before prepare")
+            raise TransactionAborted(
+                f"the global transaction's deadline passed before prepare; {outcome}", gtrid=gtrid
+            )
 
         _failpoints.failpoint(_failpoints.BEFORE_PREPARE)
         prepared = _on_each(branches, _prepare, between=_failpoints.BETWEEN_PREPARES)
         failures = [(b, out) for b, out in prepared if out is not None]
         if failures:
             branch, exc = failures[0]
-            self._abort(f"{branch.name} voted NO")
+            outcome = self._abort(f"{branch.name} voted NO")
             raise TransactionAborted(
-                f"{branch.name} could not prepare, every branch was rolled back: {exc}",
-                gtrid=gtrid,
+                f"{branch.name} could not prepare: {exc}; {outcome}", gtrid=gtrid
             ) from exc
 
         client = self._client()
         if not client.reachable(within=min(_PROBE_TIMEOUT, max(0.2, self._remaining()))):
-            self._abort("coordinator unreachable before Commit")
+            outcome = self._abort("coordinator unreachable before Commit")
             raise CoordinatorUnavailable(
-                f"coordinator {self.coordinator} unreachable before Commit was sent; "
-                f"every branch of {gtrid} was rolled back, nothing was committed"
+                f"coordinator {self.coordinator} unreachable before Commit of {gtrid} was "
+                f"sent; nothing was committed: {outcome}"
             )
         _failpoints.failpoint(_failpoints.BEFORE_COMMIT_REQUEST)
         decided = self._ask_for_commit(client, gtrid, branches)
         if not decided.committed:
-            self._abort(f"coordinator decided ABORT: {decided.reason}")
+            outcome = self._abort(f"coordinator decided ABORT: {decided.reason}")
             raise TransactionAborted(
-                f"the coordinator decided ABORT ({decided.reason}); every branch was rolled back",
-                gtrid=gtrid,
+                f"the coordinator decided ABORT ({decided.reason}); {outcome}", gtrid=gtrid
             )
         _failpoints.failpoint(_failpoints.AFTER_DECISION)
         self._finish_committed(client, gtrid, branches)
 
+    def _enlist(self, gtrid: str, branches: list[_Branch]) -> None:
+        """Register the MySQL branches Begin did not carry, before they are prepared."""
+        unregistered = [b for b in branches if not b.registered]
+        if not unregistered:
+            return
+        infos = [b.info() for b in unregistered]
+        if not self._client().enlist(gtrid, infos, rpc_timeout=_RPC_TIMEOUT):
+            raise TransactionAborted(
+                f"the coordinator no longer has {gtrid} active (decided, or past its deadline)",
+                gtrid=gtrid,
+            )
+        for branch in unregistered:
+            branch.registered = True
+
     def _ask_for_commit(
         self, client: CoordinatorClient, gtrid: str, branches: Sequence[_Branch]
     ) -> Decided:
+        """The decision for `gtrid`. The only other way out is `OutcomeUnknown` with every
+        branch session closed; a refusal of the first attempt rolls back (TransactionAborted).
+        """
         infos = [b.info() for b in branches]
         give_up = max(self._deadline, time.monotonic()) + _OUTCOME_PATIENCE
         delay = 0.05
-        while True:
-            try:
-                decided = client.commit(gtrid, infos, rpc_timeout=_RPC_TIMEOUT)
-            except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE:
-                    # Refused whole: nothing was recorded, so rolling back is still ours to do.
-                    self._abort(f"Commit refused: {exc.code().name}")
-                    raise TransactionAborted(
-                        f"the coordinator refused Commit ({exc.code().name}: {exc.details()}); "
-                        "every branch was rolled back",
-                        gtrid=gtrid,
-                    ) from exc
+        first = True
+        last = "no answer"
+        try:
+            while True:
+                try:
+                    decided = client.commit(gtrid, infos, rpc_timeout=_RPC_TIMEOUT)
+                    if decided is not None:
+                        return decided
+                    last = "a reply that holds no decision for this gtrid"
+                except grpc.RpcError as exc:
+                    if first and exc.code() in REFUSED_UNDECIDED:
+                        self._refused(gtrid, exc)
+                    last = f"{exc.code().name}: {exc.details()}"
+                first = False
                 if time.monotonic() + delay > give_up:
-                    self._detach(branches)
-                    raise OutcomeUnknown(
-                        f"Commit of {gtrid} was sent but no answer came from "
-                        f"{self.coordinator} ({exc.code().name}); the branches are prepared "
-                        "and the coordinator alone will finish them: look up the gtrid",
-                        gtrid=gtrid,
-                    ) from exc
-                log.warning(
-                    "Commit unanswered, asking again",
-                    extra={"gtrid": gtrid, "status": exc.code().name},
-                )
+                    break
+                log.warning("Commit unanswered, asking again", extra={"gtrid": gtrid, "why": last})
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
-                continue
-            return decided
+        except TransactionAborted:
+            raise
+        except BaseException as exc:
+            self._detach(branches)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: the branches are left to the coordinator
+            raise self._unknown(gtrid, f"{type(exc).__name__}: {exc}") from exc
+        self._detach(branches)
+        raise self._unknown(gtrid, last)
+
+    def _refused(self, gtrid: str, exc: grpc.RpcError) -> None:
+        """The first Commit was refused before the coordinator acted on it: roll back."""
+        outcome = self._abort(f"Commit refused: {exc.code().name}")
+        raise TransactionAborted(
+            f"the coordinator refused Commit before deciding ({exc.code().name}: "
+            f"{exc.details()}); {outcome}",
+            gtrid=gtrid,
+        ) from exc
+
+    def _unknown(self, gtrid: str, why: str) -> OutcomeUnknown:
+        return OutcomeUnknown(
+            f"Commit of {gtrid} was sent but no decision came back from {self.coordinator} "
+            f"(last: {why}); the branches are prepared and the coordinator alone will finish "
+            "them: look up the gtrid",
+            gtrid=gtrid,
+        )
 
     def _detach(self, branches: Sequence[_Branch]) -> None:
         for branch in branches:
+            branch.ended = True
             release_session(branch, discard=True)
 
     def _finish_committed(
@@ -278,13 +432,21 @@ class GlobalTransaction:
             between=_failpoints.BETWEEN_COMMITS,
         )
         for branch, outcome in outcomes:
+            branch.ended = True
             if isinstance(outcome, Exception):
                 log.error(
                     "COMMIT PREPARED failed", extra={"xid": str(branch.xid)}, exc_info=outcome
                 )
                 release_session(branch, discard=True)  # closed: the coordinator can finish it
-        pending = [b.name for b, done in outcomes if done is None or isinstance(done, Exception)]
-        heuristic = [b.name for b, done in outcomes if done is False]
+        pending = [
+            b.name
+            for b, out in outcomes
+            if out is Ended.STILL_PREPARED or isinstance(out, Exception)
+        ]
+        heuristic = [b.name for b, out in outcomes if out is Ended.OTHER_WAY]
+        unverified = [b.name for b, out in outcomes if out is Ended.UNVERIFIED]
+        # No Ack unless every branch is known committed: recovery then looks at the rest and
+        # notes what it finds (a heuristic outcome, or a branch it cannot verify).
         if heuristic:
             raise HeuristicOutcome(
                 f"{gtrid} was decided COMMIT but {', '.join(heuristic)} rolled back",
@@ -297,12 +459,23 @@ class GlobalTransaction:
                 gtrid=gtrid,
                 pending=pending,
             )
+        if unverified:
+            log.warning(
+                "branch no longer prepared and its database cannot tell how it ended; "
+                "left to the coordinator to note",
+                extra={"gtrid": gtrid, "branches": ",".join(unverified)},
+            )
+            return
         client.ack(gtrid)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 def _prepare(branch: _Branch) -> None:
     assert branch.xid is not None
-    branch.ops.prepare(branch.session, branch.xid)
+    branch.transaction_id = branch.ops.prepare(branch.session, branch.xid)
     branch.prepared = True
 
 
@@ -310,6 +483,7 @@ def _rollback_all(branches: list[_Branch]) -> list[str]:
     """Roll every branch back; the names of prepared branches that are still prepared."""
     left = []
     for branch, done in _on_each(branches, _rollback_one):
+        branch.ended = True
         if done is not True:
             log.error("rollback failed", extra={"branch": branch.name, "outcome": repr(done)})
             release_session(branch, discard=True)  # closed: the coordinator can finish it
@@ -317,9 +491,9 @@ def _rollback_all(branches: list[_Branch]) -> list[str]:
     return left
 
 
-def _rollback_one(branch: _Branch) -> bool | None:
+def _rollback_one(branch: _Branch) -> bool | Ended:
     if branch.prepared:
-        return finish_prepared(branch, commit=False)
+        return _rolled_back(finish_prepared(branch, commit=False))
     try:
         branch.ops.rollback_unprepared(branch.session, branch.xid)
     except TwostepError:
@@ -327,9 +501,14 @@ def _rollback_one(branch: _Branch) -> bool | None:
         if branch.xid is None:
             return True  # never prepared: the dead session took its transaction along
         # A PREPARE whose reply was lost may have left the branch prepared: look and finish.
-        return finish_prepared(branch, commit=False)
+        return _rolled_back(finish_prepared(branch, commit=False))
     release_session(branch)
     return True
+
+
+def _rolled_back(ended: Ended) -> bool | Ended:
+    # UNVERIFIED: not prepared any more, and before any decision nobody could commit it.
+    return True if ended in (Ended.AS_ASKED, Ended.UNVERIFIED) else ended
 
 
 def _on_each(
@@ -368,8 +547,15 @@ def global_transaction(
     """Run the block as one atomic transaction across every database it touches.
 
     `coordinator` defaults to $TWOSTEP_COORDINATOR or 127.0.0.1:50051; `timeout` (seconds)
-    bounds the whole transaction and every lock wait in it. Nested blocks join the outer one
-    (their arguments are ignored); an exception escaping a nested block dooms the outer one.
+    bounds the whole transaction and every lock wait in it (the coordinator may grant less:
+    its `max_timeout`). Nested blocks join the outer one (their arguments are ignored); an
+    exception escaping a nested block dooms the outer one.
+
+    Raises `TransactionAborted` (nothing committed), `CoordinatorUnavailable` (nothing
+    committed), `OutcomeUnknown` (Commit sent, answer lost: look up `.gtrid`),
+    `PhaseTwoIncomplete` (committed, some branches not yet), `HeuristicOutcome`,
+    `TwoPhaseNotSupported` (SQLite), and, for statements, `DatabaseError`,
+    `StatementRefused` and `TransactionEnded`.
     """
     outer = current_scope()
     if isinstance(outer, GlobalTransaction):

@@ -13,17 +13,32 @@ What the databases answer, measured on PostgreSQL 15 and MariaDB 10.11
   ROLLBACK and no error: the tag is checked, or a rolled-back branch would count as a YES vote.
 - MariaDB refuses `XA START` after any transactional statement (1400): sessions are clean
   (autocommit, idle) when a branch starts.
+- A prepared read-only MariaDB branch is rolled back when its session closes (1402 or 1397
+  later, facts MY-3 and MY-10), which would look like a heuristic outcome; so a branch that
+  wrote nothing is finished without PREPARE (`end_if_read_only`, XA's "read-only vote").
+  PostgreSQL says exactly whether a transaction wrote (`txid_current_if_assigned()` is NULL
+  until it does); MariaDB's INNODB_TRX is a cache refreshed at most every 0.1 s (measured),
+  so its session's Handler_write/update/delete counters are compared with their values at
+  XA START instead (exact for InnoDB writes, stored functions and sequences; measured).
+  Reading them costs ~0.2 ms of server time, so they are read only for a branch whose first
+  statement was a read.
+- Whatever `begin` changes in a MariaDB session (lock wait and idle timeouts) is saved in
+  user variables by the same statement and put back by `restore_session` before the session
+  is pooled again; PostgreSQL's lock timeout is `SET LOCAL`, gone with the transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import weakref
 from typing import Any, NoReturn, Protocol
 
 import psycopg
 import pymysql
 from psycopg import sql
+from psycopg.pq import TransactionStatus
+from pymysql.constants import SERVER_STATUS
 
 from ._errors import TwoPhaseNotSupported, is_connection_failure, translate_driver_errors
 from ._xid import FORMAT_ID, Xid
@@ -58,15 +73,51 @@ class BranchOps(Protocol):
 
     dialect: str
 
-    def begin(self, session: Any, xid: Xid | None, lock_timeout_ms: int | None) -> None: ...
+    def begin(
+        self,
+        session: Any,
+        xid: Xid | None,
+        lock_timeout_ms: int | None,
+        *,
+        count_writes: bool = False,
+    ) -> None:
+        """Start the branch; bound its lock waits (and, MySQL, its idle time) by the timeout.
+
+        `count_writes`: remember what the session has written so far, so that
+        `end_if_read_only` can tell (MySQL only; PostgreSQL always can).
+        """
+
+    def set_lock_timeout(self, session: Any, lock_timeout_ms: int) -> None:
+        """Shorten the lock wait bound of a running branch (the deadline moved closer)."""
+
     def session_id(self, session: Any) -> int: ...
-    def prepare(self, session: Any, xid: Xid) -> None: ...
+
+    def end_if_read_only(self, session: Any, xid: Xid | None) -> bool:
+        """If the branch wrote nothing, end it (one-phase commit) and return True; else
+        return False with the branch untouched. `VoteNo` if it is no longer a transaction."""
+        ...
+
+    def prepare(self, session: Any, xid: Xid) -> int | None:
+        """PREPARE; returns the database's id of the transaction (PostgreSQL xid8) or None.
+
+        `VoteNo` if it cannot be prepared (rolled back) or is no longer the transaction the
+        branch began (ended inside the block)."""
+        ...
+
     def commit_one_phase(self, session: Any, xid: Xid | None) -> None: ...
     def rollback_unprepared(self, session: Any, xid: Xid | None) -> None: ...
     def commit_prepared(self, session: Any, xid: Xid) -> Finish: ...
     def rollback_prepared(self, session: Any, xid: Xid) -> Finish: ...
     def is_prepared(self, session: Any, xid: Xid) -> bool: ...
     def recover(self, session: Any) -> list[Xid]: ...
+
+    def ended_as(self, session: Any, transaction_id: int | None) -> str | None:
+        """How a transaction that is no longer prepared ended: 'committed', 'aborted',
+        'in progress', or None when the database cannot tell (MySQL; unknown id)."""
+        ...
+
+    def restore_session(self, session: Any) -> None:
+        """Undo what `begin` changed in the session's settings (before it is pooled)."""
 
 
 def _vote_no_unless_lost(exc: Exception, step: str) -> NoReturn:
@@ -77,37 +128,80 @@ def _vote_no_unless_lost(exc: Exception, step: str) -> NoReturn:
     raise VoteNo(f"{step} failed: {exc}") from exc
 
 
+def _require_transaction(in_transaction: bool, step: str) -> None:
+    if not in_transaction:
+        raise VoteNo(
+            f"{step}: the session is no longer inside the branch's transaction (it was ended "
+            "inside the block); what ran after that was committed on its own"
+        )
+
+
 class _PostgresOps:
     dialect = "postgresql"
 
     def begin(
-        self, session: psycopg.Connection, xid: Xid | None, lock_timeout_ms: int | None
+        self,
+        session: psycopg.Connection,
+        xid: Xid | None,
+        lock_timeout_ms: int | None,
+        *,
+        count_writes: bool = False,
     ) -> None:
         # The gid is only needed at PREPARE, so a PG branch can start before the coordinator
         # is asked for a gtrid (a one-database block never needs it).
         statement = "BEGIN"
         if lock_timeout_ms is not None:
             # A lock wait across two databases is a deadlock neither engine sees: bound it.
-            # One round trip for both statements; the value is an int we format ourselves.
-            statement += f"; SET LOCAL lock_timeout = '{max(1, int(lock_timeout_ms))}ms'"
+            # One round trip for both statements.
+            statement += "; " + _pg_lock_timeout(lock_timeout_ms)
         with translate_driver_errors():
             session.execute(statement)
+
+    def set_lock_timeout(self, session: psycopg.Connection, lock_timeout_ms: int) -> None:
+        with translate_driver_errors():
+            session.execute(_pg_lock_timeout(lock_timeout_ms))
 
     def session_id(self, session: psycopg.Connection) -> int:
         return 0
 
-    def prepare(self, session: psycopg.Connection, xid: Xid) -> None:
+    def _status(self, session: psycopg.Connection, step: str) -> TransactionStatus:
+        status = session.info.transaction_status
+        _require_transaction(status in (TransactionStatus.INTRANS, TransactionStatus.INERROR), step)
+        return status
+
+    def end_if_read_only(self, session: psycopg.Connection, xid: Xid | None) -> bool:
+        if self._status(session, "read-only check") is TransactionStatus.INERROR:
+            raise VoteNo("a statement of the branch failed: PostgreSQL rolled it back")
         try:
-            cur = session.execute(
-                sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(xid.pg_gid()))
-            )
+            (txid,) = session.execute("SELECT txid_current_if_assigned()").fetchone()
+        except psycopg.Error as exc:
+            _vote_no_unless_lost(exc, "read-only check")
+        if txid is not None:
+            return False
+        self.commit_one_phase(session, xid)
+        return True
+
+    def prepare(self, session: psycopg.Connection, xid: Xid) -> int | None:
+        if self._status(session, "PREPARE TRANSACTION") is TransactionStatus.INERROR:
+            raise VoteNo("a statement of the branch failed: PostgreSQL rolled it back")
+        # One round trip: the transaction id (for pg_xact_status once the gid is gone),
+        # then PREPARE.
+        statement = sql.SQL("SELECT txid_current_if_assigned(); PREPARE TRANSACTION {}").format(
+            sql.Literal(xid.pg_gid())
+        )
+        try:
+            cur = session.execute(statement)
+            (txid,) = cur.fetchone()
+            cur.nextset()
         except psycopg.Error as exc:
             raise VoteNo(f"PREPARE TRANSACTION failed: {exc}") from exc
         if cur.statusmessage != "PREPARE TRANSACTION":
             # Tag ROLLBACK: a statement had failed earlier, PostgreSQL rolled the branch back.
             raise VoteNo(f"PREPARE TRANSACTION answered {cur.statusmessage!r}: branch rolled back")
+        return None if txid is None else int(txid)
 
     def commit_one_phase(self, session: psycopg.Connection, xid: Xid | None) -> None:
+        self._status(session, "COMMIT")
         try:
             cur = session.execute("COMMIT")
         except psycopg.Error as exc:
@@ -155,47 +249,123 @@ class _PostgresOps:
             gids = [row[0] for row in cur.fetchall()]
         return [xid for xid in map(Xid.from_pg_gid, gids) if xid is not None]
 
+    def ended_as(self, session: psycopg.Connection, transaction_id: int | None) -> str | None:
+        # COMMIT/ROLLBACK PREPARED answer 42704 for a gid that is gone either way; only the
+        # commit log (pg_xact_status) knows which, until it is truncated (then NULL).
+        if not transaction_id:
+            return None
+        with translate_driver_errors():
+            row = session.execute(
+                "SELECT pg_xact_status(%s::text::xid8)", (str(int(transaction_id)),)
+            ).fetchone()
+        return row[0] if row else None
+
+    def restore_session(self, session: psycopg.Connection) -> None:
+        pass  # SET LOCAL ended with the transaction
+
+
+def _pg_lock_timeout(lock_timeout_ms: int) -> str:
+    # An int we format ourselves: nothing from outside reaches the text.
+    return f"SET LOCAL lock_timeout = '{max(1, int(lock_timeout_ms))}ms'"
+
 
 # How long past its deadline a MySQL branch session may sit idle before the server ends it.
 # By then the coordinator answers ABORTED to a late Commit, and a prepared branch only detaches.
 _IDLE_MARGIN_S = 5
+# What the session has written so far: the sum of its Handler_write/update/delete counters.
+_MY_WRITES = (
+    "(SELECT SUM(VARIABLE_VALUE) FROM information_schema.SESSION_STATUS"
+    " WHERE VARIABLE_NAME IN ('HANDLER_WRITE', 'HANDLER_UPDATE', 'HANDLER_DELETE'))"
+)
+# Saves the session's own values first: SET assigns left to right.
+_MY_SAVE = (
+    "SET @twostep_lock_wait = @@session.innodb_lock_wait_timeout,"
+    " @twostep_wait = @@session.wait_timeout"
+)
+_MY_RESTORE = (
+    "SET SESSION innodb_lock_wait_timeout = @twostep_lock_wait, wait_timeout = @twostep_wait,"
+    " @twostep_lock_wait = NULL, @twostep_wait = NULL, @twostep_writes = NULL"
+)
+
+
+def _seconds(lock_timeout_ms: int) -> int:
+    return max(1, -(-int(lock_timeout_ms) // 1000))  # whole seconds, at least 1
 
 
 class _MySQLOps:
     dialect = "mysql"
 
+    def __init__(self) -> None:
+        # Sessions whose settings `begin` changed, for `restore_session` (no I/O for others).
+        self._altered: weakref.WeakSet[pymysql.Connection] = weakref.WeakSet()
+
     def begin(
-        self, session: pymysql.Connection, xid: Xid | None, lock_timeout_ms: int | None
+        self,
+        session: pymysql.Connection,
+        xid: Xid | None,
+        lock_timeout_ms: int | None,
+        *,
+        count_writes: bool = False,
     ) -> None:
-        # Whole seconds, at least 1; None: the server's defaults. Set for every branch: a pooled
-        # session keeps whatever its previous user set. wait_timeout makes MariaDB end the
-        # session of a client that froze with the branch attached (XAER_NOTA to everyone else)
-        # soon after the deadline, detaching a prepared branch so recovery can finish it.
-        seconds = None if lock_timeout_ms is None else max(1, -(-int(lock_timeout_ms) // 1000))
+        # wait_timeout makes MariaDB end the session of a client that froze with the branch
+        # attached (XAER_NOTA to everyone else) soon after the deadline, detaching a prepared
+        # branch so recovery can finish it.
         with translate_driver_errors(), session.cursor() as cur:
-            if seconds is None:
-                cur.execute(
-                    "SET SESSION innodb_lock_wait_timeout = DEFAULT, wait_timeout = DEFAULT"
-                )
-            else:
-                cur.execute(
-                    "SET SESSION innodb_lock_wait_timeout = %s, wait_timeout = %s",
-                    (seconds, seconds + _IDLE_MARGIN_S),
-                )
+            if lock_timeout_ms is not None or count_writes:
+                statement, params = _MY_SAVE, ()
+                if lock_timeout_ms is not None:
+                    seconds = _seconds(lock_timeout_ms)
+                    statement += ", SESSION innodb_lock_wait_timeout = %s, wait_timeout = %s"
+                    params = (seconds, seconds + _IDLE_MARGIN_S)
+                if count_writes:
+                    statement += f", @twostep_writes = {_MY_WRITES}"
+                self._altered.add(session)
+                cur.execute(statement, params or None)
             cur.execute(f"XA START {xid.mysql_literal()}" if xid else "START TRANSACTION")
+
+    def set_lock_timeout(self, session: pymysql.Connection, lock_timeout_ms: int) -> None:
+        seconds = _seconds(lock_timeout_ms)
+        with translate_driver_errors(), session.cursor() as cur:
+            cur.execute(
+                "SET SESSION innodb_lock_wait_timeout = %s, wait_timeout = %s",
+                (seconds, seconds + _IDLE_MARGIN_S),
+            )
 
     def session_id(self, session: pymysql.Connection) -> int:
         return int(session.thread_id())
 
-    def prepare(self, session: pymysql.Connection, xid: Xid) -> None:
+    def _require(self, session: pymysql.Connection, step: str) -> None:
+        # server_status comes with every reply: IN_TRANS is set from XA START until the
+        # branch ends (measured on MariaDB 10.11), so this costs no round trip.
+        _require_transaction(
+            bool(session.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS), step
+        )
+
+    def end_if_read_only(self, session: pymysql.Connection, xid: Xid | None) -> bool:
+        self._require(session, "read-only check")
+        try:
+            with session.cursor() as cur:
+                cur.execute(f"SELECT {_MY_WRITES} - @twostep_writes")
+                (written,) = cur.fetchone()
+        except pymysql.MySQLError as exc:
+            _vote_no_unless_lost(exc, "read-only check")
+        if written is None or written != 0:  # None: not counted since XA START
+            return False
+        self.commit_one_phase(session, xid)
+        return True
+
+    def prepare(self, session: pymysql.Connection, xid: Xid) -> int | None:
+        self._require(session, "XA PREPARE")
         try:
             with session.cursor() as cur:
                 cur.execute(f"XA END {xid.mysql_literal()}")
                 cur.execute(f"XA PREPARE {xid.mysql_literal()}")
         except pymysql.MySQLError as exc:
             raise VoteNo(f"XA PREPARE failed: {exc}") from exc
+        return None
 
     def commit_one_phase(self, session: pymysql.Connection, xid: Xid | None) -> None:
+        self._require(session, "one-phase commit")
         try:
             with session.cursor() as cur:
                 if xid is None:
@@ -246,13 +416,30 @@ class _MySQLOps:
         found = (Xid.from_mysql_recover(*row) for row in rows if row[0] == FORMAT_ID)
         return [xid for xid in found if xid is not None]
 
+    def ended_as(self, session: pymysql.Connection, transaction_id: int | None) -> str | None:
+        return None  # XA COMMIT and XA ROLLBACK of a finished xid both answer XAER_NOTA
+
+    def restore_session(self, session: pymysql.Connection) -> None:
+        if session not in self._altered:
+            return
+        with translate_driver_errors(), session.cursor() as cur:
+            cur.execute(_MY_RESTORE)
+        self._altered.discard(session)
+
 
 class _SQLiteOps:
     """Local transactions only: SQLite has no PREPARE, so it never joins two-phase commit."""
 
     dialect = "sqlite"
 
-    def begin(self, session: Any, xid: Xid | None, lock_timeout_ms: int | None) -> None:
+    def begin(
+        self,
+        session: Any,
+        xid: Xid | None,
+        lock_timeout_ms: int | None,
+        *,
+        count_writes: bool = False,
+    ) -> None:
         with translate_driver_errors():
             session.execute("BEGIN")
 
@@ -263,6 +450,9 @@ class _SQLiteOps:
     def rollback_unprepared(self, session: Any, xid: Xid | None) -> None:
         with translate_driver_errors():
             session.execute("ROLLBACK")
+
+    def restore_session(self, session: Any) -> None:
+        pass
 
 
 _OPS: dict[str, BranchOps] = {"postgresql": _PostgresOps(), "mysql": _MySQLOps()}

@@ -13,14 +13,18 @@ refuses DDL); on SQLite `prepare()` raises `TwoPhaseNotSupported`.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
 from ._connections import Connection, get_connection
-from ._errors import TransactionAborted, TwostepError
-from ._phase2 import finish_prepared, release_session
+from ._errors import TransactionAborted, TransactionEnded, TwostepError
+from ._phase2 import Ended, finish_prepared, release_session
 from ._scope import activate, current_scope
+from ._statements import Statements
 from ._tpc import VoteNo, local_ops, require_two_phase
 from ._xid import LOCAL_CLUSTER, Xid, new_gtrid
 
@@ -35,24 +39,38 @@ class Transaction:
         self.xid: Xid | None = None
         self.session: Any = None
         self.prepared = False
+        self.transaction_id: int | None = None  # PostgreSQL: xid8, once prepared
         self._state = "new"  # new -> active -> committed | rolled back
         self._scope: Any = None
+        # Held while a statement runs on the session, and while the transaction ends: threads
+        # that share the block's context take turns, and none runs after the end.
+        self._lock = threading.Lock()
+        self._closed = False  # commit or rollback has begun: no statement may start
 
     # -- the scope: statements on this connection run in this transaction --------------------
 
-    def session_for(self, connection: Connection, origin: str | None) -> Any:
+    @contextlib.contextmanager
+    def statement_session(
+        self, connection: Connection, origin: str | None, statements: Statements
+    ) -> Iterator[Any]:
         if connection.name != self.connection.name:
             who = f"model {origin}" if origin else "a statement"
             raise TwostepError(
                 f"{who} uses connection {connection.name!r} inside a Transaction on "
                 f"{self.connection.name!r}; use global_transaction() to write to both"
             )
-        if self._state != "active" or self.prepared:
-            raise TwostepError(f"the transaction on {self.connection.name!r} is {self._status()}")
-        return self.session
+        with self._lock:
+            if self._state != "active" or self.prepared or self._closed:
+                raise TransactionEnded(
+                    f"the transaction on {self.connection.name!r} is {self._status()}; "
+                    "the statement was not sent"
+                )
+            yield self.session
 
     def _status(self) -> str:
-        return "prepared" if self.prepared and self._state == "active" else self._state
+        if self._state != "active":
+            return self._state
+        return "ending" if self._closed else "prepared" if self.prepared else "active"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -100,18 +118,29 @@ class Transaction:
             raise TwostepError("the transaction is already prepared")
         if self.xid is None:
             self.xid = Xid.of(new_gtrid(LOCAL_CLUSTER, self._deadline_s), self.connection.name)
-        try:
-            ops.prepare(self.session, self.xid)
-        except VoteNo as exc:
+        with self._lock:
+            try:
+                self.transaction_id = ops.prepare(self.session, self.xid)
+            except VoteNo as exc:
+                prepared = False
+                failure: VoteNo | None = exc
+            else:
+                prepared, failure = True, None
+            self.prepared = prepared
+        if failure is not None:
             self.rollback()
-            raise TransactionAborted(f"{self.xid} could not be prepared: {exc}") from exc
-        self.prepared = True
+            raise TransactionAborted(f"{self.xid} could not be prepared: {failure}") from failure
         return self.xid
 
     def commit(self) -> None:
         self._require_active()
+        self._close()
         if self.prepared:
-            if finish_prepared(self, commit=True) is not True:
+            ended = finish_prepared(self, commit=True)
+            if ended is Ended.OTHER_WAY:
+                self._state = "rolled back"
+                raise TransactionAborted(f"{self.xid} was found rolled back (by someone else)")
+            if ended is not Ended.AS_ASKED and ended is not Ended.UNVERIFIED:
                 raise TwostepError(f"{self.xid} could not be committed; it is still prepared")
         else:
             try:
@@ -129,9 +158,11 @@ class Transaction:
 
     def rollback(self) -> None:
         self._require_active()
+        self._close()
         self._state = "rolled back"
         if self.prepared:
-            if finish_prepared(self, commit=False) is not True:
+            ended = finish_prepared(self, commit=False)
+            if ended is Ended.STILL_PREPARED:
                 raise TwostepError(f"{self.xid} could not be rolled back; it is still prepared")
             return
         try:
@@ -140,6 +171,11 @@ class Transaction:
             release_session(self, discard=True)  # a dead session takes its transaction along
             return
         release_session(self)
+
+    def _close(self) -> None:
+        """Wait for a statement in flight on another thread; let no new one start."""
+        with self._lock:
+            self._closed = True
 
     def _require_active(self) -> None:
         if self._state != "active":

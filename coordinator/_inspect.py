@@ -7,12 +7,7 @@ second copy of them. The queries here never finish a branch; they answer what th
 `prepared_xids(resource, session)`
     Every prepared xid the resource shows, foreign ones included, as the database shows it
     (for ScanResource), and on PostgreSQL each one's transaction id as a 64-bit xid8, the
-    evidence `transaction_status` needs later.
-`transaction_status(session, txid)` (PostgreSQL)
-    'committed', 'aborted', 'in progress', or None when PostgreSQL no longer knows. The only
-    way to tell, once a gid has gone from `pg_prepared_xacts`, whether it was committed or
-    rolled back (e.g. by hand: a heuristic outcome); COMMIT/ROLLBACK PREPARED answer 42704
-    either way.
+    evidence `BranchOps.ended_as` needs later (for orphans, whose client never reported it).
 `session_holds_transaction(session, thread_id)` and `kill_session(session, thread_id)`
     (MySQL/MariaDB) A prepared branch attached to a live session cannot be finished from
     another one (XAER_NOTA while XA RECOVER lists it). The session the client reported is
@@ -35,7 +30,6 @@ __all__ = [
     "kill_session",
     "prepared_xids",
     "session_holds_transaction",
-    "transaction_status",
 ]
 
 _MAX_THREAD_ID = 2**63 - 1
@@ -88,14 +82,6 @@ def _mysql_raw(format_id: int, gtrid_length: int, bqual_length: int, data: Any) 
     if format_id == FORMAT_ID:
         xid = Xid.from_mysql_recover(format_id, gtrid_length, bqual_length, raw)
     return RawXid(shown, xid)
-
-
-def transaction_status(session: Any, txid: int) -> str | None:
-    """PostgreSQL's status of transaction `txid` (xid8), or None if it no longer knows."""
-    with translate_driver_errors():
-        row = session.execute("SELECT pg_xact_status(%s::text::xid8)", (str(int(txid)),))
-        found = row.fetchone()
-    return found[0] if found else None
 
 
 def _thread_id(thread_id: object) -> int:

@@ -6,7 +6,13 @@ unique key on gtrid (a conditional update of an active row, or an insert that do
 conflict, then a read-back of the row), never through a lock in memory (DESIGN.md invariant 1).
 
 Begin (`record_begun`)
-    Inserts active rows. Not durable when the call returns (presumed abort, see below).
+    Inserts active rows, with the branches the client registered. Not durable when the call
+    returns (presumed abort, see below).
+Enlist (`enlist`)
+    Adds branches (and their owner sessions) to an active row, replacing a branch of the same
+    resource; a decided or unknown gtrid is left alone. Answers each gtrid's state (None:
+    unknown), once durable. Recovery names a branch's owner session from these records when
+    it aborts an orphan.
 Commit (`decide`, a `Proposal` with commit=True)
     active and now < deadline: COMMITTED (the branches are stored). active past the deadline:
     ABORTED "deadline passed". Unknown gtrid: an aborted row is inserted ("unknown
@@ -67,6 +73,7 @@ __all__ = [
     "BranchRecord",
     "Decision",
     "DecisionLog",
+    "Enlistment",
     "ListQuery",
     "LogUnavailable",
     "Note",
@@ -103,12 +110,13 @@ class LogUnavailable(Exception):
 
 @dataclass(frozen=True)
 class BranchRecord:
-    """One prepared database branch of a transaction (the wire's `Branch`)."""
+    """One database branch of a transaction (the wire's `Branch`)."""
 
     resource: str
     bqual: str
     dialect: str
-    session_id: int = 0
+    session_id: int = 0  # MySQL: the owner session's id
+    transaction_id: int = 0  # PostgreSQL: the prepared transaction's xid8
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,15 @@ class Begun:
     gtrid: str
     begun_ms: int
     deadline_ms: int
+    branches: tuple[BranchRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class Enlistment:
+    """Branches a client registers with an active transaction before preparing them."""
+
+    gtrid: str
+    branches: tuple[BranchRecord, ...]
 
 
 @dataclass(frozen=True)
@@ -229,6 +246,11 @@ class DecisionLog(Protocol):
 
     def record_begun(self, begun: Sequence[Begun]) -> None:
         """Queue active rows; returns before they are durable (presumed abort)."""
+
+    def enlist(self, enlistments: Sequence[Enlistment]) -> list[State | None]:
+        """Apply the Enlist rule above; each gtrid's state after it (None: unknown), once
+        durable. Raises `LogUnavailable` like `decide`."""
+        ...
 
     def decide(self, proposals: Sequence[Proposal]) -> list[Decision]:
         """Apply the rules above; returns the decisions in force, in order, once durable.

@@ -8,10 +8,12 @@ without acting). One pass:
    that cannot be scanned is reported and retried with backoff; nothing on it is judged.
 2. Decided transactions (COMMIT or ABORT) whose phase 2 is not acknowledged, decided more than
    `recovery_grace` ago: each branch still listed prepared is finished the decided way with
-   the client's `finish_prepared`. A branch no longer listed is finished already; on
-   PostgreSQL, if a scan saw it prepared before, its transaction status says whether it ended
-   the decided way (else: a heuristic outcome, noted). When every branch is finished, the
-   transaction is marked completed (the same end record as the client's Ack).
+   the client's `finish_prepared`. A branch no longer listed has ended: on PostgreSQL its
+   transaction status (by the xid8 the client reported with Commit, kept in the log, or seen
+   by an earlier scan) says whether it ended the decided way (else: a heuristic outcome,
+   noted); where the database cannot tell (MariaDB), a branch of a COMMIT is noted as
+   unverified. When every branch is finished, the transaction is marked completed (the same
+   end record as the client's Ack).
 3. Every other listed xid of this cluster: decided (and past the grace) -> finished the decided
    way. Undecided (no row, or active) and past the deadline inside its gtrid and listed in two
    consecutive scans -> a durable ABORT is decided first (`decide` with commit=False, so a late
@@ -19,11 +21,13 @@ without acting). One pass:
    left to its client for the grace), then the branch is rolled back. Xids of other clusters
    and of other XA users are never touched.
 4. MySQL/MariaDB: "unknown xid" while XA RECOVER still lists the xid means a live session holds
-   the branch. It is reported blocked with the session id the client reported (confirmed in
+   the branch. It is reported blocked with the session id the client registered (Begin or
+   Enlist, before it prepared; or with Commit/Abort) (confirmed in
    INNODB_TRX); past the deadline + `kill_grace` (and if `kill_live_sessions`), that session
    is KILLed and the branch finished.
-5. A branch the decision could not be applied to (finish_prepared False: MariaDB had rolled it
-   back; or the PostgreSQL evidence above) is a heuristic outcome: a note on the transaction.
+5. A branch the decision could not be applied to (finish_prepared's OTHER_WAY: MariaDB had
+   rolled it back; or the PostgreSQL evidence above) is a heuristic outcome: a note on the
+   transaction.
 
 Failpoint `coordinator.during_recovery` (`twostep.client._failpoints`): right after a pass
 finished a branch (its COMMIT or ROLLBACK PREPARED returned), before the pass records
@@ -58,7 +62,7 @@ from typing import Any
 
 from twostep.client._errors import InvalidIdentifier, TwostepError
 from twostep.client._failpoints import DURING_RECOVERY, failpoint
-from twostep.client._phase2 import finish_prepared
+from twostep.client._phase2 import Ended, ended_by_status, finish_prepared
 from twostep.client._tpc import BranchOps
 from twostep.client._xid import Xid, parse_gtrid
 
@@ -155,7 +159,7 @@ class _Listing:
 
 @dataclass
 class _Work:
-    """One branch to finish (or, kind "verify", whose PostgreSQL outcome to check)."""
+    """One branch to finish (or, kind "verify", a branch that is gone: how did it end?)."""
 
     gtrid: str
     resource: Resource
@@ -164,10 +168,10 @@ class _Work:
     deadline_ms: int  # the gtrid's own deadline
     session_id: int = 0  # MySQL: the owner session the client reported (0: unknown)
     kind: str = "finish"
-    pg_txid: int = 0  # kind "verify"
+    pg_txid: int = 0  # PostgreSQL: the branch's xid8 (0: unknown)
     # Set by the worker that ran it:
     result: str = ""
-    note: Note | None = None
+    notes: list[Note] = field(default_factory=list)
     killed: int = 0  # the session KILLed to detach the branch
 
 
@@ -188,6 +192,7 @@ class _Branch:
     connection: Any
     ops: BranchOps
     xid: Xid
+    transaction_id: int | None = None
     session: Any = None
 
 
@@ -513,12 +518,17 @@ class Recovery:
                     txn.blocked = True
                     continue
                 txn.work.append(work)
-            elif (resource.name, xid) in self._pg_txids:
-                # Gone from pg_prepared_xacts since a scan saw it prepared: by whom, which way?
-                txid = self._pg_txids[(resource.name, xid)]
-                txn.work.append(
-                    _Work(record.gtrid, resource, xid, commit, deadline, kind=VERIFY, pg_txid=txid)
-                )
+            else:
+                # Gone: by whom, which way? Every branch of a COMMIT was prepared, so each is
+                # checked (or noted as unverifiable); a branch of an ABORT may never have been
+                # prepared, so only one whose transaction id is known is checked.
+                txid = branch.transaction_id or self._pg_txids.get((resource.name, xid), 0)
+                if commit or txid:
+                    txn.work.append(
+                        _Work(
+                            record.gtrid, resource, xid, commit, deadline, kind=VERIFY, pg_txid=txid
+                        )
+                    )
 
     # -- 3. every other listed xid -------------------------------------------------------------
 
@@ -532,7 +542,8 @@ class Recovery:
         eager: bool,
         dry_run: bool,
         only: str | None,
-    ) -> list[tuple[Xid, Resource]]:
+    ) -> list[tuple[Xid, Resource, int]]:
+        """Plan decided xids; return the orphans to abort: (xid, resource, owner session)."""
         orphans = []
         suspects = set()
         for xid, resources in _by_xid(listings).items():
@@ -546,10 +557,9 @@ class Recovery:
                 if only is None and record.decided_ms + self._grace_ms > now:
                     continue  # just decided: its client is finishing it
                 commit = record.state is State.COMMITTED
-                session_id = next(
-                    (b.session_id for b in record.branches if b.resource == resource.name), 0
+                work = _Work(
+                    xid.gtrid, resource, xid, commit, deadline, _owner_session(record, resource)
                 )
-                work = _Work(xid.gtrid, resource, xid, commit, deadline, session_id)
                 txn = txns.setdefault(xid.gtrid, _Txn(xid.gtrid, complete=False))
                 if self._held_back(work, report, now, eager):
                     txn.blocked = True
@@ -562,7 +572,8 @@ class Recovery:
             if now < deadline:
                 continue  # an active transaction's prepared branch: its client decides
             if (resource.name, xid) in self._suspects:
-                orphans.append((xid, resource))
+                # The session the client registered (Begin / Enlist) holds it, if anyone.
+                orphans.append((xid, resource, _owner_session(record, resource)))
             else:
                 why = "waiting: past its deadline, undecided; aborted if the next scan lists it"
                 report.actions.append(Action(xid.gtrid, resource.name, DECIDE_ABORT, why))
@@ -574,20 +585,25 @@ class Recovery:
 
     def _abort_orphans(
         self,
-        orphans: list[tuple[Xid, Resource]],
+        orphans: list[tuple[Xid, Resource, int]],
         txns: dict[str, _Txn],
         report: Report,
         dry_run: bool,
         complete: bool,
     ) -> None:
-        by_gtrid: dict[str, list[tuple[Xid, Resource]]] = collections.defaultdict(list)
-        for xid, resource in orphans:
-            by_gtrid[xid.gtrid].append((xid, resource))
+        by_gtrid: dict[str, list[tuple[Xid, Resource, int]]] = collections.defaultdict(list)
+        for xid, resource, session_id in orphans:
+            by_gtrid[xid.gtrid].append((xid, resource, session_id))
         proposals = [
             Proposal(
                 gtrid,
                 commit=False,
-                branches=tuple(BranchRecord(r.name, x.bqual, r.dialect) for x, r in branches),
+                branches=tuple(
+                    BranchRecord(
+                        r.name, x.bqual, r.dialect, sid, self._pg_txids.get((r.name, x), 0)
+                    )
+                    for x, r, sid in branches
+                ),
                 reason=RECOVERY_ABORT_REASON,
                 fallback_deadline_ms=parse_gtrid(gtrid).deadline_unix_s * 1000,
             )
@@ -596,10 +612,10 @@ class Recovery:
         if dry_run:
             for p in proposals:
                 report.actions.append(Action(p.gtrid, "", DECIDE_ABORT, PLANNED))
-                for x, r in by_gtrid[p.gtrid]:
+                for x, r, sid in by_gtrid[p.gtrid]:
                     deadline = parse_gtrid(x.gtrid).deadline_unix_s * 1000
                     txns.setdefault(p.gtrid, _Txn(p.gtrid, complete)).work.append(
-                        _Work(p.gtrid, r, x, False, deadline)
+                        _Work(p.gtrid, r, x, False, deadline, sid)
                     )
             return
         try:
@@ -620,9 +636,9 @@ class Recovery:
             self._log_action(decision.gtrid, "", DECIDE_ABORT, DONE)
             report.actions.append(Action(decision.gtrid, "", DECIDE_ABORT, DONE))
             txn = txns.setdefault(decision.gtrid, _Txn(decision.gtrid, complete))
-            for xid, resource in by_gtrid[decision.gtrid]:
+            for xid, resource, sid in by_gtrid[decision.gtrid]:
                 deadline = parse_gtrid(xid.gtrid).deadline_unix_s * 1000
-                txn.work.append(_Work(decision.gtrid, resource, xid, False, deadline))
+                txn.work.append(_Work(decision.gtrid, resource, xid, False, deadline, sid))
 
     def _held_back(self, work: _Work, report: Report, now: int, eager: bool) -> bool:
         """Whether this branch is backing off after failures (then it is reported, not tried)."""
@@ -667,49 +683,54 @@ class Recovery:
         if w.kind == VERIFY:
             self._verify(w)
             return
-        branch = _Branch(w.resource.connection, w.resource.ops, w.xid)
+        branch = _Branch(w.resource.connection, w.resource.ops, w.xid, w.pg_txid)
         try:
-            finished = finish_prepared(branch, commit=w.commit, patience=0.0, quiet=True)
+            ended = finish_prepared(branch, commit=w.commit, patience=0.0, quiet=True)
         except TwostepError as exc:
             w.result = f"failed: {w.resource.redact(exc)}"
             return
-        if finished is None and w.resource.dialect == "mysql":
-            finished = self._live_owner(w, branch)
-            if finished is None:
+        if ended is Ended.STILL_PREPARED and w.resource.dialect == "mysql":
+            found = self._live_owner(w, branch)
+            if found is None:
                 return  # w.result says why
-        self._finished(w, finished)
+            ended = found
+        self._finished(w, ended)
 
-    def _finished(self, w: _Work, finished: bool | None) -> None:
-        if finished is None:
+    def _finished(self, w: _Work, ended: Ended) -> None:
+        decision = "COMMIT" if w.commit else "ABORT"
+        where = f"branch {w.xid.bqual} on {w.resource.name}"
+        if ended is Ended.STILL_PREPARED:
             w.result = "failed: still prepared (busy, or the session was lost); retrying"
-        elif finished:
+        elif ended is Ended.AS_ASKED:
             w.result = w.result or DONE
             failpoint(DURING_RECOVERY)  # a branch is finished, the pass goes on
+        elif ended is Ended.UNVERIFIED:
+            text = (
+                f"{where} was no longer prepared, and its database cannot tell whether it was "
+                f"committed or rolled back (decision: {decision})"
+            )
+            w.result = f"{DONE} (unverified)"
+            w.notes.append(Note(w.gtrid, self._clock(), "unverified", text))
         else:
             way = "rolled back" if w.commit else "committed"
-            text = (
-                f"branch {w.xid.bqual} on {w.resource.name} was found {way} although the "
-                f"decision is {'COMMIT' if w.commit else 'ABORT'}"
-            )
+            text = f"{where} was found {way} although the decision is {decision}"
             w.result = f"heuristic: {text}"
-            w.note = Note(w.gtrid, self._clock(), "heuristic", text)
+            w.notes.append(Note(w.gtrid, self._clock(), "heuristic", text))
 
     def _verify(self, w: _Work) -> None:
         session = w.resource.connection.acquire()
         try:
-            status = _inspect.transaction_status(session, w.pg_txid)
+            status = w.resource.ops.ended_as(session, w.pg_txid)
         except BaseException:
             w.resource.connection.release(session, discard=True)
             raise
         w.resource.connection.release(session)
         if status == "in progress":  # prepared again? impossible for one gid; look next pass
             w.result = "failed: its transaction is still in progress; retrying"
-        elif status == ("aborted" if w.commit else "committed"):
-            self._finished(w, False)
-        else:  # ended the decided way, or too old to tell
-            w.result = DONE
+        else:
+            self._finished(w, ended_by_status(status, w.commit))
 
-    def _live_owner(self, w: _Work, branch: _Branch) -> bool | None:
+    def _live_owner(self, w: _Work, branch: _Branch) -> Ended | None:
         """A MySQL branch that is still listed: is a live session holding it? KILL it if due.
 
         Returns finish_prepared's answer after a KILL, or None with `w.result` saying why.
@@ -719,7 +740,7 @@ class Recovery:
         try:
             if not resource.ops.is_prepared(session, w.xid):
                 resource.connection.release(session)
-                return True  # finished meanwhile (by its own session)
+                return Ended.AS_ASKED  # finished meanwhile, by the session that held it
             sid = w.session_id
             if not sid:
                 w.result = "blocked: a live session holds it; the client did not report which"
@@ -746,13 +767,13 @@ class Recovery:
         what = f"KILLed session {sid}, which held the branch past deadline + kill grace"
         if not killed:
             what = f"session {sid} held the branch past deadline + kill grace; it ended first"
-        w.note = Note(w.gtrid, self._clock(), "kill", f"{resource.name}: {what}")
-        finished = finish_prepared(branch, commit=w.commit, patience=_KILL_PATIENCE_S)
-        if finished is None:
+        w.notes.append(Note(w.gtrid, self._clock(), "kill", f"{resource.name}: {what}"))
+        ended = finish_prepared(branch, commit=w.commit, patience=_KILL_PATIENCE_S)
+        if ended is Ended.STILL_PREPARED:
             w.result = f"failed: still prepared after the KILL of session {sid}; retrying"
         else:
             w.result = f"{DONE} (after KILL of session {sid})"
-        return finished
+        return ended
 
     # -- 5. conclude ---------------------------------------------------------------------------
 
@@ -769,8 +790,7 @@ class Recovery:
                     self._log_action(w.gtrid, w.resource.name, KILL, f"session {w.killed}")
                 report.actions.append(Action(w.gtrid, w.resource.name, verb, w.result))
                 self._log_action(w.gtrid, w.resource.name, verb, w.result)
-                if w.note is not None:
-                    notes.append(w.note)
+                notes.extend(w.notes)
                 if w.result.startswith(DONE):
                     self._backoff.pop(_key(w), None)
                     self._count(_COUNTED[verb])
@@ -896,6 +916,13 @@ def _by_xid(listings: dict[str, _Listing]) -> dict[Xid, list[Resource]]:
         for xid in listing.xids:
             found[xid].append(listing.resource)
     return found
+
+
+def _owner_session(record: TransactionRecord | None, resource: Resource) -> int:
+    """The session the client registered for its branch on `resource` (0: none known)."""
+    if record is None:
+        return 0
+    return next((b.session_id for b in record.branches if b.resource == resource.name), 0)
 
 
 def _owner(xid: Xid, resources: list[Resource]) -> Resource:

@@ -76,14 +76,31 @@ class CoordinatorServicer(_pb_grpc.CoordinatorServicer):
     @_answering
     def Begin(self, request: _pb.BeginRequest, context: grpc.ServicerContext) -> _pb.BeginResponse:
         count = _wire.begin_count(request)
+        branches = _wire.begin_branches(request, count)
         timeout_ms = min(request.timeout_ms or self._default_timeout_ms, self._max_timeout_ms)
         now = self._clock()
         deadline = now + timeout_ms
         deadline_s = -(-deadline // 1000)  # the gtrid's deadline is never earlier than the log's
-        begun = [Begun(new_gtrid(self._cluster, deadline_s), now, deadline) for _ in range(count)]
+        begun = [
+            Begun(new_gtrid(self._cluster, deadline_s), now, deadline, branches)
+            for _ in range(count)
+        ]
         self._log.record_begun(begun)  # not durable on return: presumed abort
         return _pb.BeginResponse(
-            transactions=[_pb.Started(gtrid=b.gtrid, deadline_unix_ms=deadline) for b in begun]
+            transactions=[
+                _pb.Started(gtrid=b.gtrid, deadline_unix_ms=deadline, timeout_ms=timeout_ms)
+                for b in begun
+            ]
+        )
+
+    @_answering
+    def Enlist(
+        self, request: _pb.EnlistRequest, context: grpc.ServicerContext
+    ) -> _pb.EnlistResponse:
+        items = _wire.enlistments(request, self._cluster)
+        states = self._log.enlist(items)
+        return _pb.EnlistResponse(
+            transactions=[_wire.state_to_pb(e.gtrid, s) for e, s in zip(items, states, strict=True)]
         )
 
     @_answering

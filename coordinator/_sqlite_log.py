@@ -21,7 +21,7 @@ Schema (one row per gtrid, times in unix epoch milliseconds):
     state TEXT            'active' | 'committed' | 'aborted'
     decided_ms INTEGER    NULL while active
     reason TEXT           why ABORTED (or how COMMITTED, for a one-phase commit)
-    branches TEXT         JSON list of {resource, bqual, dialect, session_id}
+    branches TEXT         JSON list of {resource, bqual, dialect, session_id, transaction_id}
     completed_ms INTEGER  phase 2 acknowledged; NULL until then
 
 and the notes about gtrids (heuristic outcomes, resolve audit records, recovery remarks):
@@ -57,6 +57,7 @@ from ._log import (
     Begun,
     BranchRecord,
     Decision,
+    Enlistment,
     ListQuery,
     LogUnavailable,
     Note,
@@ -102,8 +103,8 @@ CREATE INDEX IF NOT EXISTS notes_by_gtrid ON notes (gtrid, id);
 """
 
 _INSERT_BEGUN = """
-INSERT INTO global_transactions (gtrid, begun_ms, deadline_ms, state)
-VALUES (?, ?, ?, 'active') ON CONFLICT (gtrid) DO NOTHING
+INSERT INTO global_transactions (gtrid, begun_ms, deadline_ms, state, branches)
+VALUES (?, ?, ?, 'active', ?) ON CONFLICT (gtrid) DO NOTHING
 """
 # A decision is one upsert: an unknown gtrid is inserted as aborted; an active row is decided
 # by the DO UPDATE; a decided row is left alone (the WHERE fails, RETURNING yields nothing, and
@@ -168,6 +169,7 @@ class _Request:
     """One call's work for the writer; `done` is set when a caller waits for it."""
 
     begun: Sequence[Begun] = ()
+    enlistments: Sequence[Enlistment] = ()
     proposals: Sequence[Proposal] = ()
     acks: Sequence[Ack] = ()
     notes: Sequence[Note] = ()
@@ -178,6 +180,7 @@ class _Request:
 
     def __post_init__(self) -> None:
         self.size = len(self.begun) + len(self.proposals) + len(self.acks) + len(self.notes)
+        self.size += len(self.enlistments)
         self.size += self.resolution is not None
 
 
@@ -230,6 +233,9 @@ class SqliteDecisionLog:
 
     def decide(self, proposals: Sequence[Proposal]) -> list[Decision]:
         return self._wait(_Request(proposals=tuple(proposals), done=Future()))
+
+    def enlist(self, enlistments: Sequence[Enlistment]) -> list[State | None]:
+        return self._wait(_Request(enlistments=tuple(enlistments), done=Future()))
 
     def resolve(self, resolution: Resolution) -> Resolved:
         (resolved,) = self._wait(_Request(resolution=resolution, done=Future()))
@@ -385,9 +391,14 @@ class SqliteDecisionLog:
         for request in batch:
             if request.begun:
                 db.executemany(
-                    _INSERT_BEGUN, [(b.gtrid, b.begun_ms, b.deadline_ms) for b in request.begun]
+                    _INSERT_BEGUN,
+                    [
+                        (b.gtrid, b.begun_ms, b.deadline_ms, _branches_json(b.branches))
+                        for b in request.begun
+                    ],
                 )
-            decided: list[Any] = [_decide(db, p, now) for p in request.proposals]
+            decided: list[Any] = [_enlist(db, e) for e in request.enlistments]
+            decided += [_decide(db, p, now) for p in request.proposals]
             if request.resolution is not None:
                 decided.append(_resolve(db, request.resolution, now))
             results.append(decided)
@@ -428,6 +439,24 @@ class SqliteDecisionLog:
             yield db
         finally:
             self._readers.put(db)
+
+
+def _enlist(db: sqlite3.Connection, enlistment: Enlistment) -> State | None:
+    """The Enlist rule of `_log`, inside the writer's transaction."""
+    row = db.execute(
+        "SELECT state, branches FROM global_transactions WHERE gtrid = ?", (enlistment.gtrid,)
+    ).fetchone()
+    if row is None:
+        return None
+    state = State(row[0])
+    if state is State.ACTIVE:
+        new = {b.resource for b in enlistment.branches}
+        kept = [b for b in _branches(row[1]) if b.resource not in new]
+        db.execute(
+            "UPDATE global_transactions SET branches = ? WHERE gtrid = ?",
+            (_branches_json([*kept, *enlistment.branches]), enlistment.gtrid),
+        )
+    return state
 
 
 def _decide(db: sqlite3.Connection, proposal: Proposal, now: int) -> Decision:
@@ -480,7 +509,7 @@ def _resolve(db: sqlite3.Connection, resolution: Resolution, now: int) -> Resolv
         decision = Decision(r.gtrid, wanted, row[1])
     else:
         reason = f"{_log.RESOLVED_BY_OPERATOR}: {r.reason}"
-        stored = [BranchRecord(**b) for b in json.loads(row[2])] if row else []
+        stored = _branches(row[2]) if row else []
         known = {b.resource for b in stored}
         merged = [*stored, *(b for b in r.branches if b.resource not in known)]
         db.execute(
@@ -519,11 +548,16 @@ def _branches_json(branches: Sequence[BranchRecord]) -> str:
                 "bqual": b.bqual,
                 "dialect": b.dialect,
                 "session_id": b.session_id,
+                "transaction_id": b.transaction_id,
             }
             for b in branches
         ],
         separators=(",", ":"),
     )
+
+
+def _branches(text: str) -> list[BranchRecord]:
+    return [BranchRecord(**b) for b in json.loads(text)]
 
 
 def _record(row: tuple[Any, ...]) -> TransactionRecord:
@@ -535,7 +569,7 @@ def _record(row: tuple[Any, ...]) -> TransactionRecord:
         deadline_ms=deadline,
         decided_ms=decided,
         reason=reason,
-        branches=tuple(BranchRecord(**b) for b in json.loads(branches)),
+        branches=tuple(_branches(branches)),
         completed_ms=completed,
     )
 

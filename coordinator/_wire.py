@@ -19,6 +19,7 @@ from ._log import (
     Ack,
     BranchRecord,
     Decision,
+    Enlistment,
     ListQuery,
     Proposal,
     State,
@@ -35,11 +36,14 @@ __all__ = [
     "BadRequest",
     "abort_proposals",
     "acks",
+    "begin_branches",
     "begin_count",
     "commit_proposals",
     "decision_to_pb",
+    "enlistments",
     "gtrid_of",
     "list_query",
+    "state_to_pb",
     "transaction_to_pb",
 ]
 
@@ -90,6 +94,22 @@ def begin_count(request: _pb.BeginRequest) -> int:
     if count > MAX_BEGIN_COUNT:
         raise (_ROOT / "count").bad(f"{count} is more than {MAX_BEGIN_COUNT}")
     return count
+
+
+def begin_branches(request: _pb.BeginRequest, count: int) -> tuple[BranchRecord, ...]:
+    """The branches a Begin registers with its one new transaction."""
+    if request.branches and count != 1:
+        raise (_ROOT / "branches").bad("branches can be registered only with count 1")
+    return _branches(request.branches, _ROOT / "branches")
+
+
+def enlistments(request: _pb.EnlistRequest, cluster: str) -> list[Enlistment]:
+    checked = []
+    for at, item, info in _items(request.transactions, cluster):
+        if not item.branches:
+            raise (at / "branches").bad("name at least one branch to enlist")
+        checked.append(Enlistment(info.gtrid, _branches(item.branches, at / "branches")))
+    return checked
 
 
 def gtrid_of(value: str, cluster: str, at: _Field = _ROOT / "gtrid") -> GtridInfo:
@@ -195,12 +215,24 @@ def _branches(branches: Sequence[_pb.Branch], where: _Field) -> tuple[BranchReco
             )
         resources[branch.resource] = bquals[branch.bqual] = i
         records.append(
-            BranchRecord(branch.resource, branch.bqual, branch.dialect, branch.session_id)
+            BranchRecord(
+                branch.resource,
+                branch.bqual,
+                branch.dialect,
+                branch.session_id,
+                branch.transaction_id,
+            )
         )
     return tuple(records)
 
 
 # -- replies -----------------------------------------------------------------------------------
+
+
+def state_to_pb(gtrid: str, state: State | None) -> _pb.Decision:
+    """An Enlist answer: the state of `gtrid` (UNSPECIFIED when unknown)."""
+    number = _STATES_TO_PB[state] if state is not None else _pb.TRANSACTION_STATE_UNSPECIFIED
+    return _pb.Decision(gtrid=gtrid, state=number)
 
 
 def decision_to_pb(decision: Decision) -> _pb.Decision:
@@ -219,7 +251,11 @@ def transaction_to_pb(record: TransactionRecord) -> _pb.Transaction:
         reason=record.reason,
         branches=[
             _pb.Branch(
-                resource=b.resource, bqual=b.bqual, dialect=b.dialect, session_id=b.session_id
+                resource=b.resource,
+                bqual=b.bqual,
+                dialect=b.dialect,
+                session_id=b.session_id,
+                transaction_id=b.transaction_id,
             )
             for b in record.branches
         ],

@@ -6,7 +6,9 @@ them once per database on a fresh database with the tables below.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -464,13 +466,16 @@ class _RecordingScope:
         self.calls: list[tuple[str, str | None]] = []
         self.sessions: dict[str, tuple[Connection, Any]] = {}
 
-    def session_for(self, connection: Connection, origin: str | None) -> Any:
+    @contextlib.contextmanager
+    def statement_session(
+        self, connection: Connection, origin: str | None, statements: Any
+    ) -> Iterator[Any]:
         self.calls.append((connection.name, origin))
         if connection.name not in self.sessions:
             session = connection.acquire()
             connection.dialect.run(session, "BEGIN")
             self.sessions[connection.name] = (connection, session)
-        return self.sessions[connection.name][1]
+        yield self.sessions[connection.name][1]
 
     def rollback(self) -> None:
         for connection, session in self.sessions.values():

@@ -19,38 +19,64 @@ TRANSACTION_STATE_COMMITTED: TransactionState
 TRANSACTION_STATE_ABORTED: TransactionState
 
 class Branch(_message.Message):
-    __slots__ = ("resource", "bqual", "dialect", "session_id")
+    __slots__ = ("resource", "bqual", "dialect", "session_id", "transaction_id")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     BQUAL_FIELD_NUMBER: _ClassVar[int]
     DIALECT_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     resource: str
     bqual: str
     dialect: str
     session_id: int
-    def __init__(self, resource: _Optional[str] = ..., bqual: _Optional[str] = ..., dialect: _Optional[str] = ..., session_id: _Optional[int] = ...) -> None: ...
+    transaction_id: int
+    def __init__(self, resource: _Optional[str] = ..., bqual: _Optional[str] = ..., dialect: _Optional[str] = ..., session_id: _Optional[int] = ..., transaction_id: _Optional[int] = ...) -> None: ...
 
 class BeginRequest(_message.Message):
-    __slots__ = ("timeout_ms", "count")
+    __slots__ = ("timeout_ms", "count", "branches")
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    BRANCHES_FIELD_NUMBER: _ClassVar[int]
     timeout_ms: int
     count: int
-    def __init__(self, timeout_ms: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    branches: _containers.RepeatedCompositeFieldContainer[Branch]
+    def __init__(self, timeout_ms: _Optional[int] = ..., count: _Optional[int] = ..., branches: _Optional[_Iterable[_Union[Branch, _Mapping]]] = ...) -> None: ...
 
 class Started(_message.Message):
-    __slots__ = ("gtrid", "deadline_unix_ms")
+    __slots__ = ("gtrid", "deadline_unix_ms", "timeout_ms")
     GTRID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     gtrid: str
     deadline_unix_ms: int
-    def __init__(self, gtrid: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ...) -> None: ...
+    timeout_ms: int
+    def __init__(self, gtrid: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class BeginResponse(_message.Message):
     __slots__ = ("transactions",)
     TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
     transactions: _containers.RepeatedCompositeFieldContainer[Started]
     def __init__(self, transactions: _Optional[_Iterable[_Union[Started, _Mapping]]] = ...) -> None: ...
+
+class EnlistItem(_message.Message):
+    __slots__ = ("gtrid", "branches")
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    BRANCHES_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    branches: _containers.RepeatedCompositeFieldContainer[Branch]
+    def __init__(self, gtrid: _Optional[str] = ..., branches: _Optional[_Iterable[_Union[Branch, _Mapping]]] = ...) -> None: ...
+
+class EnlistRequest(_message.Message):
+    __slots__ = ("transactions",)
+    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    transactions: _containers.RepeatedCompositeFieldContainer[EnlistItem]
+    def __init__(self, transactions: _Optional[_Iterable[_Union[EnlistItem, _Mapping]]] = ...) -> None: ...
+
+class EnlistResponse(_message.Message):
+    __slots__ = ("transactions",)
+    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    transactions: _containers.RepeatedCompositeFieldContainer[Decision]
+    def __init__(self, transactions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
 
 class CommitItem(_message.Message):
     __slots__ = ("gtrid", "branches")

@@ -39,6 +39,11 @@ class CoordinatorStub:
                 request_serializer=twostep_dot_v1_dot_coordinator__pb2.BeginRequest.SerializeToString,
                 response_deserializer=twostep_dot_v1_dot_coordinator__pb2.BeginResponse.FromString,
                 _registered_method=True)
+        self.Enlist = channel.unary_unary(
+                '/twostep.v1.Coordinator/Enlist',
+                request_serializer=twostep_dot_v1_dot_coordinator__pb2.EnlistRequest.SerializeToString,
+                response_deserializer=twostep_dot_v1_dot_coordinator__pb2.EnlistResponse.FromString,
+                _registered_method=True)
         self.Commit = channel.unary_unary(
                 '/twostep.v1.Coordinator/Commit',
                 request_serializer=twostep_dot_v1_dot_coordinator__pb2.CommitRequest.SerializeToString,
@@ -72,6 +77,16 @@ class CoordinatorServicer:
     def Begin(self, request, context):
         """Hands out new global transaction ids with a coordinator-enforced deadline.
         Not durable (presumed abort): a gtrid the coordinator forgets is aborted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Enlist(self, request, context):
+        """Registers branches (with their owner sessions) of active transactions
+        before they are prepared, so recovery can name the session that holds a
+        branch it must finish. Answers each transaction's state: ACTIVE, or the
+        decision already taken (then the client must not prepare).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +135,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Begin,
                     request_deserializer=twostep_dot_v1_dot_coordinator__pb2.BeginRequest.FromString,
                     response_serializer=twostep_dot_v1_dot_coordinator__pb2.BeginResponse.SerializeToString,
+            ),
+            'Enlist': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enlist,
+                    request_deserializer=twostep_dot_v1_dot_coordinator__pb2.EnlistRequest.FromString,
+                    response_serializer=twostep_dot_v1_dot_coordinator__pb2.EnlistResponse.SerializeToString,
             ),
             'Commit': grpc.unary_unary_rpc_method_handler(
                     servicer.Commit,
@@ -174,6 +194,33 @@ class Coordinator:
             '/twostep.v1.Coordinator/Begin',
             twostep_dot_v1_dot_coordinator__pb2.BeginRequest.SerializeToString,
             twostep_dot_v1_dot_coordinator__pb2.BeginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enlist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/twostep.v1.Coordinator/Enlist',
+            twostep_dot_v1_dot_coordinator__pb2.EnlistRequest.SerializeToString,
+            twostep_dot_v1_dot_coordinator__pb2.EnlistResponse.FromString,
             options,
             channel_credentials,
             insecure,
