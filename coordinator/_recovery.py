@@ -558,7 +558,7 @@ class Recovery:
                     continue  # just decided: its client is finishing it
                 commit = record.state is State.COMMITTED
                 work = _Work(
-                    xid.gtrid, resource, xid, commit, deadline, _owner_session(record, resource)
+                    xid.gtrid, resource, xid, commit, deadline, _owner_session(record, xid)
                 )
                 txn = txns.setdefault(xid.gtrid, _Txn(xid.gtrid, complete=False))
                 if self._held_back(work, report, now, eager):
@@ -573,7 +573,7 @@ class Recovery:
                 continue  # an active transaction's prepared branch: its client decides
             if (resource.name, xid) in self._suspects:
                 # The session the client registered (Begin / Enlist) holds it, if anyone.
-                orphans.append((xid, resource, _owner_session(record, resource)))
+                orphans.append((xid, resource, _owner_session(record, xid)))
             else:
                 why = "waiting: past its deadline, undecided; aborted if the next scan lists it"
                 report.actions.append(Action(xid.gtrid, resource.name, DECIDE_ABORT, why))
@@ -918,11 +918,12 @@ def _by_xid(listings: dict[str, _Listing]) -> dict[Xid, list[Resource]]:
     return found
 
 
-def _owner_session(record: TransactionRecord | None, resource: Resource) -> int:
-    """The session the client registered for its branch on `resource` (0: none known)."""
+def _owner_session(record: TransactionRecord | None, xid: Xid) -> int:
+    """The session the client registered for the branch `xid` (0: none known). By bqual:
+    MariaDB lists every database's xids, so the resource that finishes it may be another."""
     if record is None:
         return 0
-    return next((b.session_id for b in record.branches if b.resource == resource.name), 0)
+    return next((b.session_id for b in record.branches if b.bqual == xid.bqual), 0)
 
 
 def _owner(xid: Xid, resources: list[Resource]) -> Resource:

@@ -5,7 +5,8 @@ Loaded from tests/conftest.py with `pytest_plugins = ["_db_fixtures"]`.
 - `pg_server`, `maria_server` (session): started once, stopped at session end.
 - `pg`, `maria` (function): the same servers, restarted first if an earlier test killed them.
 - `pg_config`, `maria_config` (function): a twostep client config for a new, empty database,
-  dropped after the test together with any prepared transactions left behind.
+  dropped after the test together with any prepared transactions left behind;
+  `pg_config2`, `maria_config2`: a second one on the same server.
 """
 
 from __future__ import annotations
@@ -91,4 +92,16 @@ def pg_config(pg: PostgresServer) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture
 def maria_config(maria: MariaDBServer) -> Iterator[dict[str, Any]]:
+    yield from _fresh_database(maria)
+
+
+@pytest.fixture
+def pg_config2(pg: PostgresServer) -> Iterator[dict[str, Any]]:
+    """A second fresh database on the same PostgreSQL (a third branch of one transaction)."""
+    yield from _fresh_database(pg)
+
+
+@pytest.fixture
+def maria_config2(maria: MariaDBServer) -> Iterator[dict[str, Any]]:
+    """A second fresh database on the same MariaDB."""
     yield from _fresh_database(maria)

@@ -1,0 +1,156 @@
+"""The coordinator's deadline is the deadline; recovery can always name a branch's owner.
+
+Every timeout of a branch (PostgreSQL's lock_timeout, MariaDB's innodb_lock_wait_timeout and
+wait_timeout) derives from the deadline the coordinator granted, which may be shorter than the
+block asked for (its max_timeout). A MariaDB branch's session is registered with the
+coordinator before the branch is prepared (with Begin, or Enlist for a later branch), so a
+recovery that must abort an orphan held by a frozen client knows which session to end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scripted_coordinator import ScriptedCoordinator
+from test_recovery import Databases, dbs_fixture, in_process_fixture, wait_until  # noqa: F401
+
+from twostep.client import ConnectionManager, get_connection, global_transaction
+from twostep.coordinator._log import State
+from twostep.coordinator._recovery import RECOVERY_ABORT_REASON
+
+
+@pytest.fixture
+def shop(dbs: Databases) -> Iterator[Databases]:
+    ConnectionManager.configure("orders", dbs.configs["orders"])
+    ConnectionManager.configure("billing", dbs.configs["billing"])
+    yield dbs
+    ConnectionManager.close_all()
+
+
+def mariadb_timeouts() -> tuple[int, int]:
+    [(lock_wait, idle)] = get_connection("billing").execute(
+        "SELECT @@session.innodb_lock_wait_timeout, @@session.wait_timeout"
+    )
+    return int(lock_wait), int(idle)
+
+
+def postgres_lock_timeout_ms() -> int:
+    [(shown,)] = get_connection("orders").execute("SHOW lock_timeout")
+    assert shown.endswith("ms"), shown
+    return int(shown.removesuffix("ms"))
+
+
+def test_a_mariadb_branch_takes_its_timeouts_from_the_granted_deadline(shop, in_process):
+    coordinator = in_process(max_timeout_ms=2_000, default_timeout_ms=2_000)
+    with global_transaction(coordinator=coordinator.server.address, timeout=30):
+        get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")
+        lock_wait, idle = mariadb_timeouts()
+        get_connection("orders").execute("INSERT INTO t (id) VALUES (1)")
+        pg_lock_timeout = postgres_lock_timeout_ms()
+    assert lock_wait == 2  # not 30: the coordinator granted 2 s
+    assert idle == lock_wait + 5  # the server ends a frozen client's session soon after
+    assert 0 < pg_lock_timeout <= 2_000
+
+
+def test_a_postgres_branch_begun_before_begin_is_cut_to_the_granted_deadline(shop, in_process):
+    coordinator = in_process(max_timeout_ms=2_000, default_timeout_ms=2_000)
+    with global_transaction(coordinator=coordinator.server.address, timeout=30):
+        get_connection("orders").execute("INSERT INTO t (id) VALUES (1)")
+        before = postgres_lock_timeout_ms()  # the block's own deadline: nobody asked yet
+        get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")  # Begin: 2 s
+        after = postgres_lock_timeout_ms()
+    assert before > 20_000
+    assert 0 < after <= 2_000
+    assert shop.rows("orders") == shop.rows("billing") == {1}
+
+
+def test_begin_registers_the_first_mariadb_branch_with_its_session(shop, in_process):
+    coordinator = in_process()
+    with global_transaction(coordinator=coordinator.server.address) as gtx:
+        get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")
+        [(session,)] = get_connection("billing").execute("SELECT CONNECTION_ID()")
+        coordinator.server.decision_log.flush()
+        record = coordinator.server.decision_log.get(gtx.gtrid)
+    assert record is not None and record.state is State.ACTIVE
+    assert [(b.resource, b.session_id) for b in record.branches] == [("billing", session)]
+
+
+def test_a_later_mariadb_branch_is_enlisted_before_it_is_prepared(shop, in_process, maria_config2):
+    ConnectionManager.configure("ledger", maria_config2)
+    get_connection("ledger").execute("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
+    coordinator = in_process()
+    proxy = ScriptedCoordinator(coordinator.server.address, [])
+    try:
+        with global_transaction(coordinator=proxy.address):
+            get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")
+            get_connection("ledger").execute("INSERT INTO t (id) VALUES (1)")
+            [(session,)] = get_connection("ledger").execute("SELECT CONNECTION_ID()")
+    finally:
+        proxy.close()
+    [enlist] = proxy.requests["Enlist"]
+    [item] = enlist.transactions
+    assert [(b.resource, b.session_id) for b in item.branches] == [("ledger", session)]
+    assert len(proxy.requests["Begin"]) == 1  # which carried the billing branch
+
+
+_FROZEN_CLIENT = """
+import json, sys
+from twostep.client import ConnectionManager, get_connection, global_transaction
+for name, config in json.loads(sys.argv[1]).items():
+    ConnectionManager.configure(name, config)
+with global_transaction(coordinator=sys.argv[2], timeout=5) as gtx:
+    for name in ("billing", "ledger"):
+        get_connection(name).execute("INSERT INTO t (id) VALUES (1)")
+"""
+
+
+def _stopped(pid: int) -> bool:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return fields[0] == "T"
+
+
+def test_an_orphan_held_by_a_frozen_client_is_aborted_and_its_registered_session_ended(
+    shop, in_process, maria_config2
+):
+    # Both MariaDB branches are prepared and attached to the live sessions of a client that
+    # froze before sending Commit. Recovery decides ABORT (past the deadline), finds the
+    # branches held, and ends the sessions the client registered, then rolls back.
+    ConnectionManager.configure("ledger", maria_config2)
+    get_connection("ledger").execute("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
+    configs = {"billing": shop.configs["billing"], "ledger": maria_config2}
+    coordinator = in_process(kill_grace_ms=0)
+    client = subprocess.Popen(
+        [sys.executable, "-c", _FROZEN_CLIENT, json.dumps(configs), coordinator.server.address],
+        env={**os.environ, "TWOSTEP_FAILPOINTS": "client.before_commit_request=stop"},
+    )
+    try:
+        wait_until(lambda: _stopped(client.pid), timeout=30, what="the client froze")
+        [gtrid] = {x.gtrid for x in shop.prepared("billing")}
+        coordinator.clock.advance(60_000)  # past the deadline
+        coordinator.recovery.run_pass(eager=True)  # first sighting
+        report = coordinator.recovery.run_pass(eager=True)  # decide ABORT, end the owners
+        assert not report.in_doubt, "\n".join(map(str, report.actions))
+        record = coordinator.server.decision_log.get(gtrid)
+        assert record.state is State.ABORTED and record.reason == RECOVERY_ABORT_REASON
+        assert all(b.session_id for b in record.branches), record.branches
+        kills = [n for n in coordinator.server.decision_log.notes(gtrid) if n.kind == "kill"]
+        assert len(kills) == 2
+        assert not shop.prepared("billing")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            client.send_signal(signal.SIGKILL)
+        client.wait(10)
+    assert shop.rows("billing") == set()
+    # The ledger branch was rolled back with it.
+    with contextlib.closing(shop.maria.admin_connect(maria_config2["database"])) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM t")
+            assert cur.fetchone() == (0,)
