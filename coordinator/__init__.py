@@ -3,10 +3,14 @@
 Run it with `twostep-coordinator` (see `--help`); embed it (tests) with `CoordinatorServer`.
 The decision log's interface and rules are in `_log`, its embedded SQLite store in
 `_sqlite_log`; the participant databases in `_registry`; recovery (finishing decided
-transactions, aborting orphans) in `_recovery`; the Admin service in `_admin`.
+transactions, aborting orphans) in `_recovery`, what the log keeps and for how long in
+`_retention`; the data directory's lock and cluster id in `_datadir`; the cluster claim on the
+resources in `_claim`; the Admin service in `_admin`.
 """
 
+from ._claim import ClaimConflict
 from ._config import ConfigError, Settings, load_settings
+from ._datadir import DataDirInUse
 from ._log import (
     Ack,
     Begun,
@@ -33,8 +37,10 @@ __all__ = [
     "Ack",
     "Begun",
     "BranchRecord",
+    "ClaimConflict",
     "ConfigError",
     "CoordinatorServer",
+    "DataDirInUse",
     "Decision",
     "DecisionLog",
     "ListQuery",

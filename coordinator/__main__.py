@@ -4,8 +4,10 @@ Reads the settings (`--help`), starts the server, logs one INFO line naming the 
 the decision log, the cluster id, the registered resources and the file that holds the admin
 token (`admin_token_file=`; `admin_token=configured` when it is set directly, never the token),
 and serves until SIGTERM or SIGINT; then stops recovery and accepting, lets calls in flight
-finish and closes the log. Exit status 2: invalid settings; 1: could not
-start (address in use, unusable data directory).
+finish and closes the log. Exit status 2: invalid settings (a configured cluster id
+the data directory does not hold included); 1: could not start (address in use, unusable data
+directory, another coordinator running on the data directory, or another live coordinator
+holding this cluster id's claim on a registered resource).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from types import FrameType
 
 from twostep.client._failpoints import armed
 
+from ._claim import ClaimConflict
 from ._config import ConfigError, load_settings
+from ._datadir import DataDirInUse
 from ._log import LogUnavailable
 from ._logfmt import configure_logging
 from ._server import CoordinatorServer
@@ -48,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"twostep-coordinator: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except DataDirInUse as exc:
+        print(f"twostep-coordinator: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except (OSError, sqlite3.Error, LogUnavailable) as exc:
         where = settings.data_dir.resolve()
         log.error("cannot open the decision log", extra={"data_dir": where, "error": exc})
@@ -61,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGINT, request_stop)
     try:
         address = server.start()
+    except ClaimConflict as exc:
+        print(f"twostep-coordinator: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except OSError as exc:
         log.error("cannot start", extra={"error": exc})
         raise SystemExit(1) from None
@@ -72,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "coordinator started",
         extra={
             "listen": address,
-            "cluster": settings.cluster_id,
+            "cluster": server.settings.cluster_id,
             "decision_log": server.log_path,
             "resources": ",".join(server.registry.names()) or "none",
             **token_where,

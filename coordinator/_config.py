@@ -3,7 +3,9 @@
 Precedence, highest first: flag > environment > file > default. The file is given with
 `--config FILE` (or `TWOSTEP_CONFIG`); its `[coordinator]` table holds the settings (keys as in
 `--help`, e.g. `listen = "0.0.0.0:50051"`, `max_timeout_s = 300`), its `[resources.NAME]`
-tables the participant databases (`_registry`). Unknown keys in `[coordinator]` are errors.
+tables the participant databases (`_registry`). Nothing else may be in the file: any other
+table (a misspelled `[coordinatr]`, `[resource.orders]`), a key outside every table, and an
+unknown key in `[coordinator]` is an error naming it, never ignored.
 Invalid values raise `ConfigError` naming the setting and where it came from; `__main__` turns
 that into a message and exit status 2. Secrets (the admin token, database passwords) are never
 part of a message or a repr.
@@ -12,6 +14,7 @@ part of a message or a repr.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import textwrap
@@ -28,6 +31,13 @@ from ._registry import ResourceConfig, ResourceConfigError, parse_resources
 
 __all__ = ["ConfigError", "Settings", "build_parser", "load_settings"]
 
+_MAX_RETENTION_S = 366 * 86_400
+#: A client asks again for a lost decision until its deadline + 10 s (`client._global`); a
+#: finished transaction is kept at least max_timeout + this, so its decision outlives that.
+_LATE_COMMIT_MARGIN_MS = 60_000
+#: The tables a config file may have; anything else in it is a mistake.
+_TABLES = ("coordinator", "resources")
+
 
 class ConfigError(Exception):
     """A setting is missing, malformed or out of range; the message names it and its source."""
@@ -39,7 +49,8 @@ class Settings:
 
     listen: str = "127.0.0.1:50051"
     data_dir: Path = Path("twostep-data")
-    cluster_id: str = "main"
+    #: Empty: the id the data directory holds, generated at its first start (`_datadir`).
+    cluster_id: str = ""
     default_timeout_ms: int = 30_000
     max_timeout_ms: int = 300_000
     max_batch: int = 1000
@@ -49,6 +60,7 @@ class Settings:
     recovery_grace_ms: int = 10_000
     kill_grace_ms: int = 30_000
     kill_live_sessions: bool = True
+    retention_ms: int = 6 * 3_600_000
     #: The admin token itself (file key or environment only, never a flag); empty: see
     #: `admin_token_file`, else a token generated into `data_dir/admin-token`.
     admin_token: str = field(default="", repr=False)
@@ -88,17 +100,6 @@ def _cluster(value: Any) -> str:
     return text
 
 
-def _seconds_as_ms(value: Any) -> int:
-    rule = "expected a number of seconds, more than 0 and at most 86400"
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(rule) from None
-    if isinstance(value, bool) or not math.isfinite(seconds) or not 0 < seconds <= 86_400:
-        raise ValueError(rule)
-    return max(1, round(seconds * 1000))
-
-
 def _seconds_or_zero_as_ms(value: Any) -> int:
     rule = "expected a number of seconds from 0 to 86400"
     try:
@@ -108,6 +109,23 @@ def _seconds_or_zero_as_ms(value: Any) -> int:
     if isinstance(value, bool) or not math.isfinite(seconds) or not 0 <= seconds <= 86_400:
         raise ValueError(rule)
     return round(seconds * 1000)
+
+
+def _bounded_seconds_as_ms(high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        rule = f"expected a number of seconds, more than 0 and at most {high}"
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(rule) from None
+        if isinstance(value, bool) or not math.isfinite(seconds) or not 0 < seconds <= high:
+            raise ValueError(rule)
+        return max(1, round(seconds * 1000))
+
+    return parse
+
+
+_seconds_as_ms = _bounded_seconds_as_ms(86_400)
 
 
 def _boolean(value: Any) -> bool:
@@ -190,8 +208,10 @@ _SETTINGS = (
         flag="--cluster-id",
         env="TWOSTEP_CLUSTER_ID",
         metavar="ID",
-        help="this coordinator cluster's id, written into every gtrid: 1-16 of a-z, 0-9, '-'; "
-        "keep it stable, gtrids of another cluster id are refused",
+        help="this coordinator cluster's id, written into every gtrid: 1-16 of a-z, 0-9, '-'. "
+        "Unset, the data directory's own id is used (DATA_DIR/cluster-id, generated once at "
+        "its first start, so two deployments never share one by accident); an id that "
+        "differs from the one the data directory holds is refused",
         parse=_cluster,
     ),
     _Setting(
@@ -282,6 +302,17 @@ _SETTINGS = (
         parse=_boolean,
     ),
     _Setting(
+        name="retention_ms",
+        key="retention_s",
+        flag="--retention",
+        env="TWOSTEP_RETENTION",
+        metavar="SECONDS",
+        help="how long a finished transaction (decided, phase 2 done) stays in the decision "
+        "log for GetTransaction and 'twostep show' before it is deleted; at least "
+        "max_timeout + 60 s (a pruned COMMIT would answer a late duplicate Commit ABORTED)",
+        parse=_bounded_seconds_as_ms(_MAX_RETENTION_S),
+    ),
+    _Setting(
         name="admin_token",
         key="admin_token",
         flag=None,
@@ -312,6 +343,8 @@ _DISPLAY_DEFAULTS = {
     "recovery_grace_ms": "10",
     "kill_grace_ms": "30",
     "kill_live_sessions": "true",
+    "retention_ms": "21600 (6 hours)",
+    "cluster_id": "DATA_DIR/cluster-id, generated",
     "admin_token_file": "DATA_DIR/admin-token, generated",
 }
 
@@ -419,6 +452,13 @@ def load_settings(
             f"default timeout ({settings.default_timeout_ms / 1000:g} s) is longer than the "
             f"max timeout ({settings.max_timeout_ms / 1000:g} s)"
         )
+    shortest = settings.max_timeout_ms + _LATE_COMMIT_MARGIN_MS
+    if settings.retention_ms < shortest:
+        raise ConfigError(
+            f"retention ({settings.retention_ms / 1000:g} s) is shorter than the max timeout "
+            f"+ {_LATE_COMMIT_MARGIN_MS // 1000} s ({shortest / 1000:g} s): a transaction "
+            "pruned that early would answer a late duplicate Commit ABORTED"
+        )
     return settings
 
 
@@ -431,6 +471,12 @@ def _read_file(path: Path) -> tuple[dict[str, Any], object | None]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    strays = [_stray(key, value) for key, value in document.items() if key not in _TABLES]
+    if strays:
+        raise ConfigError(
+            f"config file {path}: {'; '.join(strays)} (a config file holds only a "
+            "[coordinator] table and [resources.NAME] tables)"
+        )
     table = document.get("coordinator", {})
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: 'coordinator' must be a table")
@@ -442,3 +488,15 @@ def _read_file(path: Path) -> tuple[dict[str, Any], object | None]:
             f"(known: {', '.join(sorted(known))})"
         )
     return table, document.get("resources")
+
+
+def _stray(key: str, value: object) -> str:
+    """How an unknown top-level entry of a config file reads in an error message."""
+    if not isinstance(value, dict):
+        return f"unknown top-level key {key!r}: settings go in [coordinator]"
+    hint = difflib.get_close_matches(key, _TABLES, n=1)
+    named = [f"{key}.{sub}" for sub, v in value.items() if isinstance(v, dict)] or [key]
+    shown = ", ".join(f"[{n}]" for n in named)
+    return f"unknown table{'s' if len(named) > 1 else ''} {shown}" + (
+        f", did you mean [{hint[0]}]?" if hint else ""
+    )

@@ -37,6 +37,14 @@ Resolve (`resolve`, an operator's `Resolution`; the one way a decision can chang
 Notes (`add_notes`)
     Heuristic outcomes, audit records and recovery remarks about a gtrid, oldest first;
     durable when `add_notes` returns. A note never changes a decision.
+Prune (`prune`)
+    Deletes finished transactions (decided and completed) completed before a cutoff, with
+    their notes, at most `limit` rows per call, so that each call is one short write between
+    the decisions (notes about gtrids the log has no row of go too, once as old). Recovery
+    calls it with `now - retention` (`_retention`). A pruned gtrid is unknown again: a Commit
+    for it gets ABORTED, so retention must outlast every client that may still ask (the
+    settings check it). An active transaction is never pruned; recovery aborts it first
+    once it is past its deadline and nothing of it is prepared (presumed abort made explicit).
 
 `decide` returns only after the batch holding the decisions is on disk (fsync), for Abort as
 well as Commit: a caller told ABORTED may roll prepared branches back, so that answer must
@@ -198,6 +206,7 @@ class ListQuery:
     decided_before_ms: int | None = None  # only transactions decided before this time
     #: Paging: only rows after this (begun_ms, gtrid), i.e. after the last row of a page.
     after: tuple[int, str] | None = None
+    deadline_before_ms: int | None = None  # only transactions whose deadline is before this
 
 
 @dataclass(frozen=True)
@@ -286,6 +295,17 @@ class DecisionLog(Protocol):
 
     def summary(self) -> dict[tuple[State, bool], int]:
         """How many transactions there are per (state, completed)."""
+        ...
+
+    def newest_gtrid(self) -> str | None:
+        """The gtrid begun last; None if the log is empty."""
+        ...
+
+    def prune(self, completed_before_ms: int, limit: int) -> int:
+        """Apply the Prune rule above to at most `limit` transactions; how many it deleted.
+
+        Returns once the deletion is durable; raises `LogUnavailable` like `decide`.
+        """
         ...
 
     def flush(self) -> None:

@@ -4,8 +4,10 @@ A pass runs at start, every `recovery_interval`, and on demand (Admin.Recover; a
 without acting). One pass:
 
 1. Scan every registered resource with the client's `ops.recover` (PostgreSQL: also each
-   prepared transaction's id, the evidence for heuristic outcomes, see `_inspect`). A resource
-   that cannot be scanned is reported and retried with backoff; nothing on it is judged.
+   prepared transaction's id, the evidence for heuristic outcomes, see `_inspect`), once this
+   coordinator's cluster claim on it is confirmed (`_claim`). A resource that cannot be
+   scanned, or whose claim another coordinator holds, is reported and retried with backoff;
+   nothing on it is judged.
 2. Decided transactions (COMMIT or ABORT) whose phase 2 is not acknowledged, decided more than
    `recovery_grace` ago: each branch still listed prepared is finished the decided way with
    the client's `finish_prepared`. A branch no longer listed has ended: on PostgreSQL its
@@ -28,6 +30,9 @@ without acting). One pass:
 5. A branch the decision could not be applied to (finish_prepared's OTHER_WAY: MariaDB had
    rolled it back; or the PostgreSQL evidence above) is a heuristic outcome: a note on the
    transaction.
+6. The log is kept bounded (`_retention`): active transactions past their deadline + grace
+   with nothing prepared are aborted and completed ("expire"); transactions finished more
+   than `retention` ago are pruned.
 
 Failpoint `coordinator.during_recovery` (`twostep.client._failpoints`): right after a pass
 finished a branch (its COMMIT or ROLLBACK PREPARED returned), before the pass records
@@ -66,7 +71,8 @@ from twostep.client._phase2 import Ended, ended_by_status, finish_prepared
 from twostep.client._tpc import BranchOps
 from twostep.client._xid import Xid, parse_gtrid
 
-from . import _inspect
+from . import _inspect, _retention
+from ._claim import ClaimConflict, ClusterClaims
 from ._log import (
     Ack,
     BranchRecord,
@@ -99,6 +105,7 @@ KILL = "kill-session"
 COMPLETE = "complete"  # the transaction is marked completed
 VERIFY = "verify"  # PostgreSQL: did a branch that is gone end the decided way?
 SCAN = "scan"
+EXPIRE = "expire"  # an abandoned active transaction gets a durable ABORT (`_retention`)
 # Results: these two, or "failed: ...", "blocked: ...", "heuristic: ...", "waiting: ..."
 DONE = "done"
 PLANNED = "planned"
@@ -215,10 +222,14 @@ class Recovery:
         grace_ms: int = 10_000,
         kill_grace_ms: int = 30_000,
         kill_live_sessions: bool = True,
+        claims: ClusterClaims,
+        retention_ms: int,
         clock: Callable[[], int] = _now_ms,
     ):
         self._log = decision_log
         self._registry = registry
+        self._claims = claims
+        self._retention_ms = retention_ms
         self._cluster = cluster_id
         self._interval_ms = interval_ms
         self._grace_ms = grace_ms
@@ -369,6 +380,8 @@ class Recovery:
         else:
             self._execute(work)
             self._conclude(txns, report)
+        if only is None:
+            self._keep_log_bounded(listings, report, now, dry_run)
         report.finished_ms = self._clock()
         self._remember_pending(report, txns, only)
         if not dry_run and only is None:
@@ -434,6 +447,9 @@ class Recovery:
         return listings
 
     def _scan(self, resource: Resource) -> _Listing:
+        why = self._claims.check(resource)
+        if why:
+            raise ClaimConflict(why)
         session = resource.connection.acquire()
         try:
             xids = {x for x in resource.ops.recover(session) if self._ours(x)}
@@ -823,6 +839,29 @@ class Recovery:
         except LogUnavailable as exc:
             log.warning("recovery could not write to the decision log", extra={"error": exc})
             report.errors.append(f"decision log: {exc}")
+
+    # -- 6. the log's size -----------------------------------------------------------------------
+
+    def _keep_log_bounded(
+        self, listings: dict[str, _Listing], report: Report, now: int, dry_run: bool
+    ) -> None:
+        prepared = {xid.gtrid for listing in listings.values() for xid in listing.xids}
+        expired = _retention.expire(self._log, now - self._grace_ms, prepared, dry_run=dry_run)
+        for gtrid, result in expired:
+            report.actions.append(Action(gtrid, "", EXPIRE, result))
+            self._log_action(gtrid, "", EXPIRE, result)
+            if result == DONE:
+                self._count("expired")
+        if dry_run:
+            return
+        try:
+            pruned = _retention.prune(self._log, now - self._retention_ms, self._stopping.is_set)
+        except LogUnavailable as exc:
+            report.errors.append(f"decision log: pruning failed: {exc}")
+            return
+        if pruned:
+            self._count("pruned", pruned)
+            log.info("pruned finished transactions", extra={"rows": pruned})
 
     # -- memory --------------------------------------------------------------------------------
 

@@ -1,18 +1,22 @@
 """The coordinator's gRPC server: the Coordinator and Admin services, health, reflection.
 
-`CoordinatorServer(settings)` opens the decision log and the resource registry (no database
-is contacted yet) and loads or generates the admin token; `start()` binds the listen address,
-serves on a thread pool and starts the recovery loop (its first pass runs at once); `stop()`
-stops recovery, stops accepting, lets calls in flight finish, then writes what the log has
-queued and closes it. Used by `__main__` and, in-process, by the tests.
+`CoordinatorServer(settings)` locks the data directory (`_datadir`), opens the decision log,
+settles the cluster id (the data directory's), loads or generates the admin token and builds
+the resource registry (no database is contacted yet); `start()` takes the cluster claim on
+every resource (`_claim`), binds the listen address, serves on a thread pool and starts the
+recovery loop (its first pass runs at once); `stop()` stops recovery, stops accepting, lets
+calls in flight finish, then writes what the log has queued, closes it and releases the
+claims and the data directory. Used by `__main__` and, in-process, by the tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health as _health
@@ -25,7 +29,9 @@ from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from ._admin import ADMIN_SERVICE_NAME, AdminServicer, load_admin_token
+from ._claim import ClusterClaims
 from ._config import Settings
+from ._datadir import DataDir
 from ._log import DecisionLog
 from ._recovery import Recovery
 from ._registry import ResourceRegistry
@@ -38,6 +44,9 @@ log = logging.getLogger("twostep.coordinator")
 
 SERVICE_NAME = _pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # twostep.v1.Coordinator
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # 1000 transactions of 64 branches fit with room
+#: A claim session idle longer than this is ended by its database (so a coordinator whose host
+#: vanished does not keep its claim for hours); recovery passes keep it busy.
+_MIN_CLAIM_IDLE_TIMEOUT_S = 60
 
 
 def _now_ms() -> int:
@@ -55,22 +64,38 @@ class CoordinatorServer:
         clock: Callable[[], int] = _now_ms,
         run_recovery: bool = True,
     ):
-        """`run_recovery=False`: no recovery loop (a test drives `recovery.run_pass()`)."""
-        self.settings = settings
-        # The token first: it may be generated into data_dir, and is the likelier to fail.
-        self.admin_token, self.admin_token_file = load_admin_token(settings)
-        self.decision_log: DecisionLog = decision_log or SqliteDecisionLog(
-            settings.data_dir, max_batch=settings.max_batch, clock=clock
-        )
-        self.registry = ResourceRegistry(settings.resources)
+        """`run_recovery=False`: no recovery loop (a test drives `recovery.run_pass()`).
+
+        Raises `DataDirInUse` (another coordinator runs on the data directory), `ConfigError`
+        (a configured cluster id the data directory does not hold, a bad admin token file),
+        `OSError` / `sqlite3.Error` / `LogUnavailable` (the directory or log is unusable).
+        """
+        with contextlib.ExitStack() as undo:  # what was opened, closed again if a step fails
+            self.data_dir = DataDir(settings.data_dir)
+            undo.callback(self.data_dir.close)
+            self.decision_log: DecisionLog = decision_log or SqliteDecisionLog(
+                settings.data_dir, max_batch=settings.max_batch, clock=clock
+            )
+            undo.callback(self.decision_log.close)
+            cluster_id = self.data_dir.cluster_id(
+                settings.cluster_id, self.decision_log.newest_gtrid
+            )
+            self.settings = settings = replace(settings, cluster_id=cluster_id)
+            self.admin_token, self.admin_token_file = load_admin_token(settings)
+            self.registry = ResourceRegistry(settings.resources)
+            undo.pop_all()
+        idle_timeout_s = max(_MIN_CLAIM_IDLE_TIMEOUT_S, 3 * settings.recovery_interval_ms // 1000)
+        self.claims = ClusterClaims(self.registry, cluster_id, idle_timeout_s=idle_timeout_s)
         self.recovery = Recovery(
             self.decision_log,
             self.registry,
-            cluster_id=settings.cluster_id,
+            cluster_id=cluster_id,
             interval_ms=settings.recovery_interval_ms,
             grace_ms=settings.recovery_grace_ms,
             kill_grace_ms=settings.kill_grace_ms,
             kill_live_sessions=settings.kill_live_sessions,
+            claims=self.claims,
+            retention_ms=settings.retention_ms,
             clock=clock,
         )
         self._run_recovery = run_recovery
@@ -111,7 +136,14 @@ class CoordinatorServer:
         return str(getattr(self.decision_log, "path", type(self.decision_log).__name__))
 
     def start(self) -> str:
-        """Bind and serve; returns the bound address. Raises `OSError` if it cannot bind."""
+        """Claim the resources, bind and serve; returns the bound address. Raises
+        `ClaimConflict` if another coordinator holds this cluster id's claim on a resource,
+        `OSError` if it cannot bind; either way everything is closed again."""
+        try:
+            self.claims.claim_all()
+        except BaseException:
+            self._close()
+            raise
         host, _, _ = self.settings.listen.rpartition(":")
         try:
             port = self._server.add_insecure_port(self.settings.listen)
@@ -121,8 +153,7 @@ class CoordinatorServer:
         else:
             error = None
         if not port:
-            self.decision_log.close()
-            self.registry.close()
+            self._close()
             raise OSError(f"cannot listen on {self.settings.listen}: {error or 'bind failed'}")
         self.address = f"{host}:{port}"
         self._server.start()
@@ -138,8 +169,13 @@ class CoordinatorServer:
         self._health.enter_graceful_shutdown()
         self.recovery.stop(grace)
         self._server.stop(grace).wait()
+        self._close()
+
+    def _close(self) -> None:
         self.decision_log.close()
+        self.claims.close()
         self.registry.close()
+        self.data_dir.close()  # last: another coordinator may take the directory from here on
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stops; False if `timeout` passed first."""

@@ -30,6 +30,14 @@ and the notes about gtrids (heuristic outcomes, resolve audit records, recovery 
 
 Version 2 added the notes and an index of incomplete transactions; a version-1 file is
 upgraded in place at open (both are `CREATE ... IF NOT EXISTS`).
+
+Pruning (`prune`) is one more kind of writer request: at most `limit` rows deleted in the
+writer's transaction, queued behind and ahead of decisions like any other request, so a
+long prune is many short writes between decisions, never one long one. It selects the
+oldest rows through the begin-time index (a finished transaction began before it finished).
+SQLite keeps deleted pages in the file and reuses them, so the file stops growing once
+inserts and prunes balance; the WAL is checkpointed automatically (every 1000 pages) and cut
+back to `_WAL_SIZE_LIMIT` after a checkpoint, so it does not keep its high-water size.
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ LOG_FILE_NAME = "decisions.sqlite3"
 _SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 10_000  # wait for another process's write lock (several writers, one file)
 _DECIDE_WAIT_S = 60.0  # a decision not confirmed by then is reported as unavailable: ask again
+_WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file keeps after a checkpoint
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS global_transactions (
@@ -142,6 +151,24 @@ _ACK_COMPLETED = """
 UPDATE global_transactions SET completed_ms = ?
  WHERE gtrid = ? AND state <> 'active' AND completed_ms IS NULL
 """
+# Finished rows, oldest first by the begin-time index (begun_ms <= completed_ms always).
+_PRUNABLE = """
+SELECT gtrid FROM global_transactions
+ WHERE begun_ms < :cutoff AND completed_ms < :cutoff
+ ORDER BY begun_ms LIMIT :limit
+"""
+_ANYTHING_TO_PRUNE = """
+SELECT EXISTS (SELECT 1 FROM global_transactions
+                WHERE begun_ms < :cutoff AND completed_ms < :cutoff)
+    OR EXISTS (SELECT 1 FROM notes n WHERE at_ms < :cutoff
+                  AND NOT EXISTS (SELECT 1 FROM global_transactions g WHERE g.gtrid = n.gtrid))
+"""
+_PRUNE_ORPHAN_NOTES = """
+DELETE FROM notes WHERE id IN (
+    SELECT id FROM notes n WHERE at_ms < :cutoff
+       AND NOT EXISTS (SELECT 1 FROM global_transactions g WHERE g.gtrid = n.gtrid)
+     LIMIT :limit)
+"""
 _COLUMNS = "gtrid, state, begun_ms, deadline_ms, decided_ms, reason, branches, completed_ms"
 _INSERT_NOTE = "INSERT INTO notes (gtrid, at_ms, kind, text) VALUES (?, ?, ?, ?)"
 
@@ -174,6 +201,7 @@ class _Request:
     acks: Sequence[Ack] = ()
     notes: Sequence[Note] = ()
     resolution: Resolution | None = None
+    prune: tuple[int, int] | None = None  # (completed before ms, at most this many rows)
     #: Resolved with the request's decisions (or its one `Resolved`) once they are durable.
     done: Future[list[Any]] | None = None
     size: int = field(init=False)
@@ -182,6 +210,7 @@ class _Request:
         self.size = len(self.begun) + len(self.proposals) + len(self.acks) + len(self.notes)
         self.size += len(self.enlistments)
         self.size += self.resolution is not None
+        self.size += self.prune[1] if self.prune else 0
 
 
 _STOP = _Request()  # queued by close(): the writer exits after what came before it
@@ -210,6 +239,7 @@ class SqliteDecisionLog:
             raise LogUnavailable(f"{self.path}: SQLite refused WAL mode (journal_mode={mode})")
         self._writer_db.executescript(_SCHEMA)
         self._writer_db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        self._writer_db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         _fsync_directory(directory)  # the new file's name is durable too, not just its bytes
 
         # Lock order: _submit_lock, then _stats_lock; neither is ever held while waiting for
@@ -251,6 +281,22 @@ class SqliteDecisionLog:
                 "SELECT gtrid, at_ms, kind, text FROM notes WHERE gtrid = ? ORDER BY id", (gtrid,)
             ).fetchall()
         return [Note(*row) for row in rows]
+
+    def newest_gtrid(self) -> str | None:
+        with self._reader() as db:
+            row = db.execute(
+                "SELECT gtrid FROM global_transactions ORDER BY begun_ms DESC LIMIT 1"
+            ).fetchone()
+        return row[0] if row else None
+
+    def prune(self, completed_before_ms: int, limit: int) -> int:
+        params = {"cutoff": completed_before_ms}
+        with self._reader() as db:  # the writer is not bothered when there is nothing to do
+            (due,) = db.execute(_ANYTHING_TO_PRUNE, params).fetchone()
+        if not due:
+            return 0
+        (deleted,) = self._wait(_Request(prune=(completed_before_ms, limit), done=Future()))
+        return deleted  # type: ignore[no-any-return]
 
     def summary(self) -> dict[tuple[State, bool], int]:
         with self._reader() as db:
@@ -299,6 +345,9 @@ class SqliteDecisionLog:
         if query.after is not None:
             where.append("(begun_ms, gtrid) > (?, ?)")
             params.extend(query.after)
+        if query.deadline_before_ms is not None:
+            where.append("deadline_ms < ?")
+            params.append(query.deadline_before_ms)
         sql = f"SELECT {_COLUMNS} FROM global_transactions"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -401,6 +450,8 @@ class SqliteDecisionLog:
             decided += [_decide(db, p, now) for p in request.proposals]
             if request.resolution is not None:
                 decided.append(_resolve(db, request.resolution, now))
+            if request.prune is not None:
+                decided.append(_prune(db, *request.prune))
             results.append(decided)
             if request.notes:
                 db.executemany(
@@ -538,6 +589,16 @@ def _resolve(db: sqlite3.Connection, resolution: Resolution, now: int) -> Resolv
     )
     db.execute(_INSERT_NOTE, (r.gtrid, now, "resolve", text))
     return Resolved(not refusal, decision, previous, refusal)
+
+
+def _prune(db: sqlite3.Connection, cutoff: int, limit: int) -> int:
+    """The Prune rule of `_log`, inside the writer's transaction; how many rows it deleted."""
+    params = {"cutoff": cutoff, "limit": limit}
+    gtrids = [(gtrid,) for (gtrid,) in db.execute(_PRUNABLE, params)]
+    db.executemany("DELETE FROM notes WHERE gtrid = ?", gtrids)
+    db.executemany("DELETE FROM global_transactions WHERE gtrid = ?", gtrids)
+    db.execute(_PRUNE_ORPHAN_NOTES, params)
+    return len(gtrids)
 
 
 def _branches_json(branches: Sequence[BranchRecord]) -> str:

@@ -47,6 +47,7 @@ __all__ = [
 
 _START_LINE = re.compile(r'msg="coordinator started" .*\blisten=(?P<listen>\S+)')
 _LOG_PATH = re.compile(r'\bdecision_log=(?P<path>"(?:[^"\\]|\\.)*"|\S+)')
+_CLUSTER = re.compile(r"\bcluster=(?P<cluster>\S+)")
 _FAILPOINTS = "TWOSTEP_FAILPOINTS"
 
 # Every process started here, for the atexit safety net (a test that forgot to stop one).
@@ -126,6 +127,14 @@ class CoordinatorProcess:
         if value.startswith('"'):
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
         return Path(value)
+
+    @property
+    def cluster_id(self) -> str:
+        """The cluster id the running (or last running) process named in its start line."""
+        match = _CLUSTER.search(self.start_line)
+        if match is None:
+            raise RuntimeError(f"no cluster= in the start line {self.start_line!r}")
+        return match["cluster"]
 
     @property
     def output(self) -> str:

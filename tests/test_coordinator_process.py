@@ -264,6 +264,7 @@ def test_help_explains_every_setting_with_its_environment_variable():
         ("--max-timeout", "TWOSTEP_MAX_TIMEOUT"),
         ("--max-batch", "TWOSTEP_MAX_BATCH"),
         ("--workers", "TWOSTEP_WORKERS"),
+        ("--retention", "TWOSTEP_RETENTION"),
     ]:
         assert flag in result.stdout and env in result.stdout
 
@@ -312,9 +313,50 @@ def test_an_unknown_key_in_the_config_file_is_an_error(tmp_path: Path):
         load_settings(["--config", str(config)], {})
 
 
+MISTAKES = {
+    "misspelled coordinator table": (
+        '[coordinatr]\nlisten = "127.0.0.1:7001"\n',
+        "unknown table [coordinatr], did you mean [coordinator]?",
+    ),
+    "singular resource table": (
+        '[resource.orders]\ndriver = "postgresql"\n[resource.billing]\ndriver = "mysql"\n',
+        "unknown tables [resource.orders], [resource.billing], did you mean [resources]?",
+    ),
+    "key outside any table": (
+        'cluster_id = "prod"\n[coordinator]\nlisten = "127.0.0.1:7001"\n',
+        "unknown top-level key 'cluster_id': settings go in [coordinator]",
+    ),
+    "capitalized table": ("[Coordinator]\nworkers = 4\n", "unknown table [Coordinator]"),
+    "unrelated table": ('[coordinator]\n\n[logging]\nlevel = "DEBUG"\n', "unknown table [logging]"),
+    "array of tables": ("[[coordinators]]\nworkers = 4\n", "unknown top-level key 'coordinators'"),
+    "resource outside its table": ('[resources]\norders = "x"\n', "[resources.orders]"),
+}
+
+
+@pytest.mark.parametrize("text, named", MISTAKES.values(), ids=MISTAKES.keys())
+def test_every_unknown_table_or_top_level_key_in_the_config_file_is_an_error(
+    text: str, named: str, tmp_path: Path
+):
+    config = tmp_path / "twostep.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(["--config", str(config)], {})
+    assert named in str(error.value) and str(config) in str(error.value)
+
+
+def test_a_misspelled_table_stops_the_coordinator_with_status_2(tmp_path: Path):
+    config = tmp_path / "twostep.toml"
+    config.write_text('[coordinatr]\ncluster_id = "prod"\nlisten = "127.0.0.1:7001"\n')
+    result = run_coordinator("--config", str(config), "--data-dir", str(tmp_path / "unused"))
+    assert result.returncode == 2, result.stderr
+    assert "unknown table [coordinatr], did you mean [coordinator]?" in result.stderr
+    assert not (tmp_path / "unused").exists()
+
+
 def test_an_unknown_gtrid_never_begun_is_aborted_by_a_fresh_coordinator(
     coordinator_factory, client_of
 ):
-    client = client_of(coordinator_factory())
-    gtrid = new_gtrid("main", int(time.time()) + 3600)
+    proc = coordinator_factory()
+    client = client_of(proc)
+    gtrid = new_gtrid(proc.cluster_id, int(time.time()) + 3600)
     assert client.commit(gtrid).state == ABORTED

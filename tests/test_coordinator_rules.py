@@ -41,6 +41,11 @@ class Coordinator:
     channel: grpc.Channel
 
     @property
+    def cluster_id(self) -> str:
+        """The cluster id the server runs with (generated into its data dir unless set)."""
+        return self.server.settings.cluster_id
+
+    @property
     def log(self) -> SqliteDecisionLog:
         assert isinstance(self.server.decision_log, SqliteDecisionLog)
         return self.server.decision_log
@@ -227,7 +232,7 @@ def test_commit_one_millisecond_before_the_deadline_is_committed(start_coordinat
 
 
 def test_commit_of_an_unknown_gtrid_is_aborted_and_recorded(coordinator: Coordinator):
-    gtrid = new_gtrid("main", int(time.time()) + 60)  # well-formed, never begun
+    gtrid = new_gtrid(coordinator.cluster_id, int(time.time()) + 60)  # well-formed, never begun
     decision = coordinator.commit(gtrid)
     assert (decision.state, decision.reason) == (ABORTED, "unknown transaction")
     stored = coordinator.get(gtrid)
@@ -258,7 +263,7 @@ def test_commit_after_abort_returns_aborted_with_the_abort_reason(coordinator: C
 
 
 def test_abort_of_an_unknown_gtrid_is_recorded_as_aborted(coordinator: Coordinator):
-    gtrid = new_gtrid("main", int(time.time()) + 60)
+    gtrid = new_gtrid(coordinator.cluster_id, int(time.time()) + 60)
     assert coordinator.abort(gtrid, "rolled back").state == ABORTED
     assert coordinator.get(gtrid).reason == "rolled back"
     assert coordinator.commit(gtrid).state == ABORTED
@@ -267,7 +272,7 @@ def test_abort_of_an_unknown_gtrid_is_recorded_as_aborted(coordinator: Coordinat
 def test_a_batch_of_commits_gets_one_decision_per_item_in_order(coordinator: Coordinator):
     fresh, committed = coordinator.begin_one(), coordinator.begin_one()
     coordinator.commit(committed)
-    unknown = new_gtrid("main", int(time.time()) + 60)
+    unknown = new_gtrid(coordinator.cluster_id, int(time.time()) + 60)
     items = [pb.CommitItem(gtrid=g, branches=two_branches()) for g in (unknown, fresh, committed)]
     reply = coordinator.stub.Commit(pb.CommitRequest(transactions=items), timeout=RPC_TIMEOUT)
     assert [(d.gtrid, d.state) for d in reply.decisions] == [
@@ -298,7 +303,7 @@ def test_ack_with_one_phase_commit_records_an_active_transaction_as_committed(
 
 
 def test_ack_of_an_unknown_gtrid_is_ignored(coordinator: Coordinator):
-    gtrid = new_gtrid("main", int(time.time()) + 60)
+    gtrid = new_gtrid(coordinator.cluster_id, int(time.time()) + 60)
     coordinator.ack(gtrid, one_phase_commit=True)
     coordinator.log.flush()
     assert status_of(lambda: coordinator.get(gtrid)) == grpc.StatusCode.NOT_FOUND
@@ -387,7 +392,7 @@ def test_malformed_gtrids_are_refused_by_every_rpc_and_nothing_is_recorded(
     coordinator: Coordinator, bad: str
 ):
     before = coordinator.log.stats()
-    good = new_gtrid("main", int(time.time()) + 60)
+    good = new_gtrid(coordinator.cluster_id, int(time.time()) + 60)
     commit = pb.CommitRequest(
         transactions=[
             pb.CommitItem(gtrid=good, branches=two_branches()),
@@ -408,7 +413,7 @@ def test_malformed_gtrids_are_refused_by_every_rpc_and_nothing_is_recorded(
 def test_a_gtrid_of_another_cluster_is_refused(coordinator: Coordinator):
     theirs = new_gtrid("other", int(time.time()) + 60)
     details = refusal(lambda: coordinator.commit(theirs))
-    assert "cluster 'other'" in details and "'main'" in details
+    assert "cluster 'other'" in details and repr(coordinator.cluster_id) in details
     assert "cluster" in refusal(lambda: coordinator.abort(theirs))
     assert "cluster" in refusal(lambda: coordinator.get(theirs))
     assert coordinator.list_gtrids() == []
@@ -499,7 +504,7 @@ def test_batches_are_bounded_and_not_empty(coordinator: Coordinator):
 
 
 def test_get_transaction_of_an_unknown_gtrid_is_not_found(coordinator: Coordinator):
-    gtrid = new_gtrid("main", int(time.time()) + 60)
+    gtrid = new_gtrid(coordinator.cluster_id, int(time.time()) + 60)
     assert status_of(lambda: coordinator.get(gtrid)) == grpc.StatusCode.NOT_FOUND
 
 
