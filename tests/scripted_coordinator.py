@@ -10,7 +10,9 @@ Every call but Commit is forwarded unchanged. Each Commit takes the next step of
 (the last step repeats): `Forward()` passes it on; `DecideThen(code)` passes it on, so the
 coordinator decides, then fails the call with `code` (the reply is lost); `Refuse(code)` fails
 it without passing it on; `Answer(reply)` passes it on and answers `reply(gtrid)` instead of
-the coordinator's reply (a reply that is not a decision). The coordinator and the databases
+the coordinator's reply (a reply that is not a decision); `Meanwhile(action)` passes it on,
+runs `action(gtrid)` once the coordinator has decided, then answers (someone acts between the
+decision and phase 2). The coordinator and the databases
 stay real; only what crosses the wire is scripted.
 """
 
@@ -28,7 +30,7 @@ import grpc
 from twostep.v1 import coordinator_pb2 as pb
 from twostep.v1 import coordinator_pb2_grpc as pb_grpc
 
-__all__ = ["Answer", "DecideThen", "Forward", "Refuse", "ScriptedCoordinator"]
+__all__ = ["Answer", "DecideThen", "Forward", "Meanwhile", "Refuse", "ScriptedCoordinator"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,12 @@ class Answer:
     reply: Callable[[str], pb.CommitResponse]
 
 
-Step = Forward | DecideThen | Refuse | Answer
+@dataclass(frozen=True)
+class Meanwhile:
+    action: Callable[[str], None]
+
+
+Step = Forward | DecideThen | Refuse | Answer | Meanwhile
 
 
 class ScriptedCoordinator(pb_grpc.CoordinatorServicer):
@@ -108,6 +115,9 @@ class ScriptedCoordinator(pb_grpc.CoordinatorServicer):
         reply = self._forward("Commit", request, context)
         if isinstance(step, DecideThen):
             context.abort(step.code, "scripted: the reply was lost")
+        gtrid = request.transactions[0].gtrid
         if isinstance(step, Answer):
-            return step.reply(request.transactions[0].gtrid)
+            return step.reply(gtrid)
+        if isinstance(step, Meanwhile):
+            step.action(gtrid)
         return reply
