@@ -8,13 +8,17 @@ from ._errors import (
     DatabaseError,
     HeuristicOutcome,
     InvalidIdentifier,
+    LockNotAvailable,
     OutcomeUnknown,
     PhaseTwoIncomplete,
+    StaleObjectError,
     TransactionAborted,
     TransactionError,
     TwoPhaseNotSupported,
     TwostepError,
+    UnsupportedValue,
 )
+from ._expressions import F
 from ._global import GlobalTransaction, global_transaction
 from ._model import ActiveRecord, Query
 from ._transaction import Transaction
@@ -26,17 +30,21 @@ __all__ = [
     "ConnectionManager",
     "CoordinatorUnavailable",
     "DatabaseError",
+    "F",
     "GlobalTransaction",
     "HeuristicOutcome",
     "InvalidIdentifier",
+    "LockNotAvailable",
     "OutcomeUnknown",
     "PhaseTwoIncomplete",
     "Query",
+    "StaleObjectError",
     "Transaction",
     "TransactionAborted",
     "TransactionError",
     "TwoPhaseNotSupported",
     "TwostepError",
+    "UnsupportedValue",
     "get_connection",
     "global_transaction",
 ]
