@@ -8,15 +8,19 @@ from ._errors import (
     DatabaseError,
     HeuristicOutcome,
     InvalidIdentifier,
+    LockNotAvailable,
     OutcomeUnknown,
     PhaseTwoIncomplete,
+    StaleObjectError,
     StatementRefused,
     TransactionAborted,
     TransactionEnded,
     TransactionError,
     TwoPhaseNotSupported,
     TwostepError,
+    UnsupportedValue,
 )
+from ._expressions import F
 from ._global import GlobalTransaction, global_transaction
 from ._model import ActiveRecord, Query
 from ._transaction import Transaction
@@ -28,12 +32,15 @@ __all__ = [
     "ConnectionManager",
     "CoordinatorUnavailable",
     "DatabaseError",
+    "F",
     "GlobalTransaction",
     "HeuristicOutcome",
     "InvalidIdentifier",
+    "LockNotAvailable",
     "OutcomeUnknown",
     "PhaseTwoIncomplete",
     "Query",
+    "StaleObjectError",
     "StatementRefused",
     "Transaction",
     "TransactionAborted",
@@ -41,6 +48,7 @@ __all__ = [
     "TransactionError",
     "TwoPhaseNotSupported",
     "TwostepError",
+    "UnsupportedValue",
     "get_connection",
     "global_transaction",
 ]

@@ -32,10 +32,20 @@ from typing import Any, ClassVar
 import psycopg
 import pymysql
 from psycopg.pq import TransactionStatus
-from pymysql.constants import SERVER_STATUS
+from pymysql.constants import CLIENT, SERVER_STATUS
 
-from ._errors import InvalidIdentifier, translate_driver_errors
+from ._errors import InvalidIdentifier, TwostepError, translate_driver_errors
 from ._statements import Statements, classify
+from ._types import (
+    MYSQL_SESSION_SETUP,
+    OTHER,
+    ColumnType,
+    mysql_column,
+    mysql_conversions,
+    postgres_column,
+    register_postgres,
+    sqlite_column,
+)
 
 __all__ = [
     "DIALECTS",
@@ -116,6 +126,14 @@ class TableInfo:
     #: The primary key is one column whose value the database generates and reports as
     #: `lastrowid` (MySQL AUTO_INCREMENT, SQLite INTEGER PRIMARY KEY).
     auto_key: bool = False
+    #: Each column's type as the type contract sees it (`_types`).
+    types: Mapping[str, ColumnType] = field(default_factory=dict)
+    #: The column sets whose values are unique: the primary key and every unique index or
+    #: constraint over plain columns without a WHERE (what an upsert can conflict on).
+    unique_keys: tuple[tuple[str, ...], ...] = ()
+
+    def type_of(self, column: str) -> ColumnType:
+        return self.types.get(column, OTHER)
 
 
 # -- placeholders ------------------------------------------------------------------------------
@@ -291,6 +309,21 @@ class Dialect(ABC):
 
     # -- identifiers and model statements ------------------------------------------------------
 
+    #: `Query.for_update()` modes -> the locking clause that ends the SELECT.
+    _lock_clauses: ClassVar[Mapping[str, str]] = {
+        "update": " FOR UPDATE",
+        "nowait": " FOR UPDATE NOWAIT",
+        "skip_locked": " FOR UPDATE SKIP LOCKED",
+    }
+
+    def lock_clause(self, mode: str) -> str:
+        """The clause that makes a SELECT lock the rows it returns (`Query.for_update()`)."""
+        return self._lock_clauses[mode]
+
+    def json_equals(self, column_sql: str) -> str:
+        """A condition: the JSON column equals the bound JSON text `?` as a JSON value."""
+        return f"{column_sql} = ?"
+
     def quote(self, identifier: str) -> str:
         q = self._quote_char
         return q + identifier.replace(q, q + q) + q
@@ -328,14 +361,22 @@ class Dialect(ABC):
         rows: int,
         conflict_keys: Sequence[str],
         returning: Sequence[str] = (),
+        *,
+        bump: str | None = None,
     ) -> str:
-        """INSERT of `rows` rows that updates the non-key columns of a row that already exists."""
+        """INSERT of `rows` rows that updates the non-key columns of a row that already exists;
+        `bump`: a column (`lock_version`) the update increments instead of overwriting."""
         insert = (
             f"INSERT INTO {self.quote_table(table)} ({self._column_list(columns)})"
             f" VALUES {self._value_rows(len(columns), rows)}"
         )
-        updated = [c for c in columns if c not in conflict_keys] or list(conflict_keys[:1])
-        return insert + self._on_conflict(conflict_keys, updated) + self._returning(returning)
+        updated = [c for c in columns if c not in conflict_keys and c != bump]
+        if not updated and bump is None:
+            updated = list(conflict_keys[:1])
+        sets = [self._take_new(c) for c in updated]
+        if bump is not None:
+            sets.append(f"{self.quote(bump)} = COALESCE({self._existing(table, bump)}, 0) + 1")
+        return insert + self._on_conflict(conflict_keys, sets) + self._returning(returning)
 
     def _column_list(self, columns: Sequence[str]) -> str:
         return ", ".join(map(self.quote, columns))
@@ -353,9 +394,17 @@ class Dialect(ABC):
             return ""
         return " RETURNING " + self._column_list(columns)
 
-    def _on_conflict(self, conflict_keys: Sequence[str], updated: Sequence[str]) -> str:
-        sets = ", ".join(f"{self.quote(c)} = excluded.{self.quote(c)}" for c in updated)
-        return f" ON CONFLICT ({self._column_list(conflict_keys)}) DO UPDATE SET {sets}"
+    def _take_new(self, column: str) -> str:
+        """In an upsert's update: the column takes the value the INSERT proposed."""
+        return f"{self.quote(column)} = excluded.{self.quote(column)}"
+
+    def _existing(self, table: str, column: str) -> str:
+        """In an upsert's update: the column's value in the row that already exists."""
+        return f"{self.quote(table.rsplit('.', 1)[-1])}.{self.quote(column)}"
+
+    def _on_conflict(self, conflict_keys: Sequence[str], sets: Sequence[str]) -> str:
+        keys = self._column_list(conflict_keys)
+        return f" ON CONFLICT ({keys}) DO UPDATE SET {', '.join(sets)}"
 
 
 class _Postgres(Dialect):
@@ -379,7 +428,9 @@ class _Postgres(Dialect):
             kwargs["password"] = settings.password
         kwargs.update(settings.options)
         kwargs["autocommit"] = True
-        return psycopg.connect(**kwargs)
+        session = psycopg.connect(**kwargs)
+        register_postgres(session)  # the type contract's loaders (`_types`)
+        return session
 
     def is_idle(self, session: psycopg.Connection[Any]) -> bool:
         return (
@@ -399,20 +450,43 @@ class _Postgres(Dialect):
         self, session: psycopg.Connection[Any], table: str, *, connection: str
     ) -> TableInfo | None:
         # indkey is an int2vector, 0-based: the position orders a composite primary key.
+        regclass = (self.quote_table(table),)
         result = self.run(
             session,
-            "SELECT a.attname, array_position(i.indkey::int2[], a.attnum)"
-            " FROM pg_attribute a"
+            "SELECT a.attname, array_position(i.indkey::int2[], a.attnum), t.typname,"
+            " t.typcategory, format_type(a.atttypid, a.atttypmod)"
+            " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
             " LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary"
             " WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped"
             " ORDER BY a.attnum",
-            (self.quote_table(table),),
+            regclass,
             connection=connection,
         )
         if not result.rows:
             return None
-        key = sorted((pos, name) for name, pos in result.rows if pos is not None)
-        return TableInfo(table, tuple(name for name, _ in result.rows), tuple(n for _, n in key))
+        key = sorted((pos, name) for name, pos, *_ in result.rows if pos is not None)
+        # Unique indexes over plain columns, without WHERE; INCLUDE columns are not the key.
+        unique = self.run(
+            session,
+            "SELECT array(SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY"
+            " AS k(attnum, n) JOIN pg_attribute a ON a.attrelid = i.indrelid"
+            " AND a.attnum = k.attnum WHERE k.n <= i.indnkeyatts ORDER BY k.n)"
+            " FROM pg_index i WHERE i.indrelid = to_regclass(?) AND i.indisunique"
+            " AND i.indpred IS NULL AND i.indexprs IS NULL",
+            regclass,
+            connection=connection,
+        ).rows
+        return TableInfo(
+            table,
+            tuple(row[0] for row in result.rows),
+            tuple(n for _, n in key),
+            types={name: postgres_column(*rest) for name, _, *rest in result.rows},
+            unique_keys=tuple(tuple(row[0]) for row in unique),
+        )
+
+    def json_equals(self, column_sql: str) -> str:
+        # `json` has no equality operator; jsonb compares values (key order, spacing aside).
+        return f"CAST({column_sql} AS jsonb) = CAST(? AS jsonb)"
 
 
 class _MySQL(Dialect):
@@ -436,7 +510,18 @@ class _MySQL(Dialect):
         }
         kwargs.update(settings.options)
         kwargs["autocommit"] = True
-        return pymysql.connect(**kwargs)
+        # The type contract's encoders and decoders (`_types`). FOUND_ROWS: an UPDATE reports
+        # the rows it matched, as on PostgreSQL and SQLite, not only those it changed.
+        kwargs["conv"] = mysql_conversions(kwargs.get("conv"))
+        kwargs["client_flag"] = kwargs.get("client_flag", 0) | CLIENT.FOUND_ROWS
+        session = pymysql.connect(**kwargs)
+        try:
+            with session.cursor() as cur:
+                cur.execute(MYSQL_SESSION_SETUP)
+        except BaseException:
+            self.close(session)
+            raise
+        return session
 
     def is_idle(self, session: pymysql.Connection) -> bool:
         # server_status comes with every reply: IN_TRANS is set from BEGIN / XA START until
@@ -462,36 +547,76 @@ class _MySQL(Dialect):
         params = (schema or None, name)
         columns = self.run(
             session,
-            f"SELECT column_name, extra FROM information_schema.columns WHERE {where}"
-            " ORDER BY ordinal_position",
+            "SELECT column_name, extra, data_type, column_type FROM information_schema.columns"
+            f" WHERE {where} ORDER BY ordinal_position",
             params,
             connection=connection,
         ).rows
         if not columns:
             return None
-        key = self.run(
+        unique: dict[str, list[str]] = {}
+        for index, column in self.run(
             session,
-            f"SELECT column_name FROM information_schema.statistics WHERE {where}"
-            " AND index_name = 'PRIMARY' ORDER BY seq_in_index",
+            f"SELECT index_name, column_name FROM information_schema.statistics WHERE {where}"
+            " AND non_unique = 0 ORDER BY index_name, seq_in_index",
             params,
             connection=connection,
-        ).rows
-        primary_key = tuple(row[0] for row in key)
+        ).rows:
+            unique.setdefault(index, []).append(column)
+        primary_key = tuple(unique.get("PRIMARY", ()))
         auto = {row[0] for row in columns if "auto_increment" in (row[1] or "").lower()}
+        json_columns = self._json_columns(session, params, connection, columns)
+        types = {
+            column: mysql_column(data_type, column_type, is_json=column in json_columns)
+            for column, _, data_type, column_type in columns
+        }
         return TableInfo(
             table,
             tuple(row[0] for row in columns),
             primary_key,
             auto_key=len(primary_key) == 1 and primary_key[0] in auto,
+            types=types,
+            unique_keys=tuple(map(tuple, unique.values())),
         )
+
+    def _json_columns(
+        self, session: pymysql.Connection, params: tuple[Any, ...], connection: str, columns: Any
+    ) -> set[str]:
+        """MariaDB's JSON is LONGTEXT with a `json_valid(col)` check (MySQL 8's has its own
+        type); the check is listed by table only on MariaDB."""
+        if "mariadb" not in session.get_server_info().lower():
+            return set()
+        if not any(data_type.lower() == "longtext" for _, _, data_type, _ in columns):
+            return set()
+        clauses = {
+            clause.strip()
+            for (clause,) in self.run(
+                session,
+                "SELECT check_clause FROM information_schema.check_constraints"
+                " WHERE constraint_schema = COALESCE(?, DATABASE()) AND table_name = ?",
+                params,
+                connection=connection,
+            ).rows
+        }
+        return {row[0] for row in columns if f"json_valid({self.quote(row[0])})" in clauses}
 
     def _insert_defaults(self, table: str) -> str:
         return f"INSERT INTO {self.quote_table(table)} () VALUES ()"
 
-    def _on_conflict(self, conflict_keys: Sequence[str], updated: Sequence[str]) -> str:
+    def _take_new(self, column: str) -> str:
+        return f"{self.quote(column)} = VALUES({self.quote(column)})"
+
+    def _existing(self, table: str, column: str) -> str:
+        return self.quote(column)
+
+    def _on_conflict(self, conflict_keys: Sequence[str], sets: Sequence[str]) -> str:
         # MySQL matches any unique key, not only `conflict_keys`.
-        sets = ", ".join(f"{self.quote(c)} = VALUES({self.quote(c)})" for c in updated)
-        return f" ON DUPLICATE KEY UPDATE {sets}"
+        return f" ON DUPLICATE KEY UPDATE {', '.join(sets)}"
+
+    def json_equals(self, column_sql: str) -> str:
+        # `= 1`: measured on MariaDB 10.11, a bare `WHERE JSON_EQUALS(col, ?)` matches rows
+        # whose column is NULL too.
+        return f"JSON_EQUALS({column_sql}, ?) = 1"
 
     def upsert(
         self,
@@ -500,8 +625,10 @@ class _MySQL(Dialect):
         rows: int,
         conflict_keys: Sequence[str],
         returning: Sequence[str] = (),
+        *,
+        bump: str | None = None,
     ) -> str:
-        sql = super().upsert(table, columns, rows, conflict_keys)
+        sql = super().upsert(table, columns, rows, conflict_keys, bump=bump)
         if len(returning) == 1:
             # Makes `lastrowid` the key of the updated row too, not only of an inserted one.
             key = self.quote(returning[0])
@@ -539,22 +666,42 @@ class _SQLite(Dialect):
     ) -> TableInfo | None:
         schema, _, name = table.rpartition(".")
         prefix = self.quote(schema) + "." if schema else ""
-        # PRAGMA takes no parameters: the name is a validated identifier, quoted.
-        rows = self.run(
-            session, f"PRAGMA {prefix}table_info({self.quote(name)})", connection=connection
-        ).rows
+
+        def pragma(call: str) -> list[tuple[Any, ...]]:
+            # PRAGMA takes no parameters: every name in `call` is a validated identifier
+            # or a name SQLite gave, quoted.
+            return self.run(session, f"PRAGMA {prefix}{call}", connection=connection).rows
+
+        rows = pragma(f"table_info({self.quote(name)})")
         if not rows:
             return None
         # (cid, name, type, notnull, default, pk position or 0)
         key = sorted((row[5], row[1]) for row in rows if row[5])
         primary_key = tuple(n for _, n in key)
-        types = {row[1]: (row[2] or "").upper() for row in rows}
+        declared = {row[1]: row[2] or "" for row in rows}
+        unique = [primary_key] if primary_key else []
+        # index_list: (seq, name, unique, origin, partial); index_info: (seqno, cid, name)
+        for _, index, is_unique, _, partial in pragma(f"index_list({self.quote(name)})"):
+            if is_unique and not partial:
+                info = pragma(f"index_info({self.quote(index)})")
+                if all(column is not None for _, _, column in info):  # no expressions
+                    unique.append(tuple(column for _, _, column in info))
         return TableInfo(
             table,
             tuple(row[1] for row in rows),
             primary_key,
             # Only a column declared exactly INTEGER PRIMARY KEY is the rowid.
-            auto_key=len(primary_key) == 1 and types[primary_key[0]] == "INTEGER",
+            auto_key=len(primary_key) == 1 and declared[primary_key[0]].upper() == "INTEGER",
+            types={column: sqlite_column(text) for column, text in declared.items()},
+            unique_keys=tuple(dict.fromkeys(unique)),
+        )
+
+    def lock_clause(self, mode: str) -> str:
+        raise TwostepError(
+            "SQLite has no row locks, so for_update() cannot lock rows there: a write locks "
+            "the whole database. Inside a Transaction, a read followed by a write that races "
+            "another writer fails with 'database is locked' (no update is lost; retry it). "
+            "Use an atomic update, Model.where(...).update(n=F('n') + 1), or lock_version"
         )
 
     def normalize(self, settings: ConnectionSettings) -> ConnectionSettings:

@@ -20,18 +20,24 @@ __all__ = [
     "DatabaseError",
     "HeuristicOutcome",
     "InvalidIdentifier",
+    "LockNotAvailable",
     "OutcomeUnknown",
     "PhaseTwoIncomplete",
+    "StaleObjectError",
     "StatementRefused",
     "TransactionAborted",
     "TransactionEnded",
     "TransactionError",
     "TwoPhaseNotSupported",
     "TwostepError",
+    "UnsupportedValue",
     "is_connection_failure",
     "translate_driver_errors",
 ]
 
+# NOWAIT and an expired lock wait answer the same (measured, PG 15 and MariaDB 10.11).
+_PG_LOCK_NOT_AVAILABLE = "55P03"
+_MY_LOCK_WAIT_TIMEOUT = "1205"
 _FIRST_CLIENT_ERRNO = 2000  # MySQL client-side errors (CR_*: lost connection...) start here
 # Server errors after which MySQL/MariaDB closes the session: shutdown, packet too large
 # (max_allowed_packet), network read/write errors, connection killed.
@@ -65,6 +71,29 @@ class StatementRefused(TwostepError):
     XA ..., SET autocommit ...); it was not sent, and the transaction is unchanged."""
 
 
+# -- models ------------------------------------------------------------------------------------
+
+
+class UnsupportedValue(TwostepError, ValueError):
+    """A model value its column would not give back unchanged (README "Types"); nothing was
+    sent. Also raised for a stored value that cannot be read as its column's type."""
+
+    def __init__(self, message: str, *, model: str, column: str):
+        super().__init__(message)
+        self.model = model
+        self.column = column
+
+
+class StaleObjectError(TwostepError):
+    """`save()` or `delete()` of a row whose `lock_version` changed since it was loaded (or
+    that was deleted meanwhile): someone else wrote it, and nothing was written now."""
+
+    def __init__(self, message: str, *, model: str, key: tuple[object, ...]):
+        super().__init__(message)
+        self.model = model
+        self.key = key
+
+
 # -- databases ---------------------------------------------------------------------------------
 
 
@@ -76,6 +105,11 @@ class DatabaseError(TwostepError):
         self.connection = connection
         #: SQLSTATE on PostgreSQL, the server's error number on MySQL/MariaDB.
         self.code = code
+
+
+class LockNotAvailable(DatabaseError):
+    """A row lock could not be taken: `for_update(nowait=True)` found it held, or the lock
+    wait ran past its limit (the transaction's deadline). The statement did nothing."""
 
 
 # -- coordinator -------------------------------------------------------------------------------
@@ -133,10 +167,12 @@ def translate_driver_errors(connection: str | None = None) -> Iterator[None]:
         yield
     except psycopg.Error as exc:
         code = exc.sqlstate
-        raise DatabaseError(_describe(connection, exc), connection=connection, code=code) from exc
+        kind = LockNotAvailable if code == _PG_LOCK_NOT_AVAILABLE else DatabaseError
+        raise kind(_describe(connection, exc), connection=connection, code=code) from exc
     except pymysql.MySQLError as exc:
         code = str(exc.args[0]) if exc.args and isinstance(exc.args[0], int) else None
-        raise DatabaseError(_describe(connection, exc), connection=connection, code=code) from exc
+        kind = LockNotAvailable if code == _MY_LOCK_WAIT_TIMEOUT else DatabaseError
+        raise kind(_describe(connection, exc), connection=connection, code=code) from exc
     except sqlite3.Error as exc:
         code = getattr(exc, "sqlite_errorname", None)
         raise DatabaseError(_describe(connection, exc), connection=connection, code=code) from exc

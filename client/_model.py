@@ -18,10 +18,17 @@ values are always bound parameters. Every statement goes through `Connection.run
 
 Choices a user may trip on:
 - A known column that was never set or not selected reads as None.
-- `where(col=[...])` (list, tuple or set) means `col IN (...)`; `where(col=None)` `IS NULL`.
+- `where(col=[...])` (list, tuple or set) means `col IN (...)`, except that on a JSON or
+  PostgreSQL array column a list is one value; `where(col=None)` means `IS NULL`.
 - `save()` on a loaded row UPDATEs only the columns assigned since it was loaded or saved.
 - Hooks (`after_save`, `after_destroy`) run right after the statement, inside whatever
-  transaction is active, not after its commit. Upserts run no hooks.
+  transaction is active, not after its commit. Upserts, `Query.update()` and
+  `Query.delete()` run no hooks.
+- Values follow one type contract on every dialect (`_types`, README "Types"): a value its
+  column would store changed is refused with `UnsupportedValue` before anything is sent.
+- Concurrent read-change-save loses updates unless the row is locked (`for_update()`),
+  the change is computed by the database (`Query.update(n=F("n") + 1)`), or the table has a
+  `lock_version` column: then `save()` and `delete()` check it and raise `StaleObjectError`.
 - A column named like a model method (`count`, `save`, ...) is set through the constructor and
   read through `to_dict()`: attribute access finds the method.
 """
@@ -37,10 +44,18 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar
 
 from ._connections import Connection, get_connection
-from ._dialects import Dialect, StatementResult, TableInfo, validate_table_name
-from ._errors import ConfigurationError
+from ._dialects import (
+    Dialect,
+    StatementResult,
+    TableInfo,
+    validate_identifier,
+    validate_table_name,
+)
+from ._errors import ConfigurationError, StaleObjectError, TwostepError, UnsupportedValue
+from ._expressions import Arithmetic, Expression
 from ._scope import current_scope
 from ._transaction import Transaction
+from ._types import Kind, loader, to_db
 from ._xid import validate_resource_name
 
 __all__ = ["ActiveRecord", "Query", "table_name_for"]
@@ -75,7 +90,7 @@ def table_name_for(class_name: str) -> str:
 @dataclass(frozen=True)
 class _Equals:
     column: str
-    value: Any  # a tuple means IN
+    value: Any  # a list or tuple means IN, except a list on a JSON or array column
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,19 @@ class _After:
 
 def _quote_column(dialect: Dialect, table: TableInfo, model: type, name: str) -> str:
     return dialect.quote(_checked(model, table, name))
+
+
+def _bind(model: type, table: TableInfo, dialect: Dialect, column: str, value: Any) -> Any:
+    """`value` for `column` as the driver binds it, by the type contract (`_types.to_db`)."""
+    if isinstance(value, Expression):
+        raise UnsupportedValue(
+            f"{model.__name__}.{column}: a column expression ({value!r}) is computed by the "
+            f"database in a set-based update: {model.__name__}.where(...).update({column}=...)",
+            model=model.__name__,
+            column=column,
+        )
+    ctype = table.type_of(column)
+    return to_db(dialect.name, ctype, value, model=model.__name__, column=column)
 
 
 def _unknown_column(model: type, table: TableInfo, name: str) -> AttributeError:
@@ -116,13 +144,17 @@ class Query(Generic[M]):
     ordering: tuple[tuple[str, bool], ...] = ()  # (column, descending)
     row_limit: int | None = None
     columns: tuple[str, ...] | None = None  # None: every column
+    lock: str | None = None  # a `for_update()` mode: "update", "nowait", "skip_locked"
 
     # -- building ------------------------------------------------------------------------------
 
     def where(self, *sql_and_params: Any, **equals: Any) -> Query[M]:
-        """`where(status="open", note=None)`: equal (IS NULL for None, IN for a list);
-        `where("total > ? AND total < ?", 10, 20)`: SQL with bound `?` parameters.
-        Conditions are joined with AND."""
+        """`where(status="open", note=None)`: equal (IS NULL for None, IN for a list, tuple
+        or set); values are checked and converted as for writing (README "Types"). On a JSON
+        column a dict or list is one JSON value, compared as JSON; on a PostgreSQL array
+        column a list is one array.
+        `where("total > ? AND total < ?", 10, 20)`: SQL with bound `?` parameters, passed to
+        the driver as given. Conditions are joined with AND."""
         added: list[_Equals | _Sql] = []
         if sql_and_params:
             sql, *params = sql_and_params
@@ -130,7 +162,7 @@ class Query(Generic[M]):
                 raise TypeError("where() takes SQL text first, then its ? parameters")
             added.append(_Sql(sql, tuple(params)))
         for column, value in equals.items():
-            if isinstance(value, list | tuple | set | frozenset):
+            if isinstance(value, set | frozenset):
                 value = tuple(value)
             added.append(_Equals(column, value))
         return replace(self, conditions=self.conditions + tuple(added))
@@ -159,10 +191,33 @@ class Query(Generic[M]):
         """The same query on another configured connection."""
         return replace(self, connection_name=validate_resource_name(connection))
 
+    def for_update(self, *, nowait: bool = False, skip_locked: bool = False) -> Query[M]:
+        """Lock the rows this query returns until the transaction ends (`SELECT ... FOR
+        UPDATE`): another transaction that locks or writes them waits until then, so a row
+        read, changed and saved cannot lose a concurrent change.
+
+        `nowait=True`: a row another transaction holds raises `LockNotAvailable` at once
+        instead of waiting. `skip_locked=True`: such rows are left out (a work queue).
+        PostgreSQL and MariaDB 10.6+ / MySQL 8 have both. A wait is bounded by the
+        transaction's deadline inside `global_transaction()`.
+
+        Runs only inside `global_transaction()` or `Transaction(conn)`: outside, the lock would
+        end with its own statement, so `all()` / `first()` raise `TwostepError`. On SQLite,
+        which has no row locks, they raise `TwostepError` saying what to use instead."""
+        if nowait and skip_locked:
+            raise ValueError("for_update() takes nowait=True or skip_locked=True, not both")
+        mode = "nowait" if nowait else "skip_locked" if skip_locked else "update"
+        return replace(self, lock=mode)
+
     # -- reading -------------------------------------------------------------------------------
 
     def all(self) -> list[M]:
         connection, table = self._resolve()
+        if self.lock is not None and current_scope() is None:
+            raise TwostepError(
+                f"{self.model.__name__}: for_update() outside a transaction would lock nothing "
+                "past its own statement; use it inside global_transaction() or Transaction()"
+            )
         sql, params = self._select_sql(connection.dialect, table)
         result = connection.run(sql, params, origin=self.model.__name__)
         return self.model._rows(connection, table, result)
@@ -180,6 +235,11 @@ class Query(Generic[M]):
         return rows[0] if rows else None
 
     def count(self) -> int:
+        if self.lock is not None:
+            raise ValueError(
+                "count() cannot lock rows (PostgreSQL refuses FOR UPDATE with aggregates); "
+                "lock them with all() or first()"
+            )
         connection, table = self._resolve()
         dialect = connection.dialect
         where, params = self._where_sql(dialect, table)
@@ -217,7 +277,7 @@ class Query(Generic[M]):
                 return
             if remaining is not None:
                 remaining -= len(rows)
-            after = _After(tuple(rows[-1]._values[c] for c in key))
+            after = _After(tuple(rows[-1]._values[c] for c in key))  # bound when rendered
             page = replace(query, conditions=(*query.conditions, after))
 
     def raw_query(self, sql: str, params: Sequence[Any] = ()) -> list[M]:
@@ -238,21 +298,35 @@ class Query(Generic[M]):
 
     def insert_or_update(self, *, conflict_keys: Sequence[str] | None = None, **fields: Any) -> M:
         """INSERT the row, or UPDATE its other columns where it conflicts on `conflict_keys`
-        (default: the primary key; MySQL matches any unique key). Returns it as an instance,
-        with a generated key read back where the database can say it. Runs no hooks."""
+        (default: the primary key). `conflict_keys` must be the primary key or a unique key
+        of the table, else `ConfigurationError` (MySQL would insert a duplicate where the
+        others raise); MySQL matches any unique key. Returns it as an instance, with a
+        generated key read back where the database can say it. Runs no hooks.
+
+        With a lock_version column, a new row gets 0 and an existing one is incremented; the
+        instance carries the new version on PostgreSQL and SQLite, and none on MySQL (which
+        cannot say whether it inserted or updated): reload it there before `save()`."""
         connection, table = self._resolve()
         dialect = connection.dialect
+        model = self.model
         fields = _without_empty_key(table, fields)
-        columns = [_checked(self.model, table, c) for c in fields]
-        if not columns:
+        if not fields:
             raise ValueError("insert_or_update() needs at least one column value")
-        keys = _conflict_keys(self.model, table, conflict_keys)
+        keys = _conflict_keys(model, table, conflict_keys)
+        lock = _lock_column(model, table)
+        if lock is not None and fields.get(lock) is None:
+            fields[lock] = 0  # a new row's version; an existing row's is incremented
+        columns = [_checked(model, table, c) for c in fields]
+        params = [_bind(model, table, dialect, c, v) for c, v in fields.items()]
         missing = [c for c in table.primary_key if c not in fields]
         read_back = _key_to_read_back(dialect, table, missing)
-        sql = dialect.upsert(table.name, columns, 1, keys, read_back)
-        result = connection.run(sql, list(fields.values()), origin=self.model.__name__)
-        record = self.model._new(connection, table, fields)
+        returning = read_back + ([lock] if lock and dialect.supports_returning else [])
+        sql = dialect.upsert(table.name, columns, 1, keys, returning, bump=lock)
+        result = connection.run(sql, params, origin=model.__name__)
+        record = model._new(connection, table, fields)
         record._after_insert(connection, table, result, read_back)
+        if lock is not None and not dialect.supports_returning:
+            del record._values[lock]  # inserted (0) or incremented: MySQL does not say which
         return record
 
     def bulk_insert_or_update(
@@ -265,14 +339,15 @@ class Query(Generic[M]):
 
         Returns the affected row count as the database reports it (MySQL counts an updated row
         twice). Large inputs take several statements; outside a transaction they run in one
-        local transaction, so the rows are written all or none. Runs no hooks."""
+        local transaction, so the rows are written all or none. Runs no hooks; a lock_version
+        column is set to 0 on new rows and incremented on existing ones."""
         connection, table = self._resolve()
         dialect = connection.dialect
+        model = self.model
         values = [r.to_dict() if isinstance(r, ActiveRecord) else dict(r) for r in rows]
         if not values:
             return 0
-        columns = [_checked(self.model, table, c) for c in values[0]]
-        if not columns:
+        if not values[0]:
             raise ValueError("bulk_insert_or_update() needs at least one column value")
         for number, row in enumerate(values):
             if row.keys() != values[0].keys():
@@ -280,16 +355,24 @@ class Query(Generic[M]):
                     f"every row needs the same columns: row {number} has {sorted(row)}, "
                     f"row 0 has {sorted(values[0])}"
                 )
-        keys = _conflict_keys(self.model, table, conflict_keys)
+        keys = _conflict_keys(model, table, conflict_keys)
+        lock = _lock_column(model, table)
+        if lock is not None:
+            for row in values:
+                if row.get(lock) is None:
+                    row[lock] = 0
+        columns = [_checked(model, table, c) for c in values[0]]
+        # Every value is checked before the first statement is sent.
+        bound = [[_bind(model, table, dialect, c, row[c]) for c in columns] for row in values]
         per_statement = max(1, min(_BULK_ROWS, _BULK_VALUES // len(columns)))
-        chunks = [values[i : i + per_statement] for i in range(0, len(values), per_statement)]
+        chunks = [bound[i : i + per_statement] for i in range(0, len(bound), per_statement)]
 
         def write() -> int:
             written = 0
             for chunk in chunks:
-                sql = dialect.upsert(table.name, columns, len(chunk), keys)
-                params = [row[c] for row in chunk for c in columns]
-                written += connection.run(sql, params, origin=self.model.__name__).rowcount
+                sql = dialect.upsert(table.name, columns, len(chunk), keys, bump=lock)
+                params = [value for row in chunk for value in row]
+                written += connection.run(sql, params, origin=model.__name__).rowcount
             return written
 
         if len(chunks) > 1 and current_scope() is None:
@@ -297,7 +380,84 @@ class Query(Generic[M]):
                 return write()
         return write()
 
+    def update(self, **values: Any) -> int:
+        """Set columns on every row the conditions match, in one UPDATE, and return how many
+        rows matched. A value is bound (checked by the type contract like any write) or a
+        column expression computed by the database from the row as it is when the UPDATE
+        locks it, so concurrent updates never lose each other's change:
+
+            Account.where(id=1).update(balance=F("balance") - 5)
+            Account.where(id=1).where("balance >= ?", 5).update(balance=F("balance") - 5)
+
+        (the second returns 0 when the balance is short). A literal in an expression must fit
+        the column it is assigned to, as if assigned alone. A lock_version column is
+        incremented in the same statement (unless given), so instances loaded before go
+        stale. Runs no hooks and changes no loaded instance. Without conditions it updates
+        every row. order_by(), limit(), select() and for_update() are refused here."""
+        if not values:
+            raise ValueError("update() needs at least one column=value")
+        self._refuse_shape("update()")
+        connection, table = self._resolve()
+        dialect = connection.dialect
+        model = self.model
+
+        def column_sql(name: str) -> str:
+            return _quote_column(dialect, table, model, name)
+
+        sets: list[str] = []
+        params: list[Any] = []
+        for column, value in values.items():
+            if isinstance(value, Expression):
+                kind = table.type_of(_checked(model, table, column)).kind
+                if isinstance(value, Arithmetic) and kind not in _NUMERIC:
+                    raise UnsupportedValue(
+                        f"{model.__name__}.{column} ({table.type_of(column).declared}): "
+                        "column arithmetic needs a numeric column",
+                        model=model.__name__,
+                        column=column,
+                    )
+                sql, more = value.render(
+                    column_sql,
+                    lambda operand, column=column: _bind(model, table, dialect, column, operand),
+                )
+            else:
+                sql, more = "?", [_bind(model, table, dialect, column, value)]
+            sets.append(f"{column_sql(column)} = {sql}")
+            params.extend(more)
+        lock = _lock_column(model, table)
+        if lock is not None and lock not in values:
+            sets.append(f"{dialect.quote(lock)} = COALESCE({dialect.quote(lock)}, 0) + 1")
+        where, where_params = self._where_sql(dialect, table)
+        result = connection.run(
+            f"UPDATE {dialect.quote_table(table.name)} SET {', '.join(sets)}{where}",
+            params + where_params,
+            origin=model.__name__,
+        )
+        return result.rowcount
+
+    def delete(self) -> int:
+        """DELETE every row the conditions match, in one statement, and return how many.
+        Runs no hooks (`after_destroy`) and checks no lock_version. Without conditions it
+        deletes every row. order_by(), limit(), select() and for_update() are refused here."""
+        self._refuse_shape("delete()")
+        connection, table = self._resolve()
+        dialect = connection.dialect
+        where, params = self._where_sql(dialect, table)
+        result = connection.run(
+            f"DELETE FROM {dialect.quote_table(table.name)}{where}",
+            params,
+            origin=self.model.__name__,
+        )
+        return result.rowcount
+
     # -- rendering -----------------------------------------------------------------------------
+
+    def _refuse_shape(self, action: str) -> None:
+        if self.ordering or self.row_limit is not None or self.columns is not None or self.lock:
+            raise ValueError(
+                f"{action} changes every row its conditions match: drop order_by(), limit(), "
+                "select() and for_update() from the query"
+            )
 
     def _resolve(self) -> tuple[Connection, TableInfo]:
         if self.connection_name is not None:
@@ -321,9 +481,12 @@ class Query(Generic[M]):
         if self.row_limit is not None:
             sql += " LIMIT ?"
             params.append(self.row_limit)
+        if self.lock is not None:
+            sql += dialect.lock_clause(self.lock)
         return sql, params
 
     def _where_sql(self, dialect: Dialect, table: TableInfo) -> tuple[str, list[Any]]:
+        model = self.model
         parts: list[str] = []
         params: list[Any] = []
         for condition in self.conditions:
@@ -337,22 +500,38 @@ class Query(Generic[M]):
                     parts.append(f"{key[0]} > ?")
                 else:
                     parts.append(f"({', '.join(key)}) > ({marks})")
-                params.extend(condition.key)
+                params.extend(
+                    _bind(model, table, dialect, c, v)
+                    for c, v in zip(table.primary_key, condition.key, strict=True)
+                )
             else:
-                column = _quote_column(dialect, table, self.model, condition.column)
+                name = _checked(model, table, condition.column)
+                column = dialect.quote(name)
+                kind = table.type_of(name).kind
                 value = condition.value
+                one_value = kind in (Kind.JSON, Kind.ARRAY) and isinstance(value, list | dict)
                 if value is None:
                     parts.append(f"{column} IS NULL")
-                elif isinstance(value, tuple):
+                elif isinstance(value, list | tuple) and not one_value:
+                    if kind is Kind.JSON:
+                        raise ValueError(
+                            f"where({name}=...) on a JSON column compares one dict or list; "
+                            "IN is not supported there"
+                        )
                     if value:
                         parts.append(f"{column} IN ({', '.join('?' * len(value))})")
-                        params.extend(value)
+                        params.extend(_bind(model, table, dialect, name, v) for v in value)
                     else:
                         parts.append("1 = 0")  # IN () matches nothing
                 else:
-                    parts.append(f"{column} = ?")
-                    params.append(value)
+                    parts.append(
+                        dialect.json_equals(column) if kind is Kind.JSON else f"{column} = ?"
+                    )
+                    params.append(_bind(model, table, dialect, name, value))
         return (" WHERE " + " AND ".join(parts) if parts else ""), params
+
+
+_NUMERIC = (Kind.INT, Kind.FLOAT, Kind.DECIMAL)
 
 
 def _checked(model: type, table: TableInfo, name: str) -> str:
@@ -370,13 +549,29 @@ def _require_key(model: type, table: TableInfo, action: str) -> tuple[str, ...]:
 
 
 def _conflict_keys(model: type, table: TableInfo, keys: Sequence[str] | None) -> list[str]:
+    """The columns an upsert conflicts on: exactly the primary key or a unique key. MySQL
+    would otherwise insert a duplicate row where PostgreSQL and SQLite raise."""
     if keys is None:
         return list(_require_key(model, table, "an upsert without conflict_keys"))
     if isinstance(keys, str):
         keys = [keys]
     if not keys:
         raise ValueError("conflict_keys must name at least one column")
-    return [_checked(model, table, key) for key in keys]
+    checked = [_checked(model, table, key) for key in keys]
+    if not any(set(unique) == set(checked) for unique in table.unique_keys):
+        listed = "; ".join(", ".join(unique) for unique in table.unique_keys) or "none"
+        raise ConfigurationError(
+            f"{model.__name__} cannot upsert on ({', '.join(checked)}): table {table.name!r} "
+            f"has no primary key or unique key of exactly those columns (unique keys: "
+            f"{listed}), so a conflict could never be detected"
+        )
+    return checked
+
+
+def _lock_column(model: type[ActiveRecord], table: TableInfo) -> str | None:
+    """The optimistic-locking column, if the model's table has it."""
+    name = model.__lock_column__
+    return name if name is not None and name in table.columns else None
 
 
 def _without_empty_key(table: TableInfo, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -398,10 +593,17 @@ def _key_to_read_back(dialect: Dialect, table: TableInfo, missing: list[str]) ->
 
 
 class ActiveRecord:
-    """Base class of models: set `__connection__` (and optionally `__tablename__`)."""
+    """Base class of models: set `__connection__` (and optionally `__tablename__`).
+
+    Optimistic locking: when the table has a column named `__lock_column__` ("lock_version"
+    unless set; None turns it off), a new row gets 0, every `save()` increments it with
+    `UPDATE ... WHERE <key> AND lock_version = <the version in this instance>`, and a row
+    someone else saved or deleted since raises `StaleObjectError` (as `delete()` does).
+    Assigning the attribute sets the version the next save expects (e.g. from a form)."""
 
     __connection__: ClassVar[str | None] = None
     __tablename__: ClassVar[str] = ""
+    __lock_column__: ClassVar[str | None] = "lock_version"
 
     _values: dict[str, Any]  # column -> value, in the order they were set or loaded
     _columns: frozenset[str]  # names that read as columns (the table's, and a raw query's)
@@ -417,6 +619,8 @@ class ActiveRecord:
         validate_table_name(cls.__tablename__)
         if cls.__dict__.get("__connection__") is not None:
             validate_resource_name(cls.__connection__)
+        if cls.__lock_column__ is not None:
+            validate_identifier(cls.__lock_column__, "lock column")
 
     def __init__(self, **fields: Any):
         connection = type(self)._connection()
@@ -484,6 +688,10 @@ class ActiveRecord:
         return Query(cls).select(*columns)
 
     @classmethod
+    def for_update(cls: type[M], *, nowait: bool = False, skip_locked: bool = False) -> Query[M]:
+        return Query(cls).for_update(nowait=nowait, skip_locked=skip_locked)
+
+    @classmethod
     def all(cls: type[M]) -> list[M]:
         return Query(cls).all()
 
@@ -545,13 +753,41 @@ class ActiveRecord:
             record = cls.__new__(cls)
             record._start(
                 table,
-                dict(zip(columns, row, strict=True)),
+                cls._loaded(connection, table, columns, row),
                 persisted=True,
                 connection=connection.name,
                 extra=columns,
             )
             records.append(record)
         return records
+
+    @classmethod
+    def _loaded(
+        cls,
+        connection: Connection,
+        table: TableInfo,
+        columns: Sequence[str],
+        row: Sequence[Any],
+    ) -> dict[str, Any]:
+        """A row as the type contract returns it: the table's columns through their loaders
+        (`_types.loader`: what the driver cannot know); other columns as the driver gave them."""
+        values = dict(zip(columns, row, strict=True))
+        for name, value in values.items():
+            if value is None or name not in table.types:
+                continue
+            load = loader(connection.dialect.name, table.types[name])
+            if load is None:
+                continue
+            try:
+                values[name] = load(value)
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                raise UnsupportedValue(
+                    f"{cls.__name__}.{name} ({table.types[name].declared}): the stored value "
+                    f"{value!r} cannot be read as that type: {exc}",
+                    model=cls.__name__,
+                    column=name,
+                ) from exc
+        return values
 
     def _start(
         self,
@@ -625,14 +861,19 @@ class ActiveRecord:
         return self
 
     def _insert(self, connection: Connection, table: TableInfo) -> None:
+        model = type(self)
         dialect = connection.dialect
+        lock = _lock_column(model, table)
+        if lock is not None and self._values.get(lock) is None:
+            self._values[lock] = 0
         fields = _without_empty_key(
             table, {c: v for c, v in self._values.items() if c in table.columns}
         )
+        params = [_bind(model, table, dialect, c, v) for c, v in fields.items()]
         missing = [c for c in table.primary_key if c not in fields]
         read_back = _key_to_read_back(dialect, table, missing)
         sql = dialect.insert(table.name, list(fields), read_back)
-        result = connection.run(sql, list(fields.values()), origin=type(self).__name__)
+        result = connection.run(sql, params, origin=model.__name__)
         self._after_insert(connection, table, result, read_back)
 
     def _after_insert(
@@ -642,8 +883,10 @@ class ActiveRecord:
         result: StatementResult,
         read_back: Sequence[str],
     ) -> None:
-        if read_back and result.columns is not None and result.rows:
-            self._values.update(zip(result.columns, result.rows[0], strict=True))
+        if result.columns is not None and result.rows:  # RETURNING
+            self._values.update(
+                type(self)._loaded(connection, table, result.columns, result.rows[0])
+            )
         elif read_back and result.lastrowid is not None:
             self._values[read_back[0]] = result.lastrowid
         self._persisted = True
@@ -651,46 +894,88 @@ class ActiveRecord:
         self._connection_name = connection.name
         self._key = tuple(self._values.get(c) for c in table.primary_key)
 
-    def _where_key(
+    def _where_row(
         self, connection: Connection, table: TableInfo, action: str
-    ) -> tuple[str, list[Any]]:
-        key = _require_key(type(self), table, action)
+    ) -> tuple[str, list[Any], int | None]:
+        """The condition that finds this row as it was loaded or saved: its primary key and,
+        with a lock column, the version this instance holds (returned; None without one)."""
+        model = type(self)
+        key = _require_key(model, table, action)
         if any(v is None for v in self._key):
             raise ValueError(
-                f"{action} needs the primary key of this {type(self).__name__}, "
+                f"{action} needs the primary key of this {model.__name__}, "
                 f"which it was loaded without ({', '.join(key)})"
             )
-        quote = connection.dialect.quote
-        return " AND ".join(f"{quote(c)} = ?" for c in key), list(self._key)
+        dialect = connection.dialect
+        parts = [f"{dialect.quote(c)} = ?" for c in key]
+        params = [_bind(model, table, dialect, c, v) for c, v in zip(key, self._key, strict=True)]
+        lock = _lock_column(model, table)
+        if lock is None:
+            return " AND ".join(parts), params, None
+        if lock not in self._values:
+            raise ValueError(
+                f"{action} needs the {lock} this {model.__name__} was loaded with, and it has "
+                "none (not selected, or written by an upsert on MySQL): reload it"
+            )
+        version = self._values[lock]
+        version = 0 if version is None else version  # rows from before the column: NULL
+        parts.append(f"COALESCE({dialect.quote(lock)}, 0) = ?")
+        params.append(_bind(model, table, dialect, lock, version))
+        return " AND ".join(parts), params, version
+
+    def _stale(self, table: TableInfo, action: str, lock: str, version: int) -> StaleObjectError:
+        model = type(self).__name__
+        key = ", ".join(f"{c}={v!r}" for c, v in zip(table.primary_key, self._key, strict=True))
+        return StaleObjectError(
+            f"{action} of {model} ({key}) wrote nothing: someone else saved or deleted the row "
+            f"since this instance read {lock} {version}; reload it and apply the change again",
+            model=model,
+            key=self._key,
+        )
 
     def _update(self, connection: Connection, table: TableInfo) -> None:
-        changed = [c for c in self._values if c in self._changed and c in table.columns]
+        model = type(self)
+        lock = _lock_column(model, table)
+        changed = [
+            c for c in self._values if c in self._changed and c in table.columns and c != lock
+        ]
         if not changed:
             return
-        where, key = self._where_key(connection, table, "save()")
-        quote = connection.dialect.quote
-        sets = ", ".join(f"{quote(c)} = ?" for c in changed)
-        connection.run(
-            f"UPDATE {connection.dialect.quote_table(table.name)} SET {sets} WHERE {where}",
-            [self._values[c] for c in changed] + key,
-            origin=type(self).__name__,
+        where, params, version = self._where_row(connection, table, "save()")
+        dialect = connection.dialect
+        values = {c: self._values[c] for c in changed}
+        if lock is not None and version is not None:
+            values[lock] = version + 1
+        sets = ", ".join(f"{dialect.quote(c)} = ?" for c in values)
+        result = connection.run(
+            f"UPDATE {dialect.quote_table(table.name)} SET {sets} WHERE {where}",
+            [_bind(model, table, dialect, c, v) for c, v in values.items()] + params,
+            origin=model.__name__,
         )
+        if lock is not None and version is not None:
+            if result.rowcount == 0:
+                raise self._stale(table, "save()", lock, version)
+            self._values[lock] = version + 1
         self._changed = set()
         self._key = tuple(self._values.get(c) for c in table.primary_key)
 
     def delete(self) -> None:
-        """DELETE the row by its primary key; then `after_destroy()`. Saving it again
+        """DELETE the row by its primary key (and, with a lock column, its version: a row
+        changed since raises `StaleObjectError`); then `after_destroy()`. Saving it again
         inserts it anew."""
         if not self._persisted:
             raise ValueError(f"this {type(self).__name__} was never saved, so it cannot be deleted")
         connection = self._bound_connection()
         table = type(self)._table(connection)
-        where, key = self._where_key(connection, table, "delete()")
-        connection.run(
+        where, params, version = self._where_row(connection, table, "delete()")
+        result = connection.run(
             f"DELETE FROM {connection.dialect.quote_table(table.name)} WHERE {where}",
-            key,
+            params,
             origin=type(self).__name__,
         )
+        lock = _lock_column(type(self), table)
+        if lock is not None and version is not None and result.rowcount == 0:
+            raise self._stale(table, "delete()", lock, version)
         self._persisted = False
         self._changed = set(self._values)
         self.after_destroy()

@@ -7,6 +7,8 @@ Loaded from tests/conftest.py with `pytest_plugins = ["_db_fixtures"]`.
 - `pg_config`, `maria_config` (function): a twostep client config for a new, empty database,
   dropped after the test together with any prepared transactions left behind;
   `pg_config2`, `maria_config2`: a second one on the same server.
+- `fresh_config(request, dialect, path)`: the same for a dialect named at run time (SQLite: a
+  file at `path`), for tests parametrized over `DIALECTS`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ import pytest
 from throwaway_dbs import MariaDBServer, PostgresServer
 
 ServerT = TypeVar("ServerT", PostgresServer, MariaDBServer)
+
+#: Every dialect, by `Connection.dialect.name`.
+DIALECTS = ("postgresql", "mysql", "sqlite")
+
+
+def fresh_config(request: pytest.FixtureRequest, dialect: str, path: Path) -> dict[str, Any]:
+    """A client config for a new, empty database of `dialect`; SQLite: the file `path`."""
+    if dialect == "postgresql":
+        return dict(request.getfixturevalue("pg_config"))
+    if dialect == "mysql":
+        return dict(request.getfixturevalue("maria_config"))
+    return {"driver": "sqlite", "database": str(path)}
 
 
 def _session_server(kind: type[ServerT]) -> Iterator[ServerT]:

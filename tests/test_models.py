@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _db_fixtures import DIALECTS, fresh_config
 
 import twostep.client._model as model_module
 from twostep.client import ActiveRecord, Connection, ConnectionManager, get_connection
@@ -72,19 +73,14 @@ class HookedGadget(ActiveRecord):
 def _configure(
     request: pytest.FixtureRequest, name: str, dialect: str, tmp_path: Any
 ) -> Connection:
-    if dialect == "postgresql":
-        config = request.getfixturevalue("pg_config")
-    elif dialect == "mysql":
-        config = request.getfixturevalue("maria_config")
-    else:
-        config = {"driver": "sqlite", "database": str(tmp_path / f"{name}.db")}
+    config = fresh_config(request, dialect, tmp_path / f"{name}.db")
     connection = ConnectionManager.configure(name, config)
     for statement in DDL[dialect]:
         connection.execute(statement)
     return connection
 
 
-@pytest.fixture(params=["postgresql", "mysql", "sqlite"])
+@pytest.fixture(params=DIALECTS)
 def db(request: pytest.FixtureRequest, tmp_path: Any) -> Connection:
     """The connection 'main' on a fresh database of each dialect, with the tables of DDL."""
     connection = _configure(request, "main", request.param, tmp_path)
