@@ -1,6 +1,9 @@
 """The client side of the coordinator's gRPC contract: one channel per address per process.
 
 This module is the one place where grpc errors become twostep's (`CoordinatorUnavailable`);
+calls that wait for an answer wait for the channel too (`wait_for_ready`, bounded by their
+timeout): a channel still backing off from a coordinator that was down would otherwise fail
+them at once, though the coordinator is back.
 the transaction code asks it questions and gets answers or typed errors. Acks and the Abort
 of a transaction that was rolled back before Commit are best-effort and leave on a background
 thread in batches: losing one costs the coordinator a redundant recovery step, never data.
@@ -106,7 +109,7 @@ class CoordinatorClient:
             branches=[b.to_pb() for b in branches],
         )
         try:
-            reply = self._stub.Begin(request, timeout=rpc_timeout)
+            reply = self._stub.Begin(request, timeout=rpc_timeout, wait_for_ready=True)
         except grpc.RpcError as exc:
             raise CoordinatorUnavailable(
                 f"coordinator {self.address} did not start the transaction "
@@ -128,7 +131,9 @@ class CoordinatorClient:
         Raises `CoordinatorUnavailable` when the coordinator did not answer."""
         item = _pb.EnlistItem(gtrid=gtrid, branches=[b.to_pb() for b in branches])
         try:
-            reply = self._stub.Enlist(_pb.EnlistRequest(transactions=[item]), timeout=rpc_timeout)
+            reply = self._stub.Enlist(
+                _pb.EnlistRequest(transactions=[item]), timeout=rpc_timeout, wait_for_ready=True
+            )
         except grpc.RpcError as exc:
             raise CoordinatorUnavailable(
                 f"coordinator {self.address} did not register the branches of {gtrid} "
@@ -155,7 +160,9 @@ class CoordinatorClient:
         """One Commit attempt: the decision, or None when the reply holds no decision for
         `gtrid` (a misbehaving server or proxy: not an answer). Raises `grpc.RpcError`."""
         item = _pb.CommitItem(gtrid=gtrid, branches=[b.to_pb() for b in branches])
-        reply = self._stub.Commit(_pb.CommitRequest(transactions=[item]), timeout=rpc_timeout)
+        reply = self._stub.Commit(
+            _pb.CommitRequest(transactions=[item]), timeout=rpc_timeout, wait_for_ready=True
+        )
         decisions = [d for d in reply.decisions if d.gtrid == gtrid]
         if len(reply.decisions) != 1 or len(decisions) != 1:
             return None

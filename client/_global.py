@@ -135,6 +135,10 @@ class GlobalTransaction:
     def _remaining(self) -> float:
         return self._deadline - time.monotonic()
 
+    def _rpc_timeout(self) -> float:
+        """How long a call before Commit may wait: never past the deadline (seconds)."""
+        return min(_RPC_TIMEOUT, max(0.2, self._remaining()))
+
     def _ended_error(self, connection: str) -> TransactionEnded:
         return TransactionEnded(
             f"global transaction {self._gtrid or ''} has already ended (or is ending); "
@@ -198,7 +202,7 @@ class GlobalTransaction:
     def _begin(self, branches: Sequence[BranchInfo] = ()) -> None:
         """Ask for the gtrid; the deadline becomes the one granted if that is earlier."""
         asked = time.monotonic()
-        started = self._client().begin(self._remaining(), branches, rpc_timeout=_RPC_TIMEOUT)
+        started = self._client().begin(self._remaining(), branches, rpc_timeout=self._rpc_timeout())
         self._gtrid = started.gtrid
         self._deadline = min(self._deadline, asked + started.timeout_s)
 
@@ -355,7 +359,7 @@ class GlobalTransaction:
         if not unregistered:
             return
         infos = [b.info() for b in unregistered]
-        if not self._client().enlist(gtrid, infos, rpc_timeout=_RPC_TIMEOUT):
+        if not self._client().enlist(gtrid, infos, rpc_timeout=self._rpc_timeout()):
             raise TransactionAborted(
                 f"the coordinator no longer has {gtrid} active (decided, or past its deadline)",
                 gtrid=gtrid,
@@ -377,7 +381,8 @@ class GlobalTransaction:
         try:
             while True:
                 try:
-                    decided = client.commit(gtrid, infos, rpc_timeout=_RPC_TIMEOUT)
+                    wait = min(_RPC_TIMEOUT, max(0.2, give_up - time.monotonic()))
+                    decided = client.commit(gtrid, infos, rpc_timeout=wait)
                     if decided is not None:
                         return decided
                     last = "a reply that holds no decision for this gtrid"

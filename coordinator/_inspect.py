@@ -34,16 +34,16 @@ __all__ = [
 
 _MAX_THREAD_ID = 2**63 - 1
 
-# pg_prepared_xacts.transaction is a 32-bit xid; pg_xact_status() wants the 64-bit xid8. A
-# prepared transaction is older than the snapshot's xmax, so it is in xmax's epoch, or in the
-# one before if its 32 bits are above xmax's (the counter wrapped in between).
+# pg_prepared_xacts.transaction is a 32-bit xid; pg_xact_status() wants the 64-bit xid8. The
+# snapshot's xmax (latest completed xid + 1, not the next xid: a prepared xid may be above it,
+# measured) is a 64-bit xid within 2^31 of every xid still in the system, so the prepared xid
+# is xmax plus the signed 32-bit distance between their low halves.
 _PG_PREPARED = """
 SELECT p.gid,
-       ((x.epoch - CASE WHEN p.transaction::text::bigint > x.low THEN 1 ELSE 0 END) << 32)
-         + p.transaction::text::bigint
+       x.v + ((p.transaction::text::bigint - (x.v & 4294967295) + 2147483648) & 4294967295)
+           - 2147483648
   FROM pg_prepared_xacts p,
-       LATERAL (SELECT v >> 32 AS epoch, v & 4294967295 AS low
-                  FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS v) s) x
+       LATERAL (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS v) x
  WHERE p.database = current_database()
  ORDER BY p.prepared
 """
@@ -63,7 +63,7 @@ def prepared_xids(resource: Resource, session: Any) -> list[RawXid]:
     with translate_driver_errors(resource.name):
         if resource.dialect == "postgresql":
             rows = session.execute(_PG_PREPARED).fetchall()
-            return [RawXid(gid, Xid.from_pg_gid(gid), int(txid)) for gid, txid in rows]
+            return [RawXid(gid, Xid.from_pg_gid(gid), int(txid) or None) for gid, txid in rows]
         with session.cursor() as cur:
             cur.execute("XA RECOVER")
             rows = cur.fetchall()

@@ -141,3 +141,41 @@ def test_a_statement_after_a_local_transaction_ended_is_refused_and_not_sent(sho
     with pytest.raises(TransactionEnded, match="was not sent"):
         late.run(get_connection("orders").execute, "INSERT INTO t (id) VALUES (2)")
     assert shop.rows("orders") == {1}
+
+
+# -- threads that did not inherit the block (documented in the README) ---------------------------
+
+
+def test_a_thread_that_did_not_inherit_the_block_writes_outside_it(shop, address):
+    class GiveUp(Exception):
+        pass
+
+    with pytest.raises(GiveUp):
+        with global_transaction(coordinator=address):
+            get_connection("orders").execute("INSERT INTO t (id) VALUES (1)")
+            outside = threading.Thread(
+                target=get_connection("orders").execute, args=("INSERT INTO t (id) VALUES (2)",)
+            )
+            outside.start()
+            outside.join(30)
+            raise GiveUp
+    assert shop.rows("orders") == {2}  # its own autocommit write survived the rollback
+
+
+def test_a_thread_outside_the_block_waits_for_a_row_the_block_holds_until_the_block_ends(
+    shop, address
+):
+    with global_transaction(coordinator=address):
+        get_connection("orders").execute("INSERT INTO t (id) VALUES (1)")
+        get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")
+        outside = threading.Thread(
+            target=get_connection("billing").execute, args=("DELETE FROM t WHERE id = 1",)
+        )
+        outside.start()
+        outside.join(1.0)
+        # Waiting for the block's row lock: joining it here without a timeout would hang
+        # (PostgreSQL's default lock_timeout is 0, forever; MariaDB's 50 s).
+        assert outside.is_alive()
+    outside.join(30)
+    assert not outside.is_alive()
+    assert shop.rows("billing") == set()  # its DELETE ran once the block committed

@@ -10,6 +10,7 @@ cannot tell; recovery then notes the branch as unverified instead of claiming su
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -25,7 +26,9 @@ from twostep.client import (
 )
 from twostep.client._connections import Connection
 from twostep.client._tpc import require_two_phase
-from twostep.client._xid import Xid
+from twostep.client._xid import Xid, new_gtrid
+from twostep.coordinator._inspect import prepared_xids
+from twostep.coordinator._registry import ResourceRegistry
 from twostep.v1 import coordinator_pb2 as pb
 
 
@@ -113,3 +116,21 @@ def test_recovery_after_a_restart_tells_how_gone_branches_ended(shop, in_process
     assert "orders" in by_kind["heuristic"] and "rolled back" in by_kind["heuristic"]
     assert "billing" in by_kind["unverified"] and "cannot tell" in by_kind["unverified"]
     assert second.server.decision_log.get(gtrid).completed
+
+
+def test_a_scan_reports_the_xid8_of_a_branch_prepared_above_the_snapshots_xmax(shop, tmp_path):
+    # The snapshot's xmax is the latest completed xid + 1: a transaction still in progress
+    # elsewhere keeps it below the xid of a branch prepared meanwhile.
+    resource = ResourceRegistry(shop.resource_configs(tmp_path)).get("orders")
+    with shop.pg.admin_connect(shop.configs["orders"]["database"]) as busy:
+        busy.execute("BEGIN")
+        busy.execute("SELECT txid_current()")
+        gtrid = new_gtrid("xmax", int(time.time()) + 60)
+        branch = prepare_by_hand(shop, "orders", gtrid, 1)
+        session = resource.connection.connect()
+        try:
+            found = {r.xid: r.pg_txid for r in prepared_xids(resource, session)}
+        finally:
+            resource.connection.dialect.close(session)
+        busy.execute("ROLLBACK")
+    assert found[Xid.of(gtrid, "orders")] == branch.transaction_id
