@@ -21,9 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from test_recovery import Databases, dbs_fixture, new_cluster  # noqa: F401 - the fixture "dbs"
 
-from twostep.client._connections import Connection
-from twostep.client._tpc import require_two_phase
-from twostep.client._xid import Xid, new_gtrid
+from twostep.client import Connection
+from twostep.client.tpc import Xid, new_gtrid, require_two_phase
 from twostep.coordinator import Begun, Proposal, SqliteDecisionLog
 from twostep.coordinator import _recovery as recovery_module
 from twostep.coordinator._log import BranchRecord

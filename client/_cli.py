@@ -29,7 +29,7 @@ from twostep.v1 import admin_pb2_grpc as _admin_grpc
 from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
-from ._xid import parse_gtrid, validate_resource_name
+from .tpc.xid import parse_gtrid, validate_resource_name
 
 __all__ = ["main"]
 

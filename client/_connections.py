@@ -17,16 +17,23 @@ begun explicitly by whoever needs one (BEGIN, XA START), and a session goes back
 only when it is idle again; otherwise it is closed, which ends whatever it still held.
 
 Where a statement runs is decided in one place, `Connection.run()`: inside `Transaction(conn)`
-or `global_transaction()` on the session the active scope hands out (the connection's branch;
-never committed here), otherwise on a pooled session, committed at once by autocommit.
+or `global_transaction()` on the session the active scope lends out (the connection's branch;
+never committed here), otherwise on a pooled session, committed at once by autocommit. The
+scope lends a branch session for one statement at a time: threads that share the scope
+(through `contextvars.copy_context()`) take turns on it, and once the transaction begins to
+end no statement reaches it. The scope lives in a context variable, so each thread (and
+asyncio task) has its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
+from typing import Any, ClassVar, Protocol
 
 from ._dialects import (
     DRIVER_NAMES,
@@ -43,10 +50,17 @@ from ._errors import (
     is_connection_failure,
     translate_driver_errors,
 )
-from ._scope import current_scope
-from ._xid import validate_resource_name
+from ._statements import Statements
+from .tpc.xid import validate_resource_name
 
-__all__ = ["Connection", "ConnectionManager", "get_connection"]
+__all__ = [
+    "Connection",
+    "ConnectionManager",
+    "Scope",
+    "activate",
+    "current_scope",
+    "get_connection",
+]
 
 _FIELDS = (
     "driver",
@@ -62,6 +76,43 @@ _FIELDS = (
 #: A pooled session idle for longer than this is pinged before reuse: a dropped connection
 #: that sent nothing (no FIN, no error packet) would otherwise fail the caller's first statement.
 _PING_AFTER_S = 1.0
+
+
+# -- the active scope: a transaction that lends its sessions ------------------------------------
+
+
+class Scope(Protocol):
+    def statement_session(
+        self, connection: Connection, origin: str | None, statements: Statements
+    ) -> AbstractContextManager[Any]:
+        """Lend the driver session that runs `connection`'s transaction for one statement.
+
+        Starts the branch on first use; holds the branch's lock while lent, so no other thread
+        and not the end of the transaction uses the session meanwhile. `statements` is what the
+        caller will send (whether it may write). `origin` names who is asking (a model class
+        name) for error messages, e.g. the refusal of a SQLite connection inside a global
+        transaction. Raises `TransactionEnded` once the transaction has begun to end.
+        """
+        ...
+
+
+_current: ContextVar[Scope | None] = ContextVar("twostep_scope", default=None)
+
+
+def current_scope() -> Scope | None:
+    return _current.get()
+
+
+@contextlib.contextmanager
+def activate(scope: Scope) -> Iterator[None]:
+    token = _current.set(scope)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+# -- connections -------------------------------------------------------------------------------
 
 
 class Connection:

@@ -63,7 +63,7 @@ class BranchInfo:
     transaction_id: int = 0  # PostgreSQL: the prepared transaction's xid8
 
     def to_pb(self) -> _pb.Branch:
-        # The branch qualifier is the resource name (see _xid).
+        # The branch qualifier is the resource name (see tpc.xid).
         return _pb.Branch(
             resource=self.resource,
             bqual=self.resource,

@@ -38,8 +38,7 @@ from typing import Any
 
 import grpc
 
-from . import _failpoints
-from ._connections import Connection
+from ._connections import Connection, activate, current_scope
 from ._coordinator_client import (
     REFUSED_UNDECIDED,
     BranchInfo,
@@ -57,11 +56,11 @@ from ._errors import (
     TwostepError,
     is_connection_failure,
 )
-from ._phase2 import Ended, finish_prepared, release_session
-from ._scope import activate, current_scope
 from ._statements import Statements
-from ._tpc import BranchOps, VoteNo, require_two_phase
-from ._xid import Xid
+from .tpc import failpoints as _failpoints
+from .tpc.operations import BranchOps, VoteNo, require_two_phase
+from .tpc.phase2 import Ended, finish_prepared, release_session
+from .tpc.xid import Xid
 
 __all__ = ["GlobalTransaction", "global_transaction"]
 
@@ -187,7 +186,7 @@ class GlobalTransaction:
                 branch.registered = True  # a PostgreSQL branch has no owner session to name
             branch.bound = self._deadline
             # A MySQL branch that starts with a read counts its writes, so that it can be
-            # finished without PREPARE if it writes nothing (see _tpc).
+            # finished without PREPARE if it writes nothing (see tpc.operations).
             ops.begin(
                 session,
                 branch.xid,

@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar
 
-from ._connections import Connection, get_connection
+from ._connections import Connection, current_scope, get_connection
 from ._dialects import (
     Dialect,
     StatementResult,
@@ -53,10 +53,9 @@ from ._dialects import (
 )
 from ._errors import ConfigurationError, StaleObjectError, TwostepError, UnsupportedValue
 from ._expressions import Arithmetic, Expression
-from ._scope import current_scope
 from ._transaction import Transaction
 from ._types import Kind, loader, to_db
-from ._xid import validate_resource_name
+from .tpc.xid import validate_resource_name
 
 __all__ = ["ActiveRecord", "Query", "table_name_for"]
 

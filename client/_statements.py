@@ -15,7 +15,7 @@ Two questions about it are answered here, from the code words of each statement 
     False when every statement is a plain read (SELECT, SHOW, DESCRIBE, EXPLAIN, VALUES,
     TABLE). Only a hint: a SELECT can call a function that writes, so a branch that saw no
     other statement is asked on the server before it is finished without PREPARE
-    (`_tpc.BranchOps.end_if_read_only`); a wrong "may write" only costs a PREPARE.
+    (`tpc.operations.BranchOps.end_if_read_only`); a wrong "may write" only costs a PREPARE.
 """
 
 from __future__ import annotations

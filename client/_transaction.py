@@ -20,13 +20,12 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from ._connections import Connection, get_connection
+from ._connections import Connection, activate, current_scope, get_connection
 from ._errors import TransactionAborted, TransactionEnded, TwostepError
-from ._phase2 import Ended, finish_prepared, release_session
-from ._scope import activate, current_scope
 from ._statements import Statements
-from ._tpc import VoteNo, local_ops, require_two_phase
-from ._xid import LOCAL_CLUSTER, Xid, new_gtrid
+from .tpc.operations import VoteNo, local_ops, require_two_phase
+from .tpc.phase2 import Ended, finish_prepared, release_session
+from .tpc.xid import LOCAL_CLUSTER, Xid, new_gtrid
 
 __all__ = ["Transaction"]
 

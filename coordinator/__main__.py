@@ -20,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from twostep.client._failpoints import armed
+from twostep.client.tpc.failpoints import armed
 
 from ._claim import ClaimConflict
 from ._config import ConfigError, load_settings

@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from twostep.client._errors import InvalidIdentifier
-from twostep.client._xid import Xid, parse_gtrid, validate_resource_name
+from twostep.client import InvalidIdentifier
+from twostep.client.tpc import Xid, parse_gtrid, validate_resource_name
 from twostep.v1 import admin_pb2 as _admin_pb
 from twostep.v1 import admin_pb2_grpc as _admin_pb_grpc
 from twostep.v1 import coordinator_pb2 as _pb

@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from twostep.client._errors import TwostepError
+from twostep.client import TwostepError
 
 from ._registry import Resource, ResourceRegistry
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twostep.client._errors import InvalidIdentifier
-from twostep.client._xid import LOCAL_CLUSTER, validate_cluster_id
+from twostep.client import InvalidIdentifier
+from twostep.client.tpc import LOCAL_CLUSTER, validate_cluster_id
 
 from ._registry import ResourceConfig, ResourceConfigError, parse_resources
 

@@ -26,8 +26,8 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from twostep.client._errors import InvalidIdentifier
-from twostep.client._xid import LOCAL_CLUSTER, parse_gtrid, validate_cluster_id
+from twostep.client import InvalidIdentifier
+from twostep.client.tpc import LOCAL_CLUSTER, parse_gtrid, validate_cluster_id
 
 from ._config import ConfigError
 

@@ -1,7 +1,7 @@
 """What a database can tell about prepared branches beyond the branch operations.
 
 Recovery finishes and lists branches only through the client's operations
-(`twostep.client._tpc`: commit_prepared, rollback_prepared, is_prepared, recover), never a
+(`twostep.client.tpc.operations`: commit_prepared, rollback_prepared, is_prepared, recover), never a
 second copy of them. The queries here never finish a branch; they answer what those do not:
 
 `prepared_xids(resource, session)`
@@ -20,8 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from twostep.client._errors import translate_driver_errors
-from twostep.client._xid import FORMAT_ID, Xid
+from twostep.client.tpc import FORMAT_ID, Xid, translate_driver_errors
 
 from ._registry import Resource
 

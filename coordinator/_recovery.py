@@ -34,7 +34,7 @@ without acting). One pass:
    with nothing prepared are aborted and completed ("expire"); transactions finished more
    than `retention` ago are pruned.
 
-Failpoint `coordinator.during_recovery` (`twostep.client._failpoints`): right after a pass
+Failpoint `coordinator.during_recovery` (`twostep.client.tpc.failpoints`): right after a pass
 finished a branch (its COMMIT or ROLLBACK PREPARED returned), before the pass records
 anything about it; armed to kill, the first branch finished in a pass is the last one.
 
@@ -65,11 +65,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from twostep.client._errors import InvalidIdentifier, TwostepError
-from twostep.client._failpoints import DURING_RECOVERY, failpoint
-from twostep.client._phase2 import Ended, ended_by_status, finish_prepared
-from twostep.client._tpc import BranchOps
-from twostep.client._xid import Xid, parse_gtrid
+from twostep.client import InvalidIdentifier, TwostepError
+from twostep.client.tpc import BranchOps, Ended, Xid, ended_by_status, finish_prepared, parse_gtrid
+from twostep.client.tpc.failpoints import DURING_RECOVERY, failpoint
 
 from . import _inspect, _retention
 from ._claim import ClaimConflict, ClusterClaims

@@ -2,7 +2,7 @@
 
 Each `[resources.NAME]` table of the coordinator's TOML config names one database by the same
 name the application's connection uses (the branches' resource), with the same fields as the
-client's connection config (`twostep.client._connections`):
+client's connection config (`twostep.client.Connection`):
 
     [resources.orders]
     driver = "postgresql"          # postgresql | postgres | mysql | mariadb
@@ -32,10 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twostep.client._connections import Connection
-from twostep.client._errors import ConfigurationError, InvalidIdentifier
-from twostep.client._tpc import BranchOps, require_two_phase
-from twostep.client._xid import validate_resource_name
+from twostep.client import ConfigurationError, Connection, InvalidIdentifier
+from twostep.client.tpc import BranchOps, require_two_phase, validate_resource_name
 
 __all__ = ["Resource", "ResourceConfig", "ResourceRegistry", "parse_resources"]
 

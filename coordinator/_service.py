@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from twostep.client._xid import new_gtrid
+from twostep.client.tpc import new_gtrid
 from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 

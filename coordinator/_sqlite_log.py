@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twostep.client._failpoints import AFTER_DECISION_FSYNC, BEFORE_DECISION_FSYNC, failpoint
+from twostep.client.tpc.failpoints import AFTER_DECISION_FSYNC, BEFORE_DECISION_FSYNC, failpoint
 
 from . import _log
 from ._log import (

@@ -3,7 +3,7 @@
 Every request is validated whole before anything is recorded: the first bad field raises
 `BadRequest` whose message names the field (`transactions[2].branches[0].resource`) and why;
 the servicer answers INVALID_ARGUMENT with it. Identifiers are checked by the one xid codec
-(`twostep.client._xid`), never by a second copy of its rules.
+(`twostep.client.tpc.xid`), never by a second copy of its rules.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from twostep.client._errors import InvalidIdentifier
-from twostep.client._xid import GtridInfo, parse_gtrid, validate_resource_name
+from twostep.client import InvalidIdentifier
+from twostep.client.tpc import GtridInfo, parse_gtrid, validate_resource_name
 from twostep.v1 import coordinator_pb2 as _pb
 
 from ._log import (

@@ -48,7 +48,7 @@ from coordinator_process import CoordinatorProcess
 from tcp_proxy import TcpProxy
 from throwaway_dbs import MariaDBServer, PostgresServer
 
-from twostep.client._xid import FORMAT_ID, Xid, parse_gtrid
+from twostep.client.tpc import FORMAT_ID, Xid, parse_gtrid
 from twostep.v1 import admin_pb2 as _admin_pb
 from twostep.v1 import admin_pb2_grpc as _admin_grpc
 

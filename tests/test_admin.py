@@ -26,7 +26,7 @@ from test_recovery import (
     wait_until,
 )
 
-from twostep.client._xid import new_gtrid
+from twostep.client.tpc import new_gtrid
 from twostep.coordinator import ConfigError, load_settings
 from twostep.coordinator._recovery import RECOVERY_ABORT_REASON
 from twostep.coordinator._registry import ResourceRegistry

@@ -16,7 +16,7 @@ from test_recovery import (
 )
 
 from twostep.client._cli import cli
-from twostep.client._xid import new_gtrid
+from twostep.client.tpc import new_gtrid
 from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 

@@ -38,7 +38,7 @@ from test_recovery import (
     wait_until,
 )
 
-from twostep.client._xid import new_gtrid, parse_gtrid
+from twostep.client.tpc import new_gtrid, parse_gtrid
 from twostep.coordinator import (
     Begun,
     CoordinatorServer,

@@ -26,7 +26,7 @@ from twostep.client import (
     get_connection,
     global_transaction,
 )
-from twostep.client._xid import Xid
+from twostep.client.tpc import Xid
 from twostep.v1 import coordinator_pb2 as pb
 
 Code = grpc.StatusCode

@@ -14,9 +14,15 @@ import pytest
 from throwaway_dbs import free_port
 
 import twostep.client._connections as connections_module
-from twostep.client import Connection, ConnectionManager, get_connection
+from twostep.client import (
+    ConfigurationError,
+    Connection,
+    ConnectionManager,
+    DatabaseError,
+    InvalidIdentifier,
+    get_connection,
+)
 from twostep.client._dialects import DIALECTS
-from twostep.client._errors import ConfigurationError, DatabaseError, InvalidIdentifier
 from twostep.client._transaction import Transaction
 
 PASSWORD = "pw-Sekr1t-do-not-print"

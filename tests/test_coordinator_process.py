@@ -19,7 +19,7 @@ import grpc
 import pytest
 from coordinator_process import CoordinatorProcess
 
-from twostep.client._xid import new_gtrid
+from twostep.client.tpc import new_gtrid
 from twostep.coordinator import ConfigError, Settings, load_settings
 from twostep.v1 import coordinator_pb2 as pb
 from twostep.v1 import coordinator_pb2_grpc as pb_grpc

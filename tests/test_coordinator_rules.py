@@ -16,7 +16,7 @@ from coordinator_process import FakeClock
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from twostep.client._xid import new_gtrid
+from twostep.client.tpc import new_gtrid
 from twostep.coordinator import (
     Begun,
     CoordinatorServer,

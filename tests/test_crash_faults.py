@@ -1,7 +1,7 @@
 """The crash suite, one fault at a time: the bank workload (bank.py) killed or cut at an exact step.
 
 Each test puts one transfer at a named step (a client or coordinator failpoint, see
-client/_failpoints.py), does its fault there, checks that the fault really left the state it
+client/tpc/failpoints.py), does its fault there, checks that the fault really left the state it
 is about (branches prepared, a decision on disk, one side committed...), lets recovery run
 (Admin.Recover passes until nothing of the cluster is prepared) and then checks every bank
 invariant: money conserved, each transfer on both sides or neither, nothing prepared, no row
@@ -19,7 +19,7 @@ import pytest
 from bank import MARIA, PG, Admin, Bank, Transfer
 from coordinator_process import CoordinatorProcess
 
-from twostep.client._failpoints import (
+from twostep.client.tpc.failpoints import (
     AFTER_DECISION,
     AFTER_DECISION_FSYNC,
     BEFORE_COMMIT_REQUEST,

@@ -24,7 +24,7 @@ import pytest
 from bank import Bank, Worker
 from coordinator_process import CoordinatorProcess
 
-from twostep.client._failpoints import (
+from twostep.client.tpc.failpoints import (
     AFTER_DECISION,
     AFTER_DECISION_FSYNC,
     BEFORE_COMMIT_REQUEST,

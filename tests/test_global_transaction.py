@@ -22,7 +22,7 @@ from twostep.client import (
     get_connection,
     global_transaction,
 )
-from twostep.client._xid import FORMAT_ID, Xid
+from twostep.client.tpc import FORMAT_ID, Xid
 
 
 class Order(ActiveRecord):
@@ -171,7 +171,7 @@ def test_lost_commit_reply_raises_outcome_unknown_and_leaves_branches_prepared(
     coordinator.restart(failpoints="")
     assert coordinator.get(gtrid).state_name == "COMMITTED"
     # Until recovery lands, finish them as the coordinator will: by the logged decision.
-    from twostep.client._tpc import require_two_phase
+    from twostep.client.tpc import require_two_phase
 
     for name in ("orders", "billing"):
         conn = get_connection(name)

@@ -19,14 +19,13 @@ from scripted_coordinator import Meanwhile, ScriptedCoordinator
 from test_recovery import COMMITTED, Databases, dbs_fixture, in_process_fixture  # noqa: F401
 
 from twostep.client import (
+    Connection,
     ConnectionManager,
     HeuristicOutcome,
     get_connection,
     global_transaction,
 )
-from twostep.client._connections import Connection
-from twostep.client._tpc import require_two_phase
-from twostep.client._xid import Xid, new_gtrid
+from twostep.client.tpc import Xid, new_gtrid, require_two_phase
 from twostep.coordinator._inspect import prepared_xids
 from twostep.coordinator._registry import ResourceRegistry
 from twostep.v1 import coordinator_pb2 as pb

@@ -13,7 +13,7 @@ from twostep.client import (
     TwostepError,
     get_connection,
 )
-from twostep.client._xid import FORMAT_ID, LOCAL_CLUSTER, Xid
+from twostep.client.tpc import FORMAT_ID, LOCAL_CLUSTER, Xid
 
 DIALECTS = ["postgresql", "mysql", "sqlite"]
 

@@ -15,10 +15,17 @@ import pytest
 from _db_fixtures import DIALECTS, fresh_config
 
 import twostep.client._model as model_module
-from twostep.client import ActiveRecord, Connection, ConnectionManager, get_connection
-from twostep.client._errors import ConfigurationError, DatabaseError, InvalidIdentifier
+from twostep.client import (
+    ActiveRecord,
+    ConfigurationError,
+    Connection,
+    ConnectionManager,
+    DatabaseError,
+    InvalidIdentifier,
+    get_connection,
+)
+from twostep.client._connections import activate
 from twostep.client._model import table_name_for
-from twostep.client._scope import activate
 from twostep.client._transaction import Transaction
 
 DDL = {

@@ -25,9 +25,8 @@ import pytest
 from coordinator_process import CoordinatorProcess, FakeClock
 from psycopg import sql
 
-from twostep.client._connections import Connection
-from twostep.client._tpc import require_two_phase
-from twostep.client._xid import FORMAT_ID, Xid, new_gtrid
+from twostep.client import Connection
+from twostep.client.tpc import FORMAT_ID, Xid, new_gtrid, require_two_phase
 from twostep.coordinator import CoordinatorServer, Settings
 from twostep.coordinator._recovery import RECOVERY_ABORT_REASON, Recovery
 from twostep.coordinator._registry import parse_resources

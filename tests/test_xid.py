@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from twostep.client._errors import InvalidIdentifier
-from twostep.client._xid import (
+from twostep.client import InvalidIdentifier
+from twostep.client.tpc import (
     FORMAT_ID,
     Xid,
     new_gtrid,

@@ -21,7 +21,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from ._errors import InvalidIdentifier
+from .._errors import InvalidIdentifier
 
 __all__ = [
     "FORMAT_ID",

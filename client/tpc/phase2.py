@@ -15,9 +15,9 @@ import logging
 import time
 from typing import Any, Protocol
 
-from ._errors import TwostepError, is_connection_failure
-from ._tpc import BranchOps, Finish
-from ._xid import Xid
+from .._errors import TwostepError, is_connection_failure
+from .operations import BranchOps, Finish
+from .xid import Xid
 
 __all__ = ["Ended", "PreparedBranch", "ended_by_status", "finish_prepared", "release_session"]
 

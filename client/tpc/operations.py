@@ -40,8 +40,8 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from pymysql.constants import SERVER_STATUS
 
-from ._errors import TwoPhaseNotSupported, is_connection_failure, translate_driver_errors
-from ._xid import FORMAT_ID, Xid
+from .._errors import TwoPhaseNotSupported, is_connection_failure, translate_driver_errors
+from .xid import FORMAT_ID, Xid
 
 __all__ = ["BranchOps", "Finish", "VoteNo", "local_ops", "require_two_phase"]
 
