@@ -1,4 +1,4 @@
-"""The program of DESIGN.md §4, runnable: one order on PostgreSQL and its invoice on MariaDB.
+"""The README's program, runnable: one order on PostgreSQL and its invoice on MariaDB.
 
     scripts/run-coordinator                       # terminal 1
     .venv/bin/python examples/shop.py             # terminal 2

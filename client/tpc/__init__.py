@@ -1,7 +1,7 @@
 """The branch layer: two-phase commit on one database branch, shared by client and coordinator.
 
 One implementation of everything a branch is, used by `global_transaction()` and by the
-coordinator's recovery alike (docs/design.md, "Layout"):
+coordinator's recovery alike (docs/design.md §1 and §5):
 
 `twostep.client.tpc.xid`
     The xid codec: gtrids, branch qualifiers, their encodings for PostgreSQL and MySQL, and

@@ -3,7 +3,7 @@
 Off by default. `TWOSTEP_FAILPOINTS` lists the armed names, comma-separated, each optionally
 followed by `=ACTION`; it is read once, at import, so a failpoint that is not armed costs one
 membership test of an empty set. Both the client and the coordinator use this module (the
-coordinator may import the client, never the reverse: DESIGN.md §1).
+coordinator may import the client, never the reverse: docs/design.md §1).
 
 Actions:
 

@@ -1,11 +1,11 @@
 """The branch operations of each database: the statements of two-phase commit, in one place.
 
 Both the client's branch stubs and the coordinator's recovery run these, never a second copy
-(DESIGN.md §1). Every function takes a driver session that the connection pool opened in
+(docs/design.md §5). Every function takes a driver session that the connection pool opened in
 driver-level autocommit, so each transaction here is begun and ended by explicit statements.
 
 What the databases answer, measured on PostgreSQL 15 and MariaDB 10.11
-(shared/facts/db-2pc-semantics-pg15-mariadb10.11.txt), and what it means here:
+(docs/facts/db-2pc-semantics-pg15-mariadb10.11.txt), and what it means here:
 - "Unknown xid" (PG 42704, MariaDB 1397) is ambiguous: finished, never prepared, or (MariaDB)
   prepared and still attached to a live session. Phase 2 reports it as `NOT_FOUND`, and the
   caller decides with `is_prepared()`, never from the error alone.
