@@ -13,26 +13,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Iterator
 
 import pytest
-from test_recovery import Databases, dbs_fixture, in_process_fixture  # noqa: F401
+from test_recovery import Databases, dbs_fixture, in_process_fixture, shop_fixture  # noqa: F401
 
 from twostep.client import (
-    ConnectionManager,
     Transaction,
     TransactionEnded,
     get_connection,
     global_transaction,
 )
-
-
-@pytest.fixture
-def shop(dbs: Databases) -> Iterator[Databases]:
-    ConnectionManager.configure("orders", dbs.configs["orders"])
-    ConnectionManager.configure("billing", dbs.configs["billing"])
-    yield dbs
-    ConnectionManager.close_all()
 
 
 @pytest.fixture

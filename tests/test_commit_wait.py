@@ -16,11 +16,10 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from scripted_coordinator import Answer, DecideThen, Forward, Refuse, ScriptedCoordinator
-from test_recovery import COMMITTED, Databases, dbs_fixture, in_process_fixture  # noqa: F401
+from test_recovery import COMMITTED, Databases, dbs_fixture, in_process_fixture, shop_fixture  # noqa: F401
 
 import twostep.client._global as global_module
 from twostep.client import (
-    ConnectionManager,
     OutcomeUnknown,
     TransactionAborted,
     get_connection,
@@ -32,13 +31,10 @@ from twostep.v1 import coordinator_pb2 as pb
 Code = grpc.StatusCode
 
 
-@pytest.fixture
-def shop(dbs: Databases, monkeypatch: pytest.MonkeyPatch) -> Iterator[Databases]:
-    ConnectionManager.configure("orders", dbs.configs["orders"])
-    ConnectionManager.configure("billing", dbs.configs["billing"])
+@pytest.fixture(autouse=True)
+def short_patience(monkeypatch: pytest.MonkeyPatch) -> None:
+    """How long past the deadline the client keeps asking for a lost decision (s)."""
     monkeypatch.setattr(global_module, "_OUTCOME_PATIENCE", 0.5)
-    yield dbs
-    ConnectionManager.close_all()
 
 
 @pytest.fixture

@@ -15,24 +15,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from scripted_coordinator import ScriptedCoordinator
-from test_recovery import Databases, dbs_fixture, in_process_fixture, wait_until  # noqa: F401
+from test_recovery import Databases, dbs_fixture, in_process_fixture, shop_fixture, wait_until  # noqa: F401
 
 from twostep.client import ConnectionManager, get_connection, global_transaction
 from twostep.coordinator._log import State
 from twostep.coordinator._recovery import RECOVERY_ABORT_REASON
-
-
-@pytest.fixture
-def shop(dbs: Databases) -> Iterator[Databases]:
-    ConnectionManager.configure("orders", dbs.configs["orders"])
-    ConnectionManager.configure("billing", dbs.configs["billing"])
-    yield dbs
-    ConnectionManager.close_all()
 
 
 def mariadb_timeouts() -> tuple[int, int]:

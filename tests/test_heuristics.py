@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 
 import pytest
 from psycopg import sql
 from scripted_coordinator import Meanwhile, ScriptedCoordinator
-from test_recovery import COMMITTED, Databases, dbs_fixture, in_process_fixture  # noqa: F401
+from test_recovery import COMMITTED, Databases, dbs_fixture, in_process_fixture, shop_fixture  # noqa: F401
 
 from twostep.client import (
     Connection,
-    ConnectionManager,
     HeuristicOutcome,
     get_connection,
     global_transaction,
@@ -29,14 +27,6 @@ from twostep.client.tpc import Xid, new_gtrid, require_two_phase
 from twostep.coordinator._inspect import prepared_xids
 from twostep.coordinator._registry import ResourceRegistry
 from twostep.v1 import coordinator_pb2 as pb
-
-
-@pytest.fixture
-def shop(dbs: Databases) -> Iterator[Databases]:
-    ConnectionManager.configure("orders", dbs.configs["orders"])
-    ConnectionManager.configure("billing", dbs.configs["billing"])
-    yield dbs
-    ConnectionManager.close_all()
 
 
 def rollback_prepared_by_hand(shop: Databases, gtrid: str) -> None:

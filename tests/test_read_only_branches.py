@@ -20,7 +20,14 @@ from collections.abc import Iterator
 
 import pytest
 from scripted_coordinator import ScriptedCoordinator
-from test_recovery import COMMITTED, Databases, dbs_fixture, in_process_fixture, wait_until  # noqa: F401
+from test_recovery import (  # noqa: F401
+    COMMITTED,
+    Databases,
+    dbs_fixture,
+    in_process_fixture,
+    shop_fixture,
+    wait_until,
+)
 
 from twostep.client import (
     ConnectionManager,
@@ -29,14 +36,6 @@ from twostep.client import (
     global_transaction,
 )
 from twostep.coordinator._log import ONE_PHASE_COMMIT
-
-
-@pytest.fixture
-def shop(dbs: Databases) -> Iterator[Databases]:
-    ConnectionManager.configure("orders", dbs.configs["orders"])
-    ConnectionManager.configure("billing", dbs.configs["billing"])
-    yield dbs
-    ConnectionManager.close_all()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 from coordinator_process import CoordinatorProcess, FakeClock
 from psycopg import sql
 
-from twostep.client import Connection
+from twostep.client import Connection, ConnectionManager
 from twostep.client.tpc import FORMAT_ID, Xid, new_gtrid, require_two_phase
 from twostep.coordinator import CoordinatorServer, Settings
 from twostep.coordinator._recovery import RECOVERY_ABORT_REASON, Recovery
@@ -103,6 +103,15 @@ def dbs_fixture(pg, maria, pg_config, maria_config) -> Iterator[Databases]:
         cur.execute("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
     yield databases
     # pg_config / maria_config roll back whatever is left prepared and drop the databases.
+
+
+@pytest.fixture(name="shop")
+def shop_fixture(dbs: Databases) -> Iterator[Databases]:
+    """`dbs`, with 'orders' and 'billing' configured as the application's connections."""
+    ConnectionManager.configure("orders", dbs.configs["orders"])
+    ConnectionManager.configure("billing", dbs.configs["billing"])
+    yield dbs
+    ConnectionManager.close_all()
 
 
 @dataclass

@@ -10,13 +10,10 @@ votes NO loudly if it is not.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from test_recovery import Databases, dbs_fixture, in_process_fixture  # noqa: F401
+from test_recovery import Databases, dbs_fixture, in_process_fixture, shop_fixture  # noqa: F401
 
 from twostep.client import (
-    ConnectionManager,
     StatementRefused,
     Transaction,
     TransactionAborted,
@@ -65,14 +62,6 @@ ALLOWED = {
     "orders": ["SELECT 'COMMIT'", 'SELECT 1 AS "commit"', "SELECT $$ROLLBACK$$", "-- COMMIT"],
     "billing": ["SELECT 'COMMIT'", "SET @autocommit = 1", "SELECT 1 -- COMMIT", "# ROLLBACK"],
 }
-
-
-@pytest.fixture
-def shop(dbs: Databases) -> Iterator[Databases]:
-    ConnectionManager.configure("orders", dbs.configs["orders"])
-    ConnectionManager.configure("billing", dbs.configs["billing"])
-    yield dbs
-    ConnectionManager.close_all()
 
 
 @pytest.fixture
