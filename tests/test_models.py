@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from _db_fixtures import DIALECTS, fresh_config
 
-import twostep.client._model as model_module
+import twostep.client._model.query as query_module
 from twostep.client import (
     ActiveRecord,
     ConfigurationError,
@@ -387,7 +387,7 @@ def test_bulk_insert_or_update_writes_new_and_existing_rows(db: Connection) -> N
 def test_bulk_insert_or_update_over_several_statements_is_all_or_nothing(
     db: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(model_module, "_BULK_ROWS", 2)
+    monkeypatch.setattr(query_module, "_BULK_ROWS", 2)
     rows = [{"name": f"n{i}", "price": i} for i in range(5)]
     assert Gadget.bulk_insert_or_update(rows, conflict_keys=["name"]) > 0
     assert Gadget.count() == 5

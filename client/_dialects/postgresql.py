@@ -1,0 +1,97 @@
+"""PostgreSQL through psycopg 3: sessions, idleness, the catalog queries that describe a table,
+and JSON equality."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from .._types import postgres_column, register_postgres
+from .base import ConnectionSettings, Dialect, TableInfo
+from .lexers import POSTGRESQL_LEXER
+
+__all__ = ["PostgreSQL"]
+
+
+class PostgreSQL(Dialect):
+    name = "postgresql"
+    required_fields = ("host", "database", "username")
+    default_port = 5432
+    supports_returning = True
+    _lexer = POSTGRESQL_LEXER
+
+    def connect(self, settings: ConnectionSettings) -> psycopg.Connection[Any]:
+        kwargs: dict[str, Any] = {
+            "host": settings.host,
+            "port": settings.port or self.default_port,
+            "dbname": settings.database,
+            "user": settings.username,
+            # libpq counts whole seconds, and takes less than 2 as 2.
+            "connect_timeout": max(2, round(settings.connect_timeout)),
+            "application_name": "twostep",
+        }
+        if settings.password:
+            kwargs["password"] = settings.password
+        kwargs.update(settings.options)
+        kwargs["autocommit"] = True
+        session = psycopg.connect(**kwargs)
+        register_postgres(session)  # the type contract's loaders (`_types`)
+        return session
+
+    def is_idle(self, session: psycopg.Connection[Any]) -> bool:
+        return (
+            not session.closed
+            and not session.broken
+            and session.autocommit
+            and session.info.transaction_status == TransactionStatus.IDLE
+        )
+
+    def ping(self, session: psycopg.Connection[Any]) -> None:
+        session.execute("SELECT 1")
+
+    def _socket(self, session: psycopg.Connection[Any]) -> Any:
+        return session
+
+    def describe(
+        self, session: psycopg.Connection[Any], table: str, *, connection: str
+    ) -> TableInfo | None:
+        # indkey is an int2vector, 0-based: the position orders a composite primary key.
+        regclass = (self.quote_table(table),)
+        result = self.run(
+            session,
+            "SELECT a.attname, array_position(i.indkey::int2[], a.attnum), t.typname,"
+            " t.typcategory, format_type(a.atttypid, a.atttypmod)"
+            " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary"
+            " WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped"
+            " ORDER BY a.attnum",
+            regclass,
+            connection=connection,
+        )
+        if not result.rows:
+            return None
+        key = sorted((pos, name) for name, pos, *_ in result.rows if pos is not None)
+        # Unique indexes over plain columns, without WHERE; INCLUDE columns are not the key.
+        unique = self.run(
+            session,
+            "SELECT array(SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY"
+            " AS k(attnum, n) JOIN pg_attribute a ON a.attrelid = i.indrelid"
+            " AND a.attnum = k.attnum WHERE k.n <= i.indnkeyatts ORDER BY k.n)"
+            " FROM pg_index i WHERE i.indrelid = to_regclass(?) AND i.indisunique"
+            " AND i.indpred IS NULL AND i.indexprs IS NULL",
+            regclass,
+            connection=connection,
+        ).rows
+        return TableInfo(
+            table,
+            tuple(row[0] for row in result.rows),
+            tuple(n for _, n in key),
+            types={name: postgres_column(*rest) for name, _, *rest in result.rows},
+            unique_keys=tuple(tuple(row[0]) for row in unique),
+        )
+
+    def json_equals(self, column_sql: str) -> str:
+        # `json` has no equality operator; jsonb compares values (key order, spacing aside).
+        return f"CAST({column_sql} AS jsonb) = CAST(? AS jsonb)"

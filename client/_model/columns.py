@@ -1,0 +1,104 @@
+"""The rules a query and a record both apply to a model's table, as its connection described
+it (`TableInfo`): which column names exist, how a value is bound (the type contract), which
+columns are the keys, and which is the lock_version column."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._dialects import Dialect, TableInfo
+from .._errors import ConfigurationError, UnsupportedValue
+from .._expressions import Expression
+from .._types import to_db
+
+__all__ = [
+    "bind_value",
+    "check_column",
+    "key_to_read_back",
+    "lock_column",
+    "quote_column",
+    "require_key",
+    "unknown_column",
+    "upsert_keys",
+    "without_empty_key",
+]
+
+
+def quote_column(dialect: Dialect, table: TableInfo, model: type, name: str) -> str:
+    return dialect.quote(check_column(model, table, name))
+
+
+def bind_value(model: type, table: TableInfo, dialect: Dialect, column: str, value: Any) -> Any:
+    """`value` for `column` as the driver binds it, by the type contract (`_types.to_db`)."""
+    if isinstance(value, Expression):
+        raise UnsupportedValue(
+            f"{model.__name__}.{column}: a column expression ({value!r}) is computed by the "
+            f"database in a set-based update: {model.__name__}.where(...).update({column}=...)",
+            model=model.__name__,
+            column=column,
+        )
+    ctype = table.type_of(column)
+    return to_db(dialect.name, ctype, value, model=model.__name__, column=column)
+
+
+def unknown_column(model: type, table: TableInfo, name: str) -> AttributeError:
+    return AttributeError(
+        f"{model.__name__} has no column {name!r} "
+        f"(table {table.name!r} has: {', '.join(table.columns)})"
+    )
+
+
+def check_column(model: type, table: TableInfo, name: str) -> str:
+    if name not in table.columns:
+        raise unknown_column(model, table, name)
+    return name
+
+
+def require_key(model: type, table: TableInfo, action: str) -> tuple[str, ...]:
+    if not table.primary_key:
+        raise ConfigurationError(
+            f"{action} on {model.__name__} needs a primary key, and table {table.name!r} has none"
+        )
+    return table.primary_key
+
+
+def upsert_keys(model: type, table: TableInfo, keys: Sequence[str] | None) -> list[str]:
+    """The columns an upsert conflicts on: exactly the primary key or a unique key. MySQL
+    would otherwise insert a duplicate row where PostgreSQL and SQLite raise."""
+    if keys is None:
+        return list(require_key(model, table, "an upsert without conflict_keys"))
+    if isinstance(keys, str):
+        keys = [keys]
+    if not keys:
+        raise ValueError("conflict_keys must name at least one column")
+    checked = [check_column(model, table, key) for key in keys]
+    if not any(set(unique) == set(checked) for unique in table.unique_keys):
+        listed = "; ".join(", ".join(unique) for unique in table.unique_keys) or "none"
+        raise ConfigurationError(
+            f"{model.__name__} cannot upsert on ({', '.join(checked)}): table {table.name!r} "
+            f"has no primary key or unique key of exactly those columns (unique keys: "
+            f"{listed}), so a conflict could never be detected"
+        )
+    return checked
+
+
+def lock_column(name: str | None, table: TableInfo) -> str | None:
+    """The optimistic-locking column, if the model's table has it (`name`: the model's
+    `__lock_column__`)."""
+    return name if name is not None and name in table.columns else None
+
+
+def without_empty_key(table: TableInfo, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A primary key column given as None is left out, so that the database generates it."""
+    return {c: v for c, v in fields.items() if not (v is None and c in table.primary_key)}
+
+
+def key_to_read_back(dialect: Dialect, table: TableInfo, missing: list[str]) -> list[str]:
+    """Which missing key columns an INSERT can report: any (RETURNING), or a single
+    auto-generated key through `lastrowid` (MySQL; SQLite before 3.35)."""
+    if not missing or dialect.supports_returning:
+        return missing
+    if table.auto_key and missing == list(table.primary_key):
+        return missing
+    return []
