@@ -3,7 +3,8 @@
 A store keeps one row per gtrid and applies these rules inside its own write transaction, so
 that they hold for several writers sharing one log too: the first decision wins through the
 unique key on gtrid (a conditional update of an active row, or an insert that does nothing on
-conflict, then a read-back of the row), never through a lock in memory (docs/design.md §3, invariant 1).
+conflict, then a read-back of the row), never through a lock in memory (docs/design.md §3,
+invariant 1).
 
 Begin (`record_begun`)
     Inserts active rows, with the branches the client registered. Not durable when the call
