@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,8 @@ class ChildProcess:
         env: Mapping[str, str] | None,
     ):
         self._dir = Path(tempfile.mkdtemp(prefix="twostep-child-"))
+        # Removed by wait(), or when this handle is dropped (a child killed and never waited).
+        self._remove_dir = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         with (self._dir / _CALL).open("wb") as call:
             pickle.dump(list(sys.path), call)  # loaded first: the function's module needs it
             pickle.dump((function, tuple(args), dict(kwargs)), call)
@@ -110,7 +113,7 @@ class ChildProcess:
         with contextlib.suppress(FileNotFoundError), (self._dir / _RESULT).open("rb") as result:
             value, error = pickle.load(result)
         stdout, stderr = self._read("stdout"), self._read("stderr")
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._remove_dir()
         hit = _HIT.search(stderr)
         failpoint = hit["name"] if hit else None
         return ChildRun(returncode, value, error, failpoint, stdout, stderr)

@@ -38,35 +38,40 @@ def postgres_server() -> Callable[..., Iterator[Server]]:
     """A session-scoped fixture: a private PostgreSQL 15 (`PostgresServer`), started when a
     test first asks for it, stopped (its data removed) when the session ends."""
 
-    def make() -> Server:
+    def make(base_dir: Path) -> Server:
         from ._postgres import PostgresServer
 
-        return PostgresServer(Path(tempfile.mkdtemp(prefix="twostep-postgresserver-")))
+        return PostgresServer(base_dir)
 
-    return _server_fixture(make, "A private PostgreSQL 15 (`PostgresServer`).")
+    return _server_fixture(make, "postgres", "A private PostgreSQL 15 (`PostgresServer`).")
 
 
 def mariadb_server() -> Callable[..., Iterator[Server]]:
     """A session-scoped fixture: a private MariaDB 10.11 (`MariaDBServer`), started when a
     test first asks for it, stopped (its data removed) when the session ends."""
 
-    def make() -> Server:
+    def make(base_dir: Path) -> Server:
         from ._mariadb import MariaDBServer
 
-        return MariaDBServer(Path(tempfile.mkdtemp(prefix="twostep-mariadbserver-")))
+        return MariaDBServer(base_dir)
 
-    return _server_fixture(make, "A private MariaDB 10.11 (`MariaDBServer`).")
+    return _server_fixture(make, "mariadb", "A private MariaDB 10.11 (`MariaDBServer`).")
 
 
-def _server_fixture(make: Callable[[], Server], doc: str) -> Callable[..., Iterator[Server]]:
+def _server_fixture(
+    make: Callable[[Path], Server], kind: str, doc: str
+) -> Callable[..., Iterator[Server]]:
     def server_fixture() -> Iterator[Server]:
-        server = make()
+        base_dir = Path(tempfile.mkdtemp(prefix=f"twostep-{kind}-"))
         try:
-            server.start()
-            yield server
+            server = make(base_dir)  # raises ServerError if the binaries are missing
+            try:
+                server.start()
+                yield server
+            finally:
+                server.stop()
         finally:
-            server.stop()
-            shutil.rmtree(server.base_dir, ignore_errors=True)
+            shutil.rmtree(base_dir, ignore_errors=True)
 
     server_fixture.__doc__ = f"{doc} Started once per session, when first asked for."
     return pytest.fixture(scope="session")(server_fixture)
