@@ -100,7 +100,7 @@ class CoordinatorProcess:
         if resources or settings:
             config = self.data_dir.with_name(self.data_dir.name + ".toml")
             config.parent.mkdir(parents=True, exist_ok=True)
-            config.write_text(config_toml(settings or {}, resources or {}))
+            config.write_text(config_toml(settings or {}, resources or {}), encoding="utf-8")
             self.args += ["--config", str(config)]
         self.start_timeout = start_timeout
         self.port: int | None = None  # chosen at the first start, kept by restarts
@@ -372,8 +372,9 @@ def _kill_leftovers() -> None:
 def coordinator_processes(base_dir: Path) -> Iterator[Callable[..., CoordinatorProcess]]:
     """A factory of started `CoordinatorProcess`es that closes all of them on exit.
 
-    `factory(data_dir=None, env=None, *, start=True, failpoints=None, args=(), ...)`; the
-    default data dir is a fresh directory under `base_dir`.
+    `factory(data_dir=None, env=None, *, start=True, failpoints=None, args=(), resources=None,
+    settings=None)` (see `CoordinatorProcess`); the default data dir is a fresh directory
+    under `base_dir`.
     """
     made: list[CoordinatorProcess] = []
 
@@ -416,7 +417,9 @@ def _toml(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+        # A JSON string is a TOML basic string, but for surrogate-pair escapes (hence no
+        # ensure_ascii) and a raw DEL (TOML wants it escaped).
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, Mapping):
         return "{" + ", ".join(_toml_pairs(value)) + "}"
     raise TypeError(f"cannot write {value!r} ({type(value).__name__}) to a coordinator config")

@@ -97,7 +97,12 @@ def test_loading_the_plugin_imports_no_database_driver_and_no_grpc() -> None:
 def test_config_toml_reads_back_as_the_settings_and_resources_given() -> None:
     settings = {"cluster_id": "c1", "recovery_grace_s": 0, "kill_live_sessions": False}
     resources = {
-        "orders": {"driver": "postgresql", "port": 5, "password": 'q"\\\n', "options": {"a": 1}},
+        "orders": {
+            "driver": "postgresql",
+            "port": 5,
+            "password": 'q"\\\n\x7fé😀',
+            "options": {"a": 1},
+        },
         "billing": {"driver": "mysql", "password": None},
     }
     parsed = tomllib.loads(config_toml(settings, resources))
