@@ -1,8 +1,8 @@
 """How long one recovery pass takes to finish 1,000 orphaned prepared branches (a measurement).
 
 Not part of the test suite (it prepares 1,000 branches, one session each: 20-45 s of setup);
-run it with the suite's fixtures:
-    .venv/bin/python -m pytest -s -p _db_fixtures bench/recovery_scale.py
+run it with the suite's fixtures (the twostep pytest plugin, loaded by itself):
+    .venv/bin/python -m pytest -s bench/recovery_scale.py
 It prints the times and asserts only that everything was finished. PostgreSQL holds at most
 `max_prepared_transactions` (64 on the throwaway server) prepared transactions, so the 1,000
 are 60 PostgreSQL branches (each paired with a MariaDB branch of the same gtrid) and 940

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/transfer.py [--n 1000]
 
-Starts its own throwaway PostgreSQL and MariaDB (scripts/throwaway_dbs.py) and a coordinator
+Starts its own throwaway PostgreSQL and MariaDB (twostep.testing) and a coordinator
 (embedded log, in a temp dir), then times, in the same run and interleaved in rounds so that
 machine noise hits both alike:
 - baseline: hand-written 2PC on two persistent sessions: BEGIN / XA START, the two writes,
@@ -16,20 +16,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from coordinator_process import CoordinatorProcess  # noqa: E402
-from throwaway_dbs import MariaDBServer, PostgresServer  # noqa: E402
-
-from twostep.client import ConnectionManager, get_connection, global_transaction  # noqa: E402
+from twostep.client import ConnectionManager, get_connection, global_transaction
+from twostep.testing import CoordinatorProcess, MariaDBServer, PostgresServer
 
 PG_DDL = [
     "CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)",

@@ -3,20 +3,15 @@
     scripts/run-coordinator                       # terminal 1
     .venv/bin/python examples/shop.py             # terminal 2
 
-Starts its own throwaway PostgreSQL and MariaDB (scripts/throwaway_dbs.py), then commits an
+Starts its own throwaway PostgreSQL and MariaDB (twostep.testing), then commits an
 order and its invoice atomically through the coordinator at $TWOSTEP_COORDINATOR (default
 127.0.0.1:50051), then shows that a failing block commits neither.
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-from throwaway_dbs import MariaDBServer, PostgresServer
 
 from twostep.client import (
     ActiveRecord,
@@ -24,6 +19,7 @@ from twostep.client import (
     get_connection,
     global_transaction,
 )
+from twostep.testing import MariaDBServer, PostgresServer
 
 
 class Order(ActiveRecord):

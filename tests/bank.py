@@ -41,18 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psycopg
 import pymysql
-from coordinator_process import CoordinatorProcess
 from tcp_proxy import TcpProxy
-from throwaway_dbs import MariaDBServer, PostgresServer
 
 from twostep.client.tpc import FORMAT_ID, Xid, parse_gtrid
-from twostep.v1 import admin_pb2 as _admin_pb
-from twostep.v1 import admin_pb2_grpc as _admin_grpc
+from twostep.testing import Admin, CoordinatorProcess, MariaDBServer, PostgresServer, config_toml
 
-__all__ = ["MARIA", "PG", "Admin", "Bank", "Journal", "Transfer", "Worker"]
+__all__ = ["MARIA", "PG", "Bank", "Journal", "Transfer", "Worker"]
 
 PG = "bank_pg"  # resource / connection names, as in bank_worker.py
 MARIA = "bank_maria"
@@ -255,10 +251,7 @@ class Bank:
 
     def coordinator_toml(self, **settings: Any) -> str:
         table = {"cluster_id": self.cluster_id, **settings}
-        lines = ["[coordinator]", *(f"{k} = {_toml(v)}" for k, v in table.items())]
-        for name, config in ((PG, self.pg_config), (MARIA, self.maria_config)):
-            lines += ["", f"[resources.{name}]", *(f"{k} = {_toml(v)}" for k, v in config.items())]
-        return "\n".join(lines) + "\n"
+        return config_toml(table, {PG: self.pg_config, MARIA: self.maria_config})
 
     # -- the workload --------------------------------------------------------------------------
 
@@ -480,48 +473,6 @@ class Bank:
             yield conn
         finally:
             conn.close()
-
-
-# -- the admin service ----------------------------------------------------------------------
-
-
-class Admin:
-    """The coordinator's Admin service, with the token from its data dir."""
-
-    def __init__(self, coordinator: CoordinatorProcess, token_file: Path | None = None):
-        token_path = token_file or coordinator.data_dir / "admin-token"
-        token = token_path.read_text().strip()
-        self._metadata = (("authorization", f"Bearer {token}"),)
-        self._channel = grpc.insecure_channel(coordinator.address)
-        self._stub = _admin_grpc.AdminStub(self._channel)
-
-    def recover(self, *, dry_run: bool = False, timeout: float = 30.0) -> _admin_pb.RecoveryReport:
-        request = _admin_pb.RecoverRequest(dry_run=dry_run)
-        return self._stub.Recover(
-            request, metadata=self._metadata, timeout=timeout, wait_for_ready=True
-        )
-
-    def status(self, timeout: float = 10.0) -> _admin_pb.StatusResponse:
-        return self._stub.Status(
-            _admin_pb.StatusRequest(), metadata=self._metadata, timeout=timeout
-        )
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> Admin:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
 def _few(items: Sequence[str], limit: int = 8) -> str:

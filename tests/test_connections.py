@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-from throwaway_dbs import free_port
 
 import twostep.client._connections as connections_module
 from twostep.client import (
@@ -24,6 +23,7 @@ from twostep.client import (
 )
 from twostep.client._dialects import DIALECTS
 from twostep.client._transaction import Transaction
+from twostep.testing import free_port
 
 PASSWORD = "pw-Sekr1t-do-not-print"
 

@@ -1,7 +1,7 @@
 """The coordinator as a process: start line, crashes, failpoints, restarts, shutdown, settings.
 
 Each test runs `python -m twostep.coordinator` through the `coordinator_factory` fixture
-(tests/coordinator_process.py, registered in conftest.py) on a fresh data dir; no databases.
+(twostep.testing, through its pytest plugin) on a fresh data dir; no databases.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coordinator_process import CoordinatorProcess
 
 from twostep.client.tpc import new_gtrid
 from twostep.coordinator import ConfigError, Settings, load_settings
+from twostep.testing import CoordinatorProcess
 from twostep.v1 import coordinator_pb2 as pb
 from twostep.v1 import coordinator_pb2_grpc as pb_grpc
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coordinator_process import FakeClock
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -25,6 +24,7 @@ from twostep.coordinator import (
     SqliteDecisionLog,
     State,
 )
+from twostep.testing import FakeClock
 from twostep.v1 import coordinator_pb2 as pb
 from twostep.v1 import coordinator_pb2_grpc as pb_grpc
 

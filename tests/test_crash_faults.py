@@ -16,8 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from bank import MARIA, PG, Admin, Bank, Transfer
-from coordinator_process import CoordinatorProcess
+from bank import MARIA, PG, Bank, Transfer
 
 from twostep.client.tpc.failpoints import (
     AFTER_DECISION,
@@ -29,6 +28,7 @@ from twostep.client.tpc.failpoints import (
     BETWEEN_PREPARES,
     DURING_RECOVERY,
 )
+from twostep.testing import Admin, CoordinatorProcess
 
 #: Recovery runs when a test asks (Admin.Recover) and at start; the loop itself rarely. No
 #: grace: a decided transaction is the coordinator's at once (tests whose client lives on

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from bank import Bank, Worker
-from coordinator_process import CoordinatorProcess
 
 from twostep.client.tpc.failpoints import (
     AFTER_DECISION,
@@ -34,6 +33,7 @@ from twostep.client.tpc.failpoints import (
     BETWEEN_PREPARES,
     DURING_RECOVERY,
 )
+from twostep.testing import CoordinatorProcess
 
 SEED = int(os.environ.get("TWOSTEP_CRASH_SEED", "20261127"))
 KILLS = 100  # at least this many kills, checkpoint kills not counted

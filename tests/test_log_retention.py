@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coordinator_process import FakeClock
 from test_recovery import (
     ABORTED,
     COMMITTED,
@@ -39,6 +38,7 @@ from twostep.coordinator import (
 )
 from twostep.coordinator._recovery import RECOVERY_ABORT_REASON
 from twostep.coordinator._retention import EXPIRED_REASON, PRUNE_BATCH
+from twostep.testing import FakeClock
 from twostep.v1 import coordinator_pb2 as pb
 from twostep.v1 import coordinator_pb2_grpc as pb_grpc
 

@@ -12,7 +12,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from _db_fixtures import DIALECTS, fresh_config
 
 from twostep.client import (
     ActiveRecord,
@@ -26,6 +25,7 @@ from twostep.client import (
     get_connection,
     global_transaction,
 )
+from twostep.testing import DIALECTS, fresh_config
 
 PG, MY, LITE = DIALECTS
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _db_fixtures import DIALECTS, fresh_config
 
 import twostep.client._model.query as query_module
 from twostep.client import (
@@ -27,6 +26,7 @@ from twostep.client import (
 from twostep.client._connections import activate
 from twostep.client._model import table_name_for
 from twostep.client._transaction import Transaction
+from twostep.testing import DIALECTS, fresh_config
 
 DDL = {
     "postgresql": [

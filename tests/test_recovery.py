@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 import pymysql
 import pytest
-from coordinator_process import CoordinatorProcess, FakeClock
 from psycopg import sql
 
 from twostep.client import Connection, ConnectionManager
@@ -30,6 +29,7 @@ from twostep.client.tpc import FORMAT_ID, Xid, new_gtrid, require_two_phase
 from twostep.coordinator import CoordinatorServer, Settings
 from twostep.coordinator._recovery import RECOVERY_ABORT_REASON, Recovery
 from twostep.coordinator._registry import parse_resources
+from twostep.testing import CoordinatorProcess, FakeClock
 from twostep.v1 import admin_pb2 as apb
 from twostep.v1 import admin_pb2_grpc as apb_grpc
 from twostep.v1 import coordinator_pb2 as pb

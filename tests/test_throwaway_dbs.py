@@ -1,26 +1,43 @@
-"""The throwaway servers: own settings and ports, crash (SIGKILL) and restart keep data and
-prepared transactions, leftovers are cleaned up, and the CLI starts and stops both."""
+"""The throwaway servers (twostep.testing): own settings and ports, crash (SIGKILL) and restart
+keep data and prepared transactions, leftovers are cleaned up, and the CLI starts and stops
+both."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pymysql
-import throwaway_dbs
-from throwaway_dbs import MariaDBServer, PostgresServer
+import pytest
+
+from twostep.testing import MariaDBServer, PostgresServer
+from twostep.testing._processes import pids_with_cwd
 
 MACHINE_PORTS = (5432, 3306)
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "throwaway_dbs.py"
+
+
+@pytest.fixture
+def server_dir() -> Iterator[Path]:
+    """A base dir for servers made by the test itself. Not tmp_path: another pytest session
+    starting meanwhile resets the permissions of /tmp/pytest-of-<user>, and the servers run
+    as their own OS users (the plugin's servers live outside it for the same reason)."""
+    base = Path(tempfile.mkdtemp(prefix="twostep-test-servers-"))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _pids_in(data_dir: Path) -> list[int]:
-    return throwaway_dbs._pids_with_cwd(data_dir.resolve())
+    return pids_with_cwd(data_dir.resolve())
 
 
 def _maria_connect(config: dict[str, Any]) -> pymysql.connections.Connection:
@@ -155,11 +172,11 @@ def test_next_test_gets_a_running_clean_server(maria: MariaDBServer) -> None:
         assert cur.fetchall() == ()
 
 
-def test_a_new_instance_replaces_a_stale_server(tmp_path: Path) -> None:
-    first = PostgresServer(tmp_path)
+def test_a_new_instance_replaces_a_stale_server(server_dir: Path) -> None:
+    first = PostgresServer(server_dir)
     first.start()
     stale = first.pid
-    second = PostgresServer(tmp_path)  # as if the first run had crashed and left it running
+    second = PostgresServer(server_dir)  # as if the first run had crashed and left it running
     try:
         assert not first.is_running()
         assert stale not in _pids_in(first.data_dir)
@@ -170,10 +187,14 @@ def test_a_new_instance_replaces_a_stale_server(tmp_path: Path) -> None:
     assert _pids_in(second.data_dir) == []
 
 
-def test_cli_up_prints_configs_and_stops_on_sigterm(tmp_path: Path) -> None:
-    script = Path(throwaway_dbs.__file__)
+@pytest.mark.parametrize(
+    "command",
+    [[str(SCRIPT)], ["-m", "twostep.testing"]],
+    ids=["scripts/throwaway_dbs.py", "python -m twostep.testing"],
+)
+def test_cli_up_prints_configs_and_stops_on_sigterm(server_dir: Path, command: list[str]) -> None:
     with subprocess.Popen(
-        [sys.executable, str(script), "up", "--dir", str(tmp_path)],
+        [sys.executable, *command, "up", "--dir", str(server_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -186,5 +207,5 @@ def test_cli_up_prints_configs_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert proc.wait(timeout=60) == 0
     assert [c["driver"] for c in configs] == ["postgresql", "mysql"]
     assert all(c["database"] == "twostep" and c["port"] not in MACHINE_PORTS for c in configs)
-    assert _pids_in(tmp_path / "postgres" / "pgdata") == []
-    assert _pids_in(tmp_path / "mariadb" / "data") == []
+    assert _pids_in(server_dir / "postgres" / "pgdata") == []
+    assert _pids_in(server_dir / "mariadb" / "data") == []

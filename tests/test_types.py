@@ -16,7 +16,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from _db_fixtures import DIALECTS, fresh_config
 
 from twostep.client import (
     ActiveRecord,
@@ -27,6 +26,7 @@ from twostep.client import (
     UnsupportedValue,
 )
 from twostep.client._types import postgres_column, to_db
+from twostep.testing import DIALECTS, fresh_config
 
 PG, MY, LITE = DIALECTS
 EVERYWHERE = DIALECTS

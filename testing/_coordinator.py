@@ -7,17 +7,19 @@
     proc.restart(failpoints="")      # same data dir and port: the channel reconnects by itself
     proc.get(gtrid).state_name       # "COMMITTED" (a quick look through the process's own channel)
 
-Fixtures (register with `pytest_plugins = ["coordinator_process"]` in conftest.py, or build
-your own with `coordinator_processes(tmp_path)`): `coordinator_factory` makes processes,
-`coordinator` is one started process. Every process made through them is stopped at teardown,
-even when the test fails, and `atexit` kills any still alive when the test run ends.
-The process's stderr (logfmt lines) is kept in `output`, for failure messages.
+With `resources={"orders": pg_config, ...}` (the names the application's connections use) the
+process can finish what a crashed client left: `proc.settle()` runs recovery passes until
+nothing of its cluster is prepared. `coordinator_processes(base_dir)` makes processes and
+stops every one at exit; the pytest plugin's `coordinator_factory` / `coordinator` fixtures
+are built on it. `atexit` kills any still alive when the interpreter ends. The process's
+stderr (logfmt lines) is kept in `output`, for failure messages.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import re
 import signal
@@ -29,19 +31,20 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
-import pytest
 
+from twostep.v1 import admin_pb2 as _admin_pb
 from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
+from ._admin import Admin
+
 __all__ = [
     "CoordinatorProcess",
-    "FakeClock",
     "TransactionView",
-    "coordinator",
-    "coordinator_factory",
+    "config_toml",
     "coordinator_processes",
 ]
 
@@ -67,19 +70,6 @@ class TransactionView:
     message: _pb.Transaction
 
 
-class FakeClock:
-    """Unix milliseconds that move only when told to."""
-
-    def __init__(self) -> None:
-        self.ms = time.time_ns() // 1_000_000
-
-    def __call__(self) -> int:
-        return self.ms
-
-    def advance(self, ms: int) -> None:
-        self.ms += ms
-
-
 class CoordinatorProcess:
     """`python -m twostep.coordinator` on a data dir, started and stopped by a test."""
 
@@ -90,8 +80,16 @@ class CoordinatorProcess:
         *,
         failpoints: str | None = None,
         args: Sequence[str] = (),
+        resources: Mapping[str, Mapping[str, Any]] | None = None,
+        settings: Mapping[str, Any] | None = None,
         start_timeout: float = 20.0,
     ):
+        """`env`: TWOSTEP_* variables; `failpoints`: TWOSTEP_FAILPOINTS (names, comma-separated,
+        see twostep.client.tpc.failpoints); `args`: extra command-line flags; `resources`:
+        participant databases by the names the application's connections use, each a client
+        config (`pg_config`); `settings`: the config file's [coordinator] table (e.g.
+        `{"recovery_grace_s": 0}`). `resources` and `settings` are written to a TOML file
+        beside the data dir (`<data_dir>.toml`) and passed with `--config`."""
         self.data_dir = Path(data_dir)
         #: TWOSTEP_* variables of the process (settings, failpoints). The test run's own
         #: TWOSTEP_* variables are not inherited, so a stray one cannot change a test.
@@ -99,6 +97,11 @@ class CoordinatorProcess:
         if failpoints is not None:
             self.env[_FAILPOINTS] = failpoints
         self.args = list(args)  # extra command-line flags
+        if resources or settings:
+            config = self.data_dir.with_name(self.data_dir.name + ".toml")
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text(config_toml(settings or {}, resources or {}), encoding="utf-8")
+            self.args += ["--config", str(config)]
         self.start_timeout = start_timeout
         self.port: int | None = None  # chosen at the first start, kept by restarts
         self.start_line = ""
@@ -182,6 +185,45 @@ class CoordinatorProcess:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{gtrid}: still {view} after {timeout} s")
             time.sleep(0.02)
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def admin(self) -> Admin:
+        """A client of this process's Admin service (close it, or use it in a `with`)."""
+        return Admin(self)
+
+    def recover(self, *, dry_run: bool = False) -> _admin_pb.RecoveryReport:
+        """One recovery pass now (Admin.Recover); its report."""
+        with self.admin() as admin:
+            return admin.recover(dry_run=dry_run)
+
+    def settle(self, timeout: float = 30.0) -> int:
+        """Run recovery passes until no branch of this coordinator's cluster is prepared on any
+        registered resource; the number of passes. `TimeoutError` after `timeout` seconds;
+        `RuntimeError` if no resource is registered (nothing could be finished).
+
+        Recovery finishes a decided transaction once `recovery_grace_s` has passed since the
+        decision (10 s by default: set it to 0 for tests) and aborts an undecided one with
+        prepared branches (the client died before Commit) once it is past its deadline and two
+        scans saw it: give such a transaction a short `timeout` in the test.
+        """
+        give_up = time.monotonic() + timeout
+        passes = 0
+        with self.admin() as admin:
+            if not admin.status().resources:
+                raise RuntimeError("settle() needs resources: start the coordinator with them")
+            while True:
+                report = admin.recover()
+                passes += 1
+                left = admin.prepared_here()
+                if not left:
+                    return passes
+                if time.monotonic() > give_up:
+                    raise TimeoutError(
+                        f"still prepared after {passes} recovery passes in {timeout} s: "
+                        f"{left}; the last pass: {report}"
+                    )
+                time.sleep(0.2)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -330,8 +372,9 @@ def _kill_leftovers() -> None:
 def coordinator_processes(base_dir: Path) -> Iterator[Callable[..., CoordinatorProcess]]:
     """A factory of started `CoordinatorProcess`es that closes all of them on exit.
 
-    `factory(data_dir=None, env=None, *, start=True, failpoints=None, args=(), ...)`; the
-    default data dir is a fresh directory under `base_dir`.
+    `factory(data_dir=None, env=None, *, start=True, failpoints=None, args=(), resources=None,
+    settings=None)` (see `CoordinatorProcess`); the default data dir is a fresh directory
+    under `base_dir`.
     """
     made: list[CoordinatorProcess] = []
 
@@ -354,18 +397,29 @@ def coordinator_processes(base_dir: Path) -> Iterator[Callable[..., CoordinatorP
             proc.close()
 
 
-@pytest.fixture
-def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., CoordinatorProcess]]:
-    """Starts coordinator processes; all are stopped at teardown, even if the test fails.
-
-    `coordinator_factory(failpoints="coordinator.after_decision_fsync")` (see
-    `coordinator_processes` for the arguments).
-    """
-    with coordinator_processes(tmp_path) as factory:
-        yield factory
+def config_toml(settings: Mapping[str, Any], resources: Mapping[str, Mapping[str, Any]]) -> str:
+    """A coordinator config file: `settings` as its [coordinator] table, each resource (a
+    client config dict) as a [resources.NAME] table. A None value is left out (unset)."""
+    lines = ["[coordinator]", *_toml_pairs(settings)]
+    for name, config in resources.items():
+        lines += ["", f"[resources.{_toml(name)}]", *_toml_pairs(config)]
+    return "\n".join(lines) + "\n"
 
 
-@pytest.fixture
-def coordinator(coordinator_factory: Callable[..., CoordinatorProcess]) -> CoordinatorProcess:
-    """One started coordinator process on a fresh data dir."""
-    return coordinator_factory()
+def _toml_pairs(table: Mapping[str, Any]) -> list[str]:
+    return [f"{_toml(key)} = {_toml(value)}" for key, value in table.items() if value is not None]
+
+
+def _toml(value: Any) -> str:
+    """A TOML value: bool, int, float, str, or a mapping of them (an inline table)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a TOML basic string, but for surrogate-pair escapes (hence no
+        # ensure_ascii) and a raw DEL (TOML wants it escaped).
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(_toml_pairs(value)) + "}"
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) to a coordinator config")

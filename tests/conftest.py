@@ -1,1 +1,0 @@
-pytest_plugins = ["_db_fixtures", "coordinator_process"]
