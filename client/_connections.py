@@ -35,6 +35,7 @@ from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any, ClassVar, Protocol
 
+from . import _fork
 from ._dialects import (
     DRIVER_NAMES,
     ConnectionSettings,
@@ -129,6 +130,7 @@ class Connection:
         self._tables: dict[str, TableInfo] = {}
         # An in-memory SQLite database lives as long as one session is open: this one.
         self._anchor = self.connect() if dialect.needs_anchor(settings) else None
+        _fork.in_child_of(self, Connection._forget_pool)
 
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any]) -> Connection:
@@ -152,7 +154,9 @@ class Connection:
         """A new driver session, not pooled: autocommit, no transaction open."""
         try:
             with translate_driver_errors(self.name):
-                return self.dialect.connect(self.settings)
+                return _fork.track_socket(
+                    self.dialect.connect(self.settings), self.dialect.socket_fd
+                )
         except Exception as exc:
             secret = self.settings.password
             if secret and _mentions(exc, secret):
@@ -208,6 +212,12 @@ class Connection:
             idle, self._idle = self._idle, []
         for session, _ in idle:
             self.dialect.close(session)
+
+    def _forget_pool(self) -> None:
+        """In a forked child: the pooled sessions are the parent's; start with none (see
+        _fork). The in-memory SQLite anchor stays: it holds the child's own copy."""
+        self._lock = threading.Lock()
+        self._idle = []
 
     def _retire(self) -> None:
         """This connection was replaced: keep nothing pooled from now on."""
@@ -331,6 +341,10 @@ class ConnectionManager:
             connections = list(cls._connections.values())
         for connection in connections:
             connection.close_idle()
+
+
+# A thread that does not exist in a forked child may have held it at the fork.
+_fork.in_child(lambda: setattr(ConnectionManager, "_lock", threading.Lock()))
 
 
 def get_connection(name: str) -> Connection:

@@ -38,6 +38,7 @@ from typing import Any
 
 import grpc
 
+from . import _fork
 from ._connections import Connection, activate, current_scope
 from ._coordinator_client import (
     REFUSED_UNDECIDED,
@@ -71,8 +72,19 @@ _RPC_TIMEOUT = 5.0  # one coordinator call; a decision costs one fsync, so this 
 _PROBE_TIMEOUT = 2.0  # how long to wait for a connection to the coordinator before Commit
 _OUTCOME_PATIENCE = 10.0  # after the deadline, how long to keep asking for a lost decision
 
-# Prepare and phase 2 run on the branches in parallel; the first branch runs on the caller.
-_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="twostep-branch")
+
+def _branch_pool() -> ThreadPoolExecutor:
+    # Prepare and phase 2 run on the branches in parallel; the first branch runs on the caller.
+    return ThreadPoolExecutor(max_workers=16, thread_name_prefix="twostep-branch")
+
+
+_pool = _branch_pool()
+
+
+@_fork.in_child
+def _forget_pool() -> None:
+    global _pool
+    _pool = _branch_pool()  # the inherited pool's threads did not survive the fork
 
 
 @dataclass(eq=False)
@@ -113,6 +125,7 @@ class GlobalTransaction:
             raise ValueError("timeout must be positive")
         self.coordinator = coordinator
         self.timeout = timeout
+        self._pid = os.getpid()  # a forked child may not use or end it (_fork.check_owner)
         self._deadline = time.monotonic() + timeout
         self._gtrid: str | None = None
         self._branches: dict[str, _Branch] = {}
@@ -151,6 +164,7 @@ class GlobalTransaction:
     def statement_session(
         self, connection: Connection, origin: str | None, statements: Statements
     ) -> Iterator[Any]:
+        _fork.check_owner(self._pid, "this global transaction")
         with self._lock:
             if self._finished:
                 raise self._ended_error(connection.name)
@@ -219,8 +233,10 @@ class GlobalTransaction:
     def _end(self) -> list[_Branch]:
         """Close the block to statements; waits for statements in flight on other threads.
 
-        Returns the branches that are still open, in the order they started.
+        Returns the branches that are still open, in the order they started. Refuses a forked
+        child: the transaction and its sessions are its parent's.
         """
+        _fork.check_owner(self._pid, "this global transaction")
         with self._lock:
             self._finished = True
             branches = list(self._branches.values())

@@ -14,12 +14,14 @@ refuses DDL); on SQLite `prepare()` raises `TwoPhaseNotSupported`.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
+from . import _fork
 from ._connections import Connection, activate, current_scope, get_connection
 from ._errors import TransactionAborted, TransactionEnded, TwostepError
 from ._statements import Statements
@@ -41,6 +43,7 @@ class Transaction:
         self.transaction_id: int | None = None  # PostgreSQL: xid8, once prepared
         self._state = "new"  # new -> active -> committed | rolled back
         self._scope: Any = None
+        self._pid = os.getpid()  # a forked child may not use or end it (_fork.check_owner)
         # Held while a statement runs on the session, and while the transaction ends: threads
         # that share the block's context take turns, and none runs after the end.
         self._lock = threading.Lock()
@@ -52,6 +55,7 @@ class Transaction:
     def statement_session(
         self, connection: Connection, origin: str | None, statements: Statements
     ) -> Iterator[Any]:
+        _fork.check_owner(self._pid, "this transaction")
         if connection.name != self.connection.name:
             who = f"model {origin}" if origin else "a statement"
             raise TwostepError(
@@ -177,5 +181,6 @@ class Transaction:
             self._closed = True
 
     def _require_active(self) -> None:
+        _fork.check_owner(self._pid, "this transaction")
         if self._state != "active":
             raise TwostepError(f"the transaction on {self.connection.name!r} is {self._state}")

@@ -285,6 +285,13 @@ class Bank:
         self.workers.append(worker)
         return worker
 
+    def journal_path(self, name: str) -> Path:
+        """A journal file for clients that are not `Worker`s (forked children, a web app's
+        workers; bank_worker.Journal appends to it), read by `journal()` and `violations()`."""
+        path = self.directory / f"{name}.journal"
+        self._journals.append(path)
+        return path
+
     def journal(self) -> Journal:
         return Journal.read(self._journals)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from twostep.v1 import coordinator_pb2 as pb
 from twostep.v1 import coordinator_pb2_grpc as pb_grpc
@@ -72,6 +73,7 @@ class ScriptedCoordinator(pb_grpc.CoordinatorServicer):
         self.requests: collections.defaultdict[str, list[Any]] = collections.defaultdict(list)
         self._server = grpc.server(ThreadPoolExecutor(8))
         pb_grpc.add_CoordinatorServicer_to_server(self, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(_Health(self._channel), self._server)
         port = self._server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{port}"
         self._server.start()
@@ -83,10 +85,7 @@ class ScriptedCoordinator(pb_grpc.CoordinatorServicer):
     def _forward(self, name: str, request: Any, context: grpc.ServicerContext) -> Any:
         with self._lock:
             self.requests[name].append(request)
-        try:
-            return getattr(self._up, name)(request, timeout=10)
-        except grpc.RpcError as exc:
-            context.abort(exc.code(), exc.details() or "")
+        return _call(getattr(self._up, name), request, context)
 
     def Begin(self, request, context):
         return self._forward("Begin", request, context)
@@ -121,3 +120,21 @@ class ScriptedCoordinator(pb_grpc.CoordinatorServicer):
         if isinstance(step, Meanwhile):
             step.action(gtrid)
         return reply
+
+
+def _call(method: Callable[..., Any], request: Any, context: grpc.ServicerContext) -> Any:
+    """Pass one call upstream; its failure becomes this call's status."""
+    try:
+        return method(request, timeout=10)
+    except grpc.RpcError as exc:
+        context.abort(exc.code(), exc.details() or "")
+
+
+class _Health(health_pb2_grpc.HealthServicer):
+    """The coordinator's health service, passed through (the client probes it before Commit)."""
+
+    def __init__(self, channel: grpc.Channel):
+        self._up = health_pb2_grpc.HealthStub(channel)
+
+    def Check(self, request, context):
+        return _call(self._up.Check, request, context)

@@ -128,7 +128,7 @@ class Dialect(ABC):
     def has_input(self, session: Any) -> bool:
         """Whether the server sent something to an idle session (no I/O but a poll): it
         sends nothing unasked unless it is ending the session (KILL, shutdown, timeout)."""
-        fd = self._socket(session)
+        fd = self.socket_fd(session)
         if fd is None:
             return False
         try:
@@ -137,8 +137,8 @@ class Dialect(ABC):
             return True
         return bool(readable)
 
-    def _socket(self, session: Any) -> Any:
-        """The session's socket (anything with fileno()), or None when it has none."""
+    def socket_fd(self, session: Any) -> int | None:
+        """The descriptor of the session's socket; None if it has none (closed, or SQLite)."""
         return None
 
     def close(self, session: Any) -> None:

@@ -63,8 +63,9 @@ class MySQL(Dialect):
     def ping(self, session: pymysql.Connection) -> None:
         session.ping(reconnect=False)
 
-    def _socket(self, session: pymysql.Connection) -> Any:
-        return session._sock  # PyMySQL keeps its socket there (None once closed)
+    def socket_fd(self, session: pymysql.Connection) -> int | None:
+        sock = session._sock  # PyMySQL has no public accessor; None once closed
+        return None if sock is None else sock.fileno()
 
     def describe(
         self, session: pymysql.Connection, table: str, *, connection: str

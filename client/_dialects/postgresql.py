@@ -51,8 +51,8 @@ class PostgreSQL(Dialect):
     def ping(self, session: psycopg.Connection[Any]) -> None:
         session.execute("SELECT 1")
 
-    def _socket(self, session: psycopg.Connection[Any]) -> Any:
-        return session
+    def socket_fd(self, session: psycopg.Connection[Any]) -> int | None:
+        return None if session.closed else session.fileno()
 
     def describe(
         self, session: psycopg.Connection[Any], table: str, *, connection: str
