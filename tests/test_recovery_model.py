@@ -1,49 +1,169 @@
-"""A model-based test of the recovery planner over many passes, with hypothesis.
+"""Hypothesis tests of the recovery planner (coordinator/recovery/plan.py), without databases.
 
-Clients begin, prepare branches, commit, abort, finish phase 2 or die at random points;
-Begins may be lost (presumed abort); the clock moves; resources become unreachable and
-branches fail to finish (backoff). Recovery passes run the real planner
-(coordinator/recovery/plan.py) with the real pass memory on listings of a modelled world: one
-PostgreSQL database ("orders") and one MariaDB server whose XA RECOVER is server-wide, shared
-by two resources ("billing" and "audit"), plus branches of another cluster and of manual
-two-phase commit, long past any deadline. The decision log and acting are modelled in a few
-lines (first decision wins; a Commit is COMMITTED only before the deadline). Whatever the
-interleaving:
+One plan of arbitrary facts: any rows (decided inside and past the grace, active, none), any
+listings (MariaDB's server-wide), any pass memory, settling one gtrid or not: the plan commits
+only COMMIT decisions, rolls back only ABORT decisions, proposes ABORT only for undecided
+gtrids past their deadline on a second sighting, skips branches backing off, never judges
+another cluster's xid, and is a pure function (the same facts, the same plan; facts unchanged).
+
+Many passes, a model: clients begin, prepare branches, commit, abort, finish phase 2 or die at
+random points; Begins may be lost (presumed abort); the clock moves; resources become
+unreachable and branches fail to finish (backoff). Recovery passes run the real planner with
+the real pass memory on listings of a modelled world: one PostgreSQL database ("orders") and
+one MariaDB server whose XA RECOVER is server-wide, shared by two resources ("billing" and
+"audit"), plus branches of another cluster and of manual two-phase commit, long past any
+deadline. The decision log and acting are modelled in a few lines (first decision wins; a
+Commit is COMMITTED only before the deadline). Whatever the interleaving:
 - every branch that was committed belongs to a COMMIT decision, every one rolled back to an
   ABORT decision (docs/design.md, invariant 3);
 - an orphan's ABORT is proposed only past its gtrid's deadline and after two scans;
 - branches of other clusters and other XA users are never touched;
-- once every deadline and grace has passed and every resource answers, two passes leave
-  nothing of this cluster prepared (invariant 4).
+- once every deadline and grace has passed and every resource answers, two passes a grace
+  apart leave nothing of this cluster prepared (invariant 4).
 """
 
 from __future__ import annotations
 
-import base64
+import copy
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+from test_recovery_plan import BILLING, CLUSTER, GRACE, NOW, ORDERS, gtrid, row
 
-from twostep.client.tpc import Xid, new_gtrid, parse_gtrid
+from twostep.client.tpc import Xid, parse_gtrid
 from twostep.coordinator.log import BranchRecord, Proposal, State, TransactionRecord
-from twostep.coordinator.recovery.memory import MAX_BACKOFF_MS, PassMemory
-from twostep.coordinator.recovery.plan import Facts, Listing, TxnPlan, plan, resources_due
+from twostep.coordinator.recovery.memory import MAX_BACKOFF_MS, Backoff, PassMemory, branch_key
+from twostep.coordinator.recovery.plan import (
+    RECOVERY_ABORT_REASON,
+    Facts,
+    Listing,
+    TxnPlan,
+    is_ours,
+    plan,
+    resources_due,
+)
 
-CLUSTER = "model"
-START_MS = 1_700_000_000_000
+# -- one plan of arbitrary facts -------------------------------------------------------------------
+
+GTRIDS = [
+    *(gtrid(NOW + offset, n) for n, offset in enumerate((-60_000, -1_000, 0, 1_000, 60_000))),
+    gtrid(NOW - 60_000, 9, cluster="theirs"),
+]
+NAMES = ["orders", "billing", "audit"]  # audit is a MariaDB resource on billing's server
+DIALECTS = {"orders": "postgresql", "billing": "mysql", "audit": "mysql"}
+XIDS = [Xid.of(g, name) for g in GTRIDS for name in NAMES]
+
+
+BRANCH_CHOICES = [
+    ORDERS,
+    BILLING,
+    BranchRecord("audit", "audit", "mysql"),
+    BranchRecord("ghost", "ghost", "mysql"),  # not registered
+    BranchRecord("orders", "orders", "mysql"),  # another dialect than the resource
+]
+PAIRS = st.tuples(st.sampled_from(NAMES), st.sampled_from(XIDS))
+
+
+@st.composite
+def any_facts(draw: st.DrawFn) -> Facts:
+    """Arbitrary facts: any rows, any listings (MariaDB's shared by billing and audit), any
+    memory, settling or not; decided rows inside the grace and active rows included."""
+    registered = draw(st.sets(st.sampled_from(NAMES), min_size=1))
+    resources = {name: DIALECTS[name] for name in NAMES if name in registered}
+    rows = {}
+    for g in GTRIDS[:-1]:  # the log never holds another cluster's gtrid
+        state = draw(st.sampled_from([None, State.ACTIVE, State.COMMITTED, State.ABORTED]))
+        if state is not None:
+            branches = draw(st.lists(st.sampled_from(BRANCH_CHOICES), unique=True))
+            decided_ms = NOW - draw(st.sampled_from([0, 1, GRACE - 1, GRACE, 60_000]))
+            rows[g] = row(g, state, *branches, decided_ms=decided_ms)
+    server_wide = frozenset(draw(st.sets(st.sampled_from(XIDS))))  # XA RECOVER of MariaDB
+    listings = {}
+    for name in sorted(draw(st.sets(st.sampled_from(sorted(registered))))):
+        if name == "orders":
+            xids = frozenset(draw(st.sets(st.sampled_from(XIDS))))
+            txids = {x: draw(st.integers(1, 2**40)) for x in xids}
+            listings[name] = Listing(name, xids, txids)
+        else:
+            listings[name] = Listing(name, server_wide)
+    keys = [*NAMES, *(branch_key(g, name) for g in GTRIDS for name in NAMES)]
+    backoff = {
+        key: Backoff(draw(st.integers(1, 5)), NOW + draw(st.sampled_from([-1, 0, 1, 5_000])))
+        for key in draw(st.sets(st.sampled_from(keys)))
+    }
+    evidence = {pair: 77 for pair in draw(st.sets(PAIRS))}
+    # Suspects: mostly what these listings show (a second sighting), some of anything.
+    listed_pairs = sorted(
+        ((name, x) for name, item in listings.items() for x in item.xids),
+        key=lambda pair: (pair[0], pair[1].gtrid, pair[1].bqual),
+    )
+    seen = draw(st.sets(st.sampled_from(listed_pairs))) if listed_pairs else set()
+    memory = PassMemory(frozenset(seen | draw(st.sets(PAIRS, max_size=3))), backoff, evidence)
+    only = draw(st.none() | st.sampled_from(GTRIDS))
+    if only is None:
+        decided = [r for r in rows.values() if r.state is not State.ACTIVE]
+    else:
+        decided = [rows[only]] if only in rows and rows[only].state is not State.ACTIVE else []
+    listed = {x.gtrid for item in listings.values() for x in item.xids}
+    others = {g: r for g, r in rows.items() if g in listed and r not in decided}
+    eager = draw(st.booleans())
+    return Facts(NOW, CLUSTER, resources, listings, decided, others, memory, GRACE, eager, only)
+
+
+@settings(max_examples=400, deadline=None)
+@given(any_facts())
+def test_the_plan_commits_only_commit_decisions_aborts_only_past_deadline_and_only_ours(f: Facts):
+    before = copy.deepcopy(f)
+    p = plan(f)
+    assert f == before, "the planner changed its facts"
+    assert plan(f) == p, "the same facts gave another plan"
+    records = {**f.records, **{r.gtrid: r for r in f.decided}}
+
+    for txn in p.txns.values():
+        record = records[txn.gtrid]
+        assert record.state is not State.ACTIVE
+        settled = f.only == txn.gtrid or record.decided_ms + GRACE <= NOW
+        assert settled, f"{txn.gtrid} is within its grace: its client finishes it"
+        for s in txn.steps:
+            assert is_ours(s.xid, CLUSTER) and s.xid.gtrid == txn.gtrid
+            assert s.commit is (record.state is State.COMMITTED), f"{s} against {record}"
+            assert s.resource in f.listings and s.resource in f.resources
+            assert (s.xid in f.listings[s.resource].xids) is not s.verify
+            b = f.memory.backoff.get(s.key)
+            assert f.eager or b is None or b.not_before_ms <= NOW or s.verify
+
+    for abort in p.aborts:
+        g = abort.proposal.gtrid
+        assert f.only is None and is_ours(Xid.of(g, "x"), CLUSTER)
+        assert g not in records or records[g].state is State.ACTIVE, "decided: never re-decided"
+        assert parse_gtrid(g).deadline_unix_s * 1000 <= NOW, "aborted before its deadline"
+        assert not abort.proposal.commit and abort.proposal.reason == RECOVERY_ABORT_REASON
+        for s in abort.steps:
+            assert (s.verb, (s.resource, s.xid) in f.memory.suspects) == ("rollback", True)
+            assert s.xid in f.listings[s.resource].xids
+    assert not set(p.txns) & {a.proposal.gtrid for a in p.aborts}
+
+    for finding in p.findings:
+        assert finding.action.gtrid != GTRIDS[-1], "another cluster's gtrid was judged"
+        assert f.only is None or finding.action.gtrid == f.only
+    assert all(is_ours(x, CLUSTER) for _, x in p.suspects - f.memory.suspects)
+    if f.only is not None:
+        assert p.suspects == f.memory.suspects
+        assert set(p.txns) <= {f.only}
+
+
+# -- many passes -----------------------------------------------------------------------------------
+
+START_MS = NOW
 GRACE_MS = 1_000
 INTERVAL_MS = 500
-DIALECTS = {"orders": "postgresql", "billing": "mysql", "audit": "mysql"}
 SERVER = {"orders": "pg", "billing": "maria", "audit": "maria"}
-NAMES = sorted(DIALECTS)
 
 
 def _gtrid(cluster: str, deadline_ms: int, n: int) -> str:
-    nonce = base64.b32encode(n.to_bytes(15, "big")).decode().lower()
-    deadline_s = -(-deadline_ms // 1000)  # the gtrid carries its deadline rounded up
-    return f"{new_gtrid(cluster, deadline_s).rsplit('.', 1)[0]}.{nonce}"
+    return gtrid(-(-deadline_ms // 1000) * 1000, n, cluster)  # the deadline rounded up
 
 
 @dataclass
@@ -132,11 +252,11 @@ class RecoveryModel(RuleBasedStateMachine):
     )
     def begin(self, timeout_ms: int, resources: list[str], logged: bool) -> Client:
         self.count += 1
-        gtrid = _gtrid(CLUSTER, self.now + timeout_ms, self.count)
-        deadline = parse_gtrid(gtrid).deadline_unix_s * 1000
+        g = _gtrid(CLUSTER, self.now + timeout_ms, self.count)
+        deadline = parse_gtrid(g).deadline_unix_s * 1000
         if logged:  # else the Begin was lost in a crash (it is not durable)
-            self.log[gtrid] = Row(gtrid, State.ACTIVE, deadline, self.now)
-        return Client(gtrid, tuple(sorted(resources)))
+            self.log[g] = Row(g, State.ACTIVE, deadline, self.now)
+        return Client(g, tuple(sorted(resources)))
 
     @rule(client=clients, data=st.data())
     def prepare(self, client: Client, data: st.DataObject) -> None:
@@ -244,13 +364,17 @@ class RecoveryModel(RuleBasedStateMachine):
 
     @rule()
     def everything_settles(self) -> None:
-        """Past every deadline, grace and backoff, with every resource answering: two passes
-        finish every branch of this cluster that is prepared (docs/design.md, invariant 4)."""
+        """Past every deadline, grace and backoff, with every resource answering: two passes a
+        grace apart finish every branch of this cluster that is prepared (docs/design.md,
+        invariant 4). (An ABORT that recovery decided for an orphan with one branch sighted
+        twice, another once, covers the latter too: rolled back once that decision is older
+        than the grace, like any decided transaction's branch.)"""
         deadlines = [
             parse_gtrid(x.gtrid).deadline_unix_s * 1000 for s in self.world.values() for x in s
         ]
-        self.now = max([self.now, *deadlines]) + GRACE_MS + MAX_BACKOFF_MS
+        self.now = max([self.now, *deadlines]) + MAX_BACKOFF_MS
         for _ in range(2):
+            self.now += GRACE_MS
             self.recovery_pass(set(), set(), eager=False)
         prepared = {x for server in self.world.values() for x in server}
         left = {x for x in prepared if parse_gtrid(x.gtrid).cluster == CLUSTER}

@@ -2,17 +2,13 @@
 listings and pass memory in, steps, ABORT proposals and findings out.
 
 The same rules run against the real PostgreSQL and MariaDB in test_recovery.py and the crash
-suites; here each rule is one small case, and a hypothesis property test at the end throws
-arbitrary facts at the planner (test_recovery_model.py drives it over many passes).
+suites; here each rule is one small case. test_recovery_model.py throws arbitrary facts at the
+planner and drives it over many passes (hypothesis); its helpers come from here.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
-
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from twostep.client.tpc import Xid, new_gtrid, parse_gtrid
 from twostep.coordinator.log import BranchRecord, State, TransactionRecord
@@ -431,112 +427,3 @@ def test_the_backoff_of_branches_not_worked_on_is_forgotten_that_of_resources_ke
         memory.fail(key, NOW, 1_000)
     memory.keep_backoff_of(RESOURCES, {PAST})
     assert set(memory.backoff) == {"orders", branch_key(PAST, "orders")}
-
-
-# -- properties --------------------------------------------------------------------------------
-
-GTRIDS = [
-    *(gtrid(NOW + offset, n) for n, offset in enumerate((-60_000, -1_000, 0, 1_000, 60_000))),
-    gtrid(NOW - 60_000, 9, cluster="theirs"),
-]
-NAMES = ["orders", "billing", "audit"]  # audit is a MariaDB resource on billing's server
-DIALECTS = {"orders": "postgresql", "billing": "mysql", "audit": "mysql"}
-XIDS = [Xid.of(g, name) for g in GTRIDS for name in NAMES]
-
-
-BRANCH_CHOICES = [
-    ORDERS,
-    BILLING,
-    BranchRecord("audit", "audit", "mysql"),
-    BranchRecord("ghost", "ghost", "mysql"),  # not registered
-    BranchRecord("orders", "orders", "mysql"),  # another dialect than the resource
-]
-PAIRS = st.tuples(st.sampled_from(NAMES), st.sampled_from(XIDS))
-
-
-@st.composite
-def any_facts(draw: st.DrawFn) -> Facts:
-    """Arbitrary facts: any rows, any listings (MariaDB's shared by billing and audit), any
-    memory, settling or not; decided rows inside the grace and active rows included."""
-    registered = draw(st.sets(st.sampled_from(NAMES), min_size=1))
-    resources = {name: DIALECTS[name] for name in NAMES if name in registered}
-    rows = {}
-    for g in GTRIDS[:-1]:  # the log never holds another cluster's gtrid
-        state = draw(st.sampled_from([None, State.ACTIVE, State.COMMITTED, State.ABORTED]))
-        if state is not None:
-            branches = draw(st.lists(st.sampled_from(BRANCH_CHOICES), unique=True))
-            decided_ms = NOW - draw(st.sampled_from([0, 1, GRACE - 1, GRACE, 60_000]))
-            rows[g] = row(g, state, *branches, decided_ms=decided_ms)
-    server_wide = frozenset(draw(st.sets(st.sampled_from(XIDS))))  # XA RECOVER of MariaDB
-    listings = {}
-    for name in sorted(draw(st.sets(st.sampled_from(sorted(registered))))):
-        if name == "orders":
-            xids = frozenset(draw(st.sets(st.sampled_from(XIDS))))
-            txids = {x: draw(st.integers(1, 2**40)) for x in xids}
-            listings[name] = Listing(name, xids, txids)
-        else:
-            listings[name] = Listing(name, server_wide)
-    keys = [*NAMES, *(branch_key(g, name) for g in GTRIDS for name in NAMES)]
-    backoff = {
-        key: Backoff(draw(st.integers(1, 5)), NOW + draw(st.sampled_from([-1, 0, 1, 5_000])))
-        for key in draw(st.sets(st.sampled_from(keys)))
-    }
-    evidence = {pair: 77 for pair in draw(st.sets(PAIRS))}
-    # Suspects: mostly what these listings show (a second sighting), some of anything.
-    listed_pairs = sorted(
-        ((name, x) for name, item in listings.items() for x in item.xids),
-        key=lambda pair: (pair[0], pair[1].gtrid, pair[1].bqual),
-    )
-    seen = draw(st.sets(st.sampled_from(listed_pairs))) if listed_pairs else set()
-    memory = PassMemory(frozenset(seen | draw(st.sets(PAIRS, max_size=3))), backoff, evidence)
-    only = draw(st.none() | st.sampled_from(GTRIDS))
-    if only is None:
-        decided = [r for r in rows.values() if r.state is not State.ACTIVE]
-    else:
-        decided = [rows[only]] if only in rows and rows[only].state is not State.ACTIVE else []
-    listed = {x.gtrid for item in listings.values() for x in item.xids}
-    others = {g: r for g, r in rows.items() if g in listed and r not in decided}
-    eager = draw(st.booleans())
-    return Facts(NOW, CLUSTER, resources, listings, decided, others, memory, GRACE, eager, only)
-
-
-@settings(max_examples=400, deadline=None)
-@given(any_facts())
-def test_the_plan_commits_only_commit_decisions_aborts_only_past_deadline_and_only_ours(f: Facts):
-    before = copy.deepcopy(f)
-    p = plan(f)
-    assert f == before, "the planner changed its facts"
-    assert plan(f) == p, "the same facts gave another plan"
-    records = {**f.records, **{r.gtrid: r for r in f.decided}}
-
-    for txn in p.txns.values():
-        record = records[txn.gtrid]
-        assert record.state is not State.ACTIVE
-        settled = f.only == txn.gtrid or record.decided_ms + GRACE <= NOW
-        assert settled, f"{txn.gtrid} is within its grace: its client finishes it"
-        for s in txn.steps:
-            assert is_ours(s.xid, CLUSTER) and s.xid.gtrid == txn.gtrid
-            assert s.commit is (record.state is State.COMMITTED), f"{s} against {record}"
-            assert s.resource in f.listings and s.resource in f.resources
-            assert (s.xid in f.listings[s.resource].xids) is not s.verify
-            b = f.memory.backoff.get(s.key)
-            assert f.eager or b is None or b.not_before_ms <= NOW or s.verify
-
-    for abort in p.aborts:
-        g = abort.proposal.gtrid
-        assert f.only is None and is_ours(Xid.of(g, "x"), CLUSTER)
-        assert g not in records or records[g].state is State.ACTIVE, "decided: never re-decided"
-        assert parse_gtrid(g).deadline_unix_s * 1000 <= NOW, "aborted before its deadline"
-        assert not abort.proposal.commit and abort.proposal.reason == RECOVERY_ABORT_REASON
-        for s in abort.steps:
-            assert (s.verb, (s.resource, s.xid) in f.memory.suspects) == ("rollback", True)
-            assert s.xid in f.listings[s.resource].xids
-    assert not set(p.txns) & {a.proposal.gtrid for a in p.aborts}
-
-    for finding in p.findings:
-        assert finding.action.gtrid != GTRIDS[-1], "another cluster's gtrid was judged"
-        assert f.only is None or finding.action.gtrid == f.only
-    assert all(is_ours(x, CLUSTER) for _, x in p.suspects - f.memory.suspects)
-    if f.only is not None:
-        assert p.suspects == f.memory.suspects
-        assert set(p.txns) <= {f.only}
