@@ -23,10 +23,8 @@ from test_recovery import Databases, dbs_fixture, new_cluster  # noqa: F401 - th
 
 from twostep.client import Connection
 from twostep.client.tpc import Xid, new_gtrid, require_two_phase
-from twostep.coordinator import Begun, Proposal, SqliteDecisionLog
-from twostep.coordinator import _recovery as recovery_module
-from twostep.coordinator._log import BranchRecord
-from twostep.coordinator._recovery import Recovery
+from twostep.coordinator import Begun, BranchRecord, Proposal, Recovery, SqliteDecisionLog
+from twostep.coordinator._claim import ClusterClaims
 from twostep.coordinator._registry import ResourceRegistry
 
 PG_BRANCHES = 60
@@ -51,8 +49,7 @@ def prepare_many(dbs: Databases, resource: str, gtrids: list[str], first_row: in
 
 @pytest.mark.parametrize("case", ["orphans", "decided"])
 @pytest.mark.parametrize("workers", [1, 4, 8])
-def test_one_pass_finishes_1000_prepared_branches(dbs, tmp_path, monkeypatch, case, workers):
-    monkeypatch.setattr(recovery_module, "_WORKERS_PER_RESOURCE", workers)
+def test_one_pass_finishes_1000_prepared_branches(dbs, tmp_path, case, workers):
     cluster = new_cluster()
     past = int(time.time()) - 1
     future = int(time.time()) + 3600
@@ -66,7 +63,16 @@ def test_one_pass_finishes_1000_prepared_branches(dbs, tmp_path, monkeypatch, ca
 
     decision_log = SqliteDecisionLog(tmp_path / "log")
     registry = ResourceRegistry(dbs.resource_configs(tmp_path))
-    recovery = Recovery(decision_log, registry, cluster_id=cluster, grace_ms=0)
+    claims = ClusterClaims(registry, cluster, idle_timeout_s=600)
+    recovery = Recovery(
+        decision_log,
+        registry,
+        cluster_id=cluster,
+        grace_ms=0,
+        claims=claims,
+        retention_ms=86_400_000,
+        workers_per_resource=workers,
+    )
     if case == "decided":
 
         def branches(gtrid: str) -> tuple[BranchRecord, ...]:
@@ -89,6 +95,8 @@ def test_one_pass_finishes_1000_prepared_branches(dbs, tmp_path, monkeypatch, ca
         report2 = recovery.run_pass()  # orphans: decide ABORT (one fsync) and roll back
         second_s = time.monotonic() - second
     finally:
+        recovery.stop()
+        claims.close()
         registry.close()
         decision_log.close()
 

@@ -1,17 +1,20 @@
 """The twostep coordinator: decides COMMIT or ABORT for global transactions, durably.
 
 Run it with `twostep-coordinator` (see `--help`); embed it (tests) with `CoordinatorServer`.
-The decision log's interface and rules are in `_log`, its embedded SQLite store in
-`_sqlite_log`; the participant databases in `_registry`; recovery (finishing decided
-transactions, aborting orphans) in `_recovery`, what the log keeps and for how long in
-`_retention`; the data directory's lock and cluster id in `_datadir`; the cluster claim on the
-resources in `_claim`; the Admin service in `_admin`.
+The decision log (its interface, rules and embedded SQLite store) is the package `log`;
+recovery (finishing decided transactions, aborting orphans, what the log keeps and for how
+long) the package `recovery`; the participant databases are in `_registry`; the data
+directory's lock and cluster id in `_datadir`; the cluster claim on the resources in
+`_claim`; the Admin service in `_admin`.
 """
 
 from ._claim import ClaimConflict
 from ._config import ConfigError, Settings, load_settings
 from ._datadir import DataDirInUse
-from ._log import (
+from ._registry import ResourceConfig, ResourceRegistry
+from ._server import SERVICE_NAME, CoordinatorServer
+from .log import (
+    LOG_FILE_NAME,
     Ack,
     Begun,
     BranchRecord,
@@ -23,13 +26,12 @@ from ._log import (
     Proposal,
     Resolution,
     Resolved,
+    SqliteDecisionLog,
     State,
     TransactionRecord,
+    WriterStats,
 )
-from ._recovery import Recovery
-from ._registry import ResourceConfig, ResourceRegistry
-from ._server import SERVICE_NAME, CoordinatorServer
-from ._sqlite_log import LOG_FILE_NAME, SqliteDecisionLog, WriterStats
+from .recovery import Recovery
 
 __all__ = [
     "LOG_FILE_NAME",

@@ -25,9 +25,9 @@ from twostep.client.tpc.failpoints import armed
 from ._claim import ClaimConflict
 from ._config import ConfigError, load_settings
 from ._datadir import DataDirInUse
-from ._log import LogUnavailable
 from ._logfmt import configure_logging
 from ._server import CoordinatorServer
+from .log import LogUnavailable
 
 log = logging.getLogger("twostep.coordinator")
 

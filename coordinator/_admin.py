@@ -35,10 +35,10 @@ from twostep.v1 import coordinator_pb2 as _pb
 
 from . import _inspect, _wire
 from ._config import ConfigError, Settings
-from ._log import BranchRecord, DecisionLog, Note, Resolution, State
-from ._recovery import Action, Recovery, Report
 from ._registry import ResourceRegistry
 from ._service import _answering
+from .log import BranchRecord, DecisionLog, Note, Resolution, State
+from .recovery import Action, Recovery, Report
 
 __all__ = ["ADMIN_SERVICE_NAME", "ADMIN_TOKEN_FILE_NAME", "AdminServicer", "load_admin_token"]
 

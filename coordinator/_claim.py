@@ -24,7 +24,7 @@ this coordinator's sessions to take the cluster lock also takes a lock named aft
 the same session holding both locks is this coordinator. Checks are serialized (`_lock`), so
 none sees the first session between its two locks.
 
-What follows from a claim (`_server`, `_recovery`):
+What follows from a claim (`_server`, `recovery`):
 - At start, a claim held by someone else refuses the start (`ClaimConflict`, after
   `_START_PATIENCE_S` for a coordinator that has just died and whose session is still being
   ended). A resource that cannot be reached cannot be checked: a warning, and the claim is

@@ -32,11 +32,10 @@ from ._admin import ADMIN_SERVICE_NAME, AdminServicer, load_admin_token
 from ._claim import ClusterClaims
 from ._config import Settings
 from ._datadir import DataDir
-from ._log import DecisionLog
-from ._recovery import Recovery
 from ._registry import ResourceRegistry
 from ._service import CoordinatorServicer
-from ._sqlite_log import SqliteDecisionLog
+from .log import DecisionLog, SqliteDecisionLog
+from .recovery import Recovery
 
 __all__ = ["SERVICE_NAME", "CoordinatorServer"]
 

@@ -1,7 +1,7 @@
 """The Coordinator gRPC servicer: each RPC checks its request, asks the log, answers.
 
-The rules live in the decision log (`_log`), the field checks in `_wire`; a handler here only
-wires them together. `_answering` is the one boundary where errors become status codes:
+The rules live in the decision log (`log.interface`), the field checks in `_wire`; a handler
+here only wires them together. `_answering` is the one boundary where errors become status codes:
 `BadRequest` -> INVALID_ARGUMENT (nothing was recorded), `LogUnavailable` -> UNAVAILABLE (for a
 Commit: the decision may or may not be taken, ask again; Commit is idempotent).
 
@@ -9,7 +9,7 @@ Reads see what the log has made durable: right after Begin (which does not wait 
 GetTransaction may still answer NOT_FOUND for the new gtrid, for a few milliseconds.
 
 There is no lock here: the servicer holds no mutable state. The decision path's only lock is
-the log's (see `_sqlite_log`).
+the log's (see `log.sqlite`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from . import _wire
-from ._log import Begun, DecisionLog, LogUnavailable
+from .log import Begun, DecisionLog, LogUnavailable
 
 __all__ = ["CoordinatorServicer"]
 

@@ -15,7 +15,7 @@ from twostep.client import InvalidIdentifier
 from twostep.client.tpc import GtridInfo, parse_gtrid, validate_resource_name
 from twostep.v1 import coordinator_pb2 as _pb
 
-from ._log import (
+from .log import (
     Ack,
     BranchRecord,
     Decision,

@@ -28,8 +28,8 @@ from test_recovery import (
 
 from twostep.client.tpc import new_gtrid
 from twostep.coordinator import ConfigError, load_settings
-from twostep.coordinator._recovery import RECOVERY_ABORT_REASON
 from twostep.coordinator._registry import ResourceRegistry
+from twostep.coordinator.recovery import RECOVERY_ABORT_REASON
 from twostep.v1 import admin_pb2 as apb
 from twostep.v1 import coordinator_pb2 as pb
 

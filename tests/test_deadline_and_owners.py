@@ -21,8 +21,8 @@ from scripted_coordinator import ScriptedCoordinator
 from test_recovery import Databases, dbs_fixture, in_process_fixture, shop_fixture, wait_until  # noqa: F401
 
 from twostep.client import ConnectionManager, get_connection, global_transaction
-from twostep.coordinator._log import State
-from twostep.coordinator._recovery import RECOVERY_ABORT_REASON
+from twostep.coordinator.log import State
+from twostep.coordinator.recovery import RECOVERY_ABORT_REASON
 
 
 def mariadb_timeouts() -> tuple[int, int]:

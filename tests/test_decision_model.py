@@ -1,4 +1,4 @@
-"""A model-based test of the decision log's rules (coordinator/_log.py), with hypothesis.
+"""A model-based test of the decision log's rules (coordinator/log/interface.py), with hypothesis.
 
 Random interleavings of Begin, Commit, Abort, Ack, clock moves (onto and past deadlines),
 restarts (close and reopen the store on the same file) and decisions raced from several
@@ -44,7 +44,7 @@ from twostep.coordinator import (
     State,
     TransactionRecord,
 )
-from twostep.coordinator import _log as rules
+from twostep.coordinator.log import interface as rules
 
 CLUSTER = "model"
 START_MS = 1_700_000_000_000

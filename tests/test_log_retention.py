@@ -36,8 +36,8 @@ from twostep.coordinator import (
     SqliteDecisionLog,
     load_settings,
 )
-from twostep.coordinator._recovery import RECOVERY_ABORT_REASON
-from twostep.coordinator._retention import EXPIRED_REASON, PRUNE_BATCH
+from twostep.coordinator.recovery import RECOVERY_ABORT_REASON
+from twostep.coordinator.recovery.retention import EXPIRED_REASON, PRUNE_BATCH
 from twostep.testing import FakeClock
 from twostep.v1 import coordinator_pb2 as pb
 from twostep.v1 import coordinator_pb2_grpc as pb_grpc

@@ -35,7 +35,7 @@ from twostep.client import (
     get_connection,
     global_transaction,
 )
-from twostep.coordinator._log import ONE_PHASE_COMMIT
+from twostep.coordinator.log import ONE_PHASE_COMMIT
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ from psycopg import sql
 from twostep.client import Connection, ConnectionManager
 from twostep.client.tpc import FORMAT_ID, Xid, new_gtrid, require_two_phase
 from twostep.coordinator import CoordinatorServer, Settings
-from twostep.coordinator._recovery import RECOVERY_ABORT_REASON, Recovery
 from twostep.coordinator._registry import parse_resources
+from twostep.coordinator.recovery import RECOVERY_ABORT_REASON, Recovery
 from twostep.testing import CoordinatorProcess, FakeClock
 from twostep.v1 import admin_pb2 as apb
 from twostep.v1 import admin_pb2_grpc as apb_grpc

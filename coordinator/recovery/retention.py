@@ -1,5 +1,5 @@
 """What the decision log keeps, and for how long: abandoned transactions expire, finished
-ones are pruned. Both run at the end of every recovery pass (`_recovery`).
+ones are pruned. Both run at the end of every recovery pass (`loop`).
 
 Expiry: presumed abort made explicit
     A Begin whose client died, a one-phase commit whose Ack was lost, a Begin re-read after a
@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import replace
 
-from ._log import Ack, DecisionLog, ListQuery, LogUnavailable, Proposal, State, TransactionRecord
+from ..log import Ack, DecisionLog, ListQuery, LogUnavailable, Proposal, State, TransactionRecord
 
 __all__ = ["EXPIRED_REASON", "PRUNE_BATCH", "expire", "prune"]
 

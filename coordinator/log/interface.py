@@ -1,4 +1,6 @@
-"""The decision log: one small interface, plain records, and the rules every store applies.
+"""The decision log's interface: plain records, the `DecisionLog` protocol, and the rules
+every store applies. The embedded SQLite store is `sqlite`; another store (PostgreSQL, for
+replicas sharing one log) is one more module beside it that implements `DecisionLog`.
 
 A store keeps one row per gtrid and applies these rules inside its own write transaction, so
 that they hold for several writers sharing one log too: the first decision wins through the
@@ -42,10 +44,11 @@ Prune (`prune`)
     Deletes finished transactions (decided and completed) completed before a cutoff, with
     their notes, at most `limit` rows per call, so that each call is one short write between
     the decisions (notes about gtrids the log has no row of go too, once as old). Recovery
-    calls it with `now - retention` (`_retention`). A pruned gtrid is unknown again: a Commit
-    for it gets ABORTED, so retention must outlast every client that may still ask (the
-    settings check it). An active transaction is never pruned; recovery aborts it first
-    once it is past its deadline and nothing of it is prepared (presumed abort made explicit).
+    calls it with `now - retention` (`twostep.coordinator.recovery.retention`). A pruned gtrid
+    is unknown again: a Commit for it gets ABORTED, so retention must outlast every client
+    that may still ask (the settings check it). An active transaction is never pruned;
+    recovery aborts it first once it is past its deadline and nothing of it is prepared
+    (presumed abort made explicit).
 
 `decide` returns only after the batch holding the decisions is on disk (fsync), for Abort as
 well as Commit: a caller told ABORTED may roll prepared branches back, so that answer must
@@ -77,6 +80,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
+    "ABORTED_BY_CLIENT",
+    "DEADLINE_PASSED",
+    "ONE_PHASE_COMMIT",
+    "RESOLVED_BY_OPERATOR",
+    "UNKNOWN_TRANSACTION",
     "Ack",
     "Begun",
     "BranchRecord",

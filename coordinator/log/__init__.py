@@ -1,0 +1,54 @@
+"""The decision log: where the coordinator's one decision per gtrid is kept, durably.
+
+`interface` holds the records, the `DecisionLog` protocol and the rules every store applies;
+`sqlite` the embedded store (one SQLite file, group commit), with its statements in
+`sqlite_statements`. Everything else in the coordinator imports from here.
+"""
+
+from .interface import (
+    ABORTED_BY_CLIENT,
+    DEADLINE_PASSED,
+    ONE_PHASE_COMMIT,
+    RESOLVED_BY_OPERATOR,
+    UNKNOWN_TRANSACTION,
+    Ack,
+    Begun,
+    BranchRecord,
+    Decision,
+    DecisionLog,
+    Enlistment,
+    ListQuery,
+    LogUnavailable,
+    Note,
+    Proposal,
+    Resolution,
+    Resolved,
+    State,
+    TransactionRecord,
+)
+from .sqlite import LOG_FILE_NAME, SqliteDecisionLog, WriterStats
+
+__all__ = [
+    "ABORTED_BY_CLIENT",
+    "DEADLINE_PASSED",
+    "LOG_FILE_NAME",
+    "ONE_PHASE_COMMIT",
+    "RESOLVED_BY_OPERATOR",
+    "UNKNOWN_TRANSACTION",
+    "Ack",
+    "Begun",
+    "BranchRecord",
+    "Decision",
+    "DecisionLog",
+    "Enlistment",
+    "ListQuery",
+    "LogUnavailable",
+    "Note",
+    "Proposal",
+    "Resolution",
+    "Resolved",
+    "SqliteDecisionLog",
+    "State",
+    "TransactionRecord",
+    "WriterStats",
+]

@@ -1,0 +1,301 @@
+"""`Recovery`: the recovery loop and its passes, one per coordinator process.
+
+A pass runs at start, every `interval_ms`, and on demand (Admin.Recover; a dry run plans
+without acting; Admin.Resolve settles one gtrid). One pass:
+
+1. Scan (`scan`) the registered resources not backing off after failed scans: their
+   prepared xids of this cluster. A resource that cannot be scanned, or whose cluster claim
+   another coordinator holds, is reported and retried with backoff; nothing on it is judged.
+   Then read the log: decided transactions not acknowledged, and the rows of listed gtrids.
+2. Plan (`plan`): a pure function of what was read, the clock and the pass memory.
+3. Act (`act`): decide the orphans' ABORT, finish the branches, KILL a live MariaDB session
+   that holds a branch past its deadline + kill grace, mark finished transactions completed.
+4. Keep the log bounded (`retention`): expire abandoned active transactions, prune old ones.
+5. Report (`report`): the pass's `Report`, counters, the resources' state, the log lines.
+
+Nothing is ever dropped: a branch on an unregistered resource is reported blocked ("unknown
+resource") on every pass; errors are retried with backoff (doubling from the interval, at
+most `memory.MAX_BACKOFF_MS`; an on-demand pass ignores the backoff).
+
+Locks. `_pass_lock` serializes the passes of this process (the loop's and Admin's): it
+guards the pass memory (`memory.PassMemory`) and the action log's memory. Correctness never
+rests on it: several coordinator replicas may run passes at once on one log and the same
+databases; the decision's unique key in the log makes their ABORT decisions agree, and every
+phase-2 step is idempotent. `Status` has its own lock, taken after `_pass_lock`, only for
+short updates and copies.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .._claim import ClusterClaims
+from .._registry import Resource, ResourceRegistry
+from ..log import BranchRecord, DecisionLog, LogUnavailable
+from . import retention
+from .act import WORKERS_PER_RESOURCE, Actor
+from .memory import PassMemory
+from .plan import Facts, Listing, listed_branches, plan, resources_due
+from .report import (
+    DONE,
+    EXPIRE,
+    SCAN,
+    Action,
+    ActionLog,
+    Report,
+    ResourceState,
+    Status,
+    log,
+)
+from .scan import Scanner, decided_incomplete, records_of
+
+__all__ = ["Recovery"]
+
+_MAX_POOL = 32  # threads scanning and finishing branches, whatever the number of resources
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Recovery:
+    """The recovery loop and its passes; one per coordinator process."""
+
+    def __init__(
+        self,
+        decision_log: DecisionLog,
+        registry: ResourceRegistry,
+        *,
+        cluster_id: str,
+        interval_ms: int = 5_000,
+        grace_ms: int = 10_000,
+        kill_grace_ms: int = 30_000,
+        kill_live_sessions: bool = True,
+        claims: ClusterClaims,
+        retention_ms: int,
+        clock: Callable[[], int] = _now_ms,
+        workers_per_resource: int = WORKERS_PER_RESOURCE,
+    ):
+        self._log = decision_log
+        self._registry = registry
+        self._retention_ms = retention_ms
+        self._cluster = cluster_id
+        self._interval_ms = interval_ms
+        self._grace_ms = grace_ms
+        self._clock = clock
+        self._dialects = {r.name: r.dialect for r in registry}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        workers = max(4, workers_per_resource * max(1, len(registry)))
+        self._pool = ThreadPoolExecutor(
+            min(workers, _MAX_POOL), thread_name_prefix="twostep-recovery"
+        )
+
+        self._pass_lock = threading.Lock()  # serializes passes; guards the two below
+        self._memory = PassMemory()
+        self._lines = ActionLog()
+        self._status = Status(
+            ResourceState(r.name, r.dialect, r.target, None, 0, "", 0) for r in registry
+        )
+        self._scanner = Scanner(claims, cluster_id, self._pool)
+        self._actor = Actor(
+            decision_log=decision_log,
+            registry=registry,
+            memory=self._memory,
+            status=self._status,
+            lines=self._lines,
+            pool=self._pool,
+            clock=clock,
+            stopping=self._stopping,
+            interval_ms=interval_ms,
+            kill_grace_ms=kill_grace_ms,
+            kill_live_sessions=kill_live_sessions,
+            workers_per_resource=workers_per_resource,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run a pass now (in the background) and then every interval, until `stop`."""
+        self._thread = threading.Thread(target=self._loop, name="twostep-recovery", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop; a pass in progress gives up at its next branch."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.run_pass()
+            except Exception as exc:  # the loop must survive anything one pass runs into
+                # No traceback: it would repeat a driver's message, which could hold a secret.
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                log.error(
+                    "recovery pass failed; the next one retries",
+                    extra={
+                        "error": self._registry.redact(f"{type(exc).__name__}: {exc}"),
+                        "at": f"{Path(frame.filename).name}:{frame.lineno}",
+                    },
+                )
+            self._stopping.wait(self._interval_ms / 1000)
+
+    # -- what Status and Admin read ------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return self._status.counters()
+
+    def last_report(self) -> Report | None:
+        return self._status.last_report()
+
+    def resource_states(self) -> list[ResourceState]:
+        return self._status.resource_states()
+
+    def in_doubt(self) -> set[str]:
+        """gtrids with a branch the last passes could not finish (blocked or failing)."""
+        return self._status.in_doubt()
+
+    def pending(self, gtrid: str) -> dict[str, str]:
+        """Why each unfinished branch of `gtrid` is unfinished, by resource."""
+        return self._status.pending(gtrid)
+
+    # -- passes --------------------------------------------------------------------------------
+
+    def run_pass(
+        self, *, dry_run: bool = False, eager: bool = False, wait: float | None = None
+    ) -> Report:
+        """One pass (see the module docstring). `eager`: ignore the backoff (on demand).
+
+        `wait`: seconds to wait for a pass already running (None: as long as it takes);
+        `TimeoutError` if it is still running then.
+        """
+        if not self._pass_lock.acquire(timeout=-1 if wait is None else wait):
+            raise TimeoutError("a recovery pass is running")
+        try:
+            report = self._pass(dry_run=dry_run, eager=eager)
+        finally:
+            self._pass_lock.release()
+        if not dry_run:
+            self._status.pass_done(report)
+        return report
+
+    def settle(self, gtrid: str, wait: float | None = None) -> Report:
+        """Finish the branches of one decided transaction now, ignoring grace and backoff."""
+        if not self._pass_lock.acquire(timeout=-1 if wait is None else wait):
+            raise TimeoutError("a recovery pass is running")
+        try:
+            return self._pass(dry_run=False, eager=True, only=gtrid)
+        finally:
+            self._pass_lock.release()
+
+    def find_branches(self, gtrid: str) -> tuple[list[BranchRecord], list[str]]:
+        """The branches of `gtrid` listed prepared on registered resources; and scan errors."""
+        report = Report(self._clock(), dry_run=True)
+        listings = self._scan(report, report.started_ms, eager=True, remember=False)
+        return listed_branches(gtrid, listings, self._dialects), report.errors
+
+    def _pass(self, *, dry_run: bool, eager: bool, only: str | None = None) -> Report:
+        now = self._clock()
+        report = Report(now, dry_run)
+        listings = self._scan(report, now, eager=eager, remember=not dry_run)
+        decided = decided_incomplete(
+            self._log,
+            decided_before_ms=now - self._grace_ms + 1,  # the planner's grace, as a filter
+            only=only,
+            stop=self._stopping.is_set,
+        )
+        listed = {x.gtrid for listing in listings.values() for x in listing.xids}
+        if only is not None:
+            listed &= {only}
+        records = records_of(self._log, listed - {r.gtrid for r in decided})
+        facts = Facts(
+            now_ms=now,
+            cluster=self._cluster,
+            resources=self._dialects,
+            listings=listings,
+            decided=decided,
+            records=records,
+            memory=self._memory,
+            grace_ms=self._grace_ms,
+            eager=eager,
+            only=only,
+        )
+        the_plan = plan(facts)
+        if not dry_run:
+            self._memory.suspects = the_plan.suspects
+        worked_on = self._actor.act(the_plan, report, dry_run=dry_run)
+        if only is None:
+            self._keep_log_bounded(listings, report, now, dry_run)
+        report.finished_ms = self._clock()
+        self._status.remember_pending(report, only)
+        if not dry_run and only is None:
+            self._memory.keep_backoff_of(self._dialects, worked_on)
+        if not dry_run:
+            self._lines.pass_summary(report)
+        return report
+
+    def _scan(self, report: Report, now: int, *, eager: bool, remember: bool) -> dict[str, Listing]:
+        """Scan the resources due; report the failures; `remember`: update the pass memory
+        and the resources' state (not for a dry run)."""
+        due, skipped = resources_due(self._registry.names(), self._memory.backoff, now, eager)
+        report.errors += skipped
+        resources = [r for r in self._registry if r.name in due]
+        listings, failed = self._scanner.scan(resources)
+        for resource in resources:
+            name = resource.name
+            if name in failed:
+                why = failed[name]
+                report.errors.append(f"{name}: {why}")
+                report.actions.append(Action("", name, SCAN, f"failed: {why}"))
+                if remember:
+                    failures = self._memory.fail(name, now, self._interval_ms)
+                    self._status.count("scan_errors")
+                    self._set_state(resource, False, 0, why, now)
+                    log.warning(
+                        "recovery cannot scan a resource",
+                        extra={"resource": name, "failures": failures, "error": why},
+                    )
+            elif remember:
+                self._memory.succeeded(name)
+                self._set_state(resource, True, len(listings[name].xids), "", now)
+                self._memory.remember_txids(name, listings[name].pg_txids)
+        return listings
+
+    def _set_state(
+        self, resource: Resource, reachable: bool, prepared: int, error: str, now: int
+    ) -> None:
+        self._status.set_resource(
+            ResourceState(
+                resource.name, resource.dialect, resource.target, reachable, prepared, error, now
+            )
+        )
+
+    def _keep_log_bounded(
+        self, listings: dict[str, Listing], report: Report, now: int, dry_run: bool
+    ) -> None:
+        prepared = {xid.gtrid for listing in listings.values() for xid in listing.xids}
+        expired = retention.expire(self._log, now - self._grace_ms, prepared, dry_run=dry_run)
+        for gtrid, result in expired:
+            report.actions.append(Action(gtrid, "", EXPIRE, result))
+            if not dry_run:
+                self._lines.action(gtrid, "", EXPIRE, result)
+            if result == DONE:
+                self._status.count("expired")
+        if dry_run:
+            return
+        try:
+            pruned = retention.prune(self._log, now - self._retention_ms, self._stopping.is_set)
+        except LogUnavailable as exc:
+            report.errors.append(f"decision log: pruning failed: {exc}")
+            return
+        if pruned:
+            self._status.count("pruned", pruned)
+            log.info("pruned finished transactions", extra={"rows": pruned})

@@ -1,0 +1,99 @@
+"""What a pass reads before it plans: each resource's prepared xids, and the log's records.
+
+A resource is scanned with the client's `ops.recover` (the same statement the stubs' branch
+layer uses), only once this coordinator's cluster claim on it is confirmed in this pass
+(`twostep.coordinator._claim`): a claim held by another coordinator is a scan error, and
+nothing on that resource is judged. Of what it lists, only the xids of this cluster are kept;
+on PostgreSQL each one's transaction id (xid8) too, the evidence for a heuristic check once
+the branch is gone (`twostep.coordinator._inspect`). Scans of several resources run at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from dataclasses import replace
+
+from .. import _inspect
+from .._claim import ClaimConflict, ClusterClaims
+from .._registry import Resource
+from ..log import DecisionLog, ListQuery, State, TransactionRecord
+from .plan import Listing, is_ours
+
+__all__ = ["Scanner", "decided_incomplete", "records_of"]
+
+_PAGE = 1000  # decided transactions read from the log at a time
+
+
+class Scanner:
+    """Lists the prepared xids of this cluster on the registered resources."""
+
+    def __init__(self, claims: ClusterClaims, cluster_id: str, pool: Executor):
+        self._claims = claims
+        self._cluster = cluster_id
+        self._pool = pool
+
+    def scan(self, resources: Sequence[Resource]) -> tuple[dict[str, Listing], dict[str, str]]:
+        """Scan `resources` in parallel: the listing of each one scanned, and why each other
+        one could not be (the driver's message, its password masked)."""
+        futures = {r.name: self._pool.submit(self._scan, r) for r in resources}
+        listings, failed = {}, {}
+        for resource in resources:
+            try:
+                listings[resource.name] = futures[resource.name].result()
+            except Exception as exc:
+                failed[resource.name] = resource.redact(exc)
+        return listings, failed
+
+    def _scan(self, resource: Resource) -> Listing:
+        why = self._claims.check(resource)
+        if why:
+            raise ClaimConflict(why)
+        session = resource.connection.acquire()
+        try:
+            xids = frozenset(x for x in resource.ops.recover(session) if is_ours(x, self._cluster))
+            txids = {}
+            if resource.dialect == "postgresql" and xids:
+                for raw in _inspect.prepared_xids(resource, session):
+                    if raw.xid in xids and raw.pg_txid:
+                        txids[raw.xid] = raw.pg_txid
+        except BaseException:
+            resource.connection.release(session, discard=True)
+            raise
+        resource.connection.release(session)
+        return Listing(resource.name, xids, txids)
+
+
+def decided_incomplete(
+    decision_log: DecisionLog, *, decided_before_ms: int, only: str | None, stop: Callable[[], bool]
+) -> list[TransactionRecord]:
+    """The decided transactions whose phase 2 is not acknowledged, decided before
+    `decided_before_ms`, oldest first (read a page at a time until `stop()`); with `only`,
+    that gtrid's row alone if it is decided (acknowledged or not)."""
+    if only is not None:
+        record = decision_log.get(only)
+        return [record] if record is not None and record.state is not State.ACTIVE else []
+    query = ListQuery(
+        states=frozenset({State.COMMITTED, State.ABORTED}),
+        incomplete_only=True,
+        decided_before_ms=decided_before_ms,
+        limit=_PAGE,
+    )
+    records: list[TransactionRecord] = []
+    while True:
+        page = decision_log.list_transactions(query)
+        records += page
+        if len(page) < _PAGE or stop():
+            return records
+        last = page[-1]
+        query = replace(query, after=(last.begun_ms, last.gtrid))
+
+
+def records_of(decision_log: DecisionLog, gtrids: Iterable[str]) -> dict[str, TransactionRecord]:
+    """The log's rows of `gtrids`; a gtrid the log has no row of is left out."""
+    found = {}
+    for gtrid in gtrids:
+        record = decision_log.get(gtrid)
+        if record is not None:
+            found[gtrid] = record
+    return found
