@@ -31,14 +31,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
 
 from . import _fork
+from ._branches import Branch, on_each, prepare, rollback_all
 from ._connections import Connection, activate, current_scope
 from ._coordinator_client import (
     REFUSED_UNDECIDED,
@@ -59,7 +58,7 @@ from ._errors import (
 )
 from ._statements import Statements
 from .tpc import failpoints as _failpoints
-from .tpc.operations import BranchOps, VoteNo, require_two_phase
+from .tpc.operations import VoteNo, require_two_phase
 from .tpc.phase2 import Ended, finish_prepared, release_session
 from .tpc.xid import Xid
 
@@ -73,50 +72,6 @@ _PROBE_TIMEOUT = 2.0  # how long to wait for a connection to the coordinator bef
 _OUTCOME_PATIENCE = 10.0  # after the deadline, how long to keep asking for a lost decision
 
 
-def _branch_pool() -> ThreadPoolExecutor:
-    # Prepare and phase 2 run on the branches in parallel; the first branch runs on the caller.
-    return ThreadPoolExecutor(max_workers=16, thread_name_prefix="twostep-branch")
-
-
-_pool = _branch_pool()
-
-
-@_fork.in_child
-def _forget_pool() -> None:
-    global _pool
-    _pool = _branch_pool()  # the inherited pool's threads did not survive the fork
-
-
-@dataclass(eq=False)
-class _Branch:
-    connection: Connection
-    ops: BranchOps
-    session: Any
-    xid: Xid | None  # None: a PostgreSQL branch begun before the gtrid existed
-    session_id: int = 0
-    #: The deadline (monotonic s) its lock timeout was computed from.
-    bound: float = 0.0
-    #: A statement that is not a plain read ran on it (else it is asked before PREPARE).
-    may_write: bool = False
-    #: The coordinator knows this branch and its session (Begin or Enlist).
-    registered: bool = False
-    prepared: bool = False
-    #: Finished (read-only, one-phase, rolled back or committed) or detached.
-    ended: bool = False
-    transaction_id: int | None = None  # PostgreSQL: xid8 of the prepared transaction
-    #: The transaction has begun to end: no statement may reach the session any more.
-    closed: bool = False
-    #: Held while a statement runs on the session, and by the end of the block.
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def name(self) -> str:
-        return self.connection.name
-
-    def info(self) -> BranchInfo:
-        return BranchInfo(self.name, self.ops.dialect, self.session_id, self.transaction_id or 0)
-
-
 class GlobalTransaction:
     """The state of one `global_transaction()` block; `gtrid` names it to the admin CLI."""
 
@@ -128,7 +83,7 @@ class GlobalTransaction:
         self._pid = os.getpid()  # a forked child may not use or end it (_fork.check_owner)
         self._deadline = time.monotonic() + timeout
         self._gtrid: str | None = None
-        self._branches: dict[str, _Branch] = {}
+        self._branches: dict[str, Branch] = {}
         self._rollback_only: str | None = None
         self._finished = False
         # Guards _branches, _gtrid, _deadline and _finished: statements of one block may come
@@ -184,13 +139,13 @@ class GlobalTransaction:
 
     def _start_branch(
         self, connection: Connection, origin: str | None, statements: Statements
-    ) -> _Branch:
+    ) -> Branch:
         ops = require_two_phase(connection.dialect.name, connection=connection.name, origin=origin)
         if self._remaining() <= 0:
             raise TransactionAborted("the global transaction's deadline passed", gtrid=self._gtrid)
         session = connection.acquire()
         try:
-            branch = _Branch(connection, ops, session, None, ops.session_id(session))
+            branch = Branch(connection, ops, session, None, ops.session_id(session))
             if ops.dialect == "mysql":  # the xid is needed at XA START
                 if self._gtrid is None:
                     self._begin([branch.info()])
@@ -230,7 +185,7 @@ class GlobalTransaction:
 
     # -- the end of the block -----------------------------------------------------------------
 
-    def _end(self) -> list[_Branch]:
+    def _end(self) -> list[Branch]:
         """Close the block to statements; waits for statements in flight on other threads.
 
         Returns the branches that are still open, in the order they started. Refuses a forked
@@ -251,7 +206,7 @@ class GlobalTransaction:
         Returns what happened to the data, for the error message.
         """
         branches = self._end()
-        left = _rollback_all(branches)
+        left = rollback_all(branches)
         if self._gtrid is not None:
             self._client().abort(self._gtrid, reason, [b.info() for b in branches])
         if left:
@@ -279,10 +234,10 @@ class GlobalTransaction:
         else:
             self._commit_two_phase(writers)
 
-    def _end_read_only(self, branches: list[_Branch]) -> list[_Branch]:
+    def _end_read_only(self, branches: list[Branch]) -> list[Branch]:
         """Finish every branch that wrote nothing; the branches that did write."""
         asked = [b for b in branches if not b.may_write]
-        outcomes = _on_each(asked, lambda b: b.ops.end_if_read_only(b.session, b.xid))
+        outcomes = on_each(asked, lambda b: b.ops.end_if_read_only(b.session, b.xid))
         failed = None
         for branch, outcome in outcomes:
             if outcome is True:
@@ -298,7 +253,7 @@ class GlobalTransaction:
             ) from exc
         return [b for b in branches if not b.ended]
 
-    def _commit_one_phase(self, branch: _Branch) -> None:
+    def _commit_one_phase(self, branch: Branch) -> None:
         try:
             branch.ops.commit_one_phase(branch.session, branch.xid)
         except VoteNo as exc:
@@ -322,7 +277,7 @@ class GlobalTransaction:
         if self._gtrid is not None:
             self._client().ack(self._gtrid, one_phase_commit=True)
 
-    def _commit_two_phase(self, branches: list[_Branch]) -> None:
+    def _commit_two_phase(self, branches: list[Branch]) -> None:
         try:
             gtrid = self._ensure_gtrid()
             self._enlist(gtrid, branches)
@@ -342,7 +297,7 @@ class GlobalTransaction:
             )
 
         _failpoints.failpoint(_failpoints.BEFORE_PREPARE)
-        prepared = _on_each(branches, _prepare, between=_failpoints.BETWEEN_PREPARES)
+        prepared = on_each(branches, prepare, between=_failpoints.BETWEEN_PREPARES)
         failures = [(b, out) for b, out in prepared if out is not None]
         if failures:
             branch, exc = failures[0]
@@ -368,7 +323,7 @@ class GlobalTransaction:
         _failpoints.failpoint(_failpoints.AFTER_DECISION)
         self._finish_committed(client, gtrid, branches)
 
-    def _enlist(self, gtrid: str, branches: list[_Branch]) -> None:
+    def _enlist(self, gtrid: str, branches: list[Branch]) -> None:
         """Register the MySQL branches Begin did not carry, before they are prepared."""
         unregistered = [b for b in branches if not b.registered]
         if not unregistered:
@@ -383,7 +338,7 @@ class GlobalTransaction:
             branch.registered = True
 
     def _ask_for_commit(
-        self, client: CoordinatorClient, gtrid: str, branches: Sequence[_Branch]
+        self, client: CoordinatorClient, gtrid: str, branches: Sequence[Branch]
     ) -> Decided:
         """The decision for `gtrid`. The only other way out is `OutcomeUnknown` with every
         branch session closed; a refusal of the first attempt rolls back (TransactionAborted).
@@ -438,15 +393,15 @@ class GlobalTransaction:
             gtrid=gtrid,
         )
 
-    def _detach(self, branches: Sequence[_Branch]) -> None:
+    def _detach(self, branches: Sequence[Branch]) -> None:
         for branch in branches:
             branch.ended = True
             release_session(branch, discard=True)
 
     def _finish_committed(
-        self, client: CoordinatorClient, gtrid: str, branches: list[_Branch]
+        self, client: CoordinatorClient, gtrid: str, branches: list[Branch]
     ) -> None:
-        outcomes = _on_each(
+        outcomes = on_each(
             branches,
             lambda b: finish_prepared(b, commit=True),
             between=_failpoints.BETWEEN_COMMITS,
@@ -491,73 +446,6 @@ class GlobalTransaction:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
-
-
-def _prepare(branch: _Branch) -> None:
-    assert branch.xid is not None
-    branch.transaction_id = branch.ops.prepare(branch.session, branch.xid)
-    branch.prepared = True
-
-
-def _rollback_all(branches: list[_Branch]) -> list[str]:
-    """Roll every branch back; the names of prepared branches that are still prepared."""
-    left = []
-    for branch, done in _on_each(branches, _rollback_one):
-        branch.ended = True
-        if done is not True:
-            log.error("rollback failed", extra={"branch": branch.name, "outcome": repr(done)})
-            release_session(branch, discard=True)  # closed: the coordinator can finish it
-            left.append(branch.name)
-    return left
-
-
-def _rollback_one(branch: _Branch) -> bool | Ended:
-    if branch.prepared:
-        return _rolled_back(finish_prepared(branch, commit=False))
-    try:
-        branch.ops.rollback_unprepared(branch.session, branch.xid)
-    except TwostepError:
-        release_session(branch, discard=True)
-        if branch.xid is None:
-            return True  # never prepared: the dead session took its transaction along
-        # A PREPARE whose reply was lost may have left the branch prepared: look and finish.
-        return _rolled_back(finish_prepared(branch, commit=False))
-    release_session(branch)
-    return True
-
-
-def _rolled_back(ended: Ended) -> bool | Ended:
-    # UNVERIFIED: not prepared any more, and before any decision nobody could commit it.
-    return True if ended in (Ended.AS_ASKED, Ended.UNVERIFIED) else ended
-
-
-def _on_each(
-    branches: list[_Branch], step: Callable[[_Branch], Any], *, between: str | None = None
-) -> list[tuple[_Branch, Any]]:
-    """Run `step` on every branch in parallel: (branch, its result or the Exception it raised).
-
-    The first branch runs on the caller's thread; a lone extra hop per branch is the cost.
-    When the failpoint `between` is armed (fault tests only), the branches run one after the
-    other and the failpoint fires after the first, so that step is hit exactly.
-    """
-    if not branches:
-        return []
-
-    def run(branch: _Branch) -> Any:
-        try:
-            return step(branch)
-        except Exception as exc:
-            return exc
-
-    if between is not None and _failpoints.is_armed(between):
-        results = [(branches[0], run(branches[0]))]
-        _failpoints.failpoint(between)
-        results.extend((b, run(b)) for b in branches[1:])
-        return results
-    futures = [_pool.submit(run, b) for b in branches[1:]]
-    results = [(branches[0], run(branches[0]))]
-    results.extend((b, f.result()) for b, f in zip(branches[1:], futures, strict=True))
-    return results
 
 
 @contextlib.contextmanager

@@ -1,0 +1,140 @@
+"""The branches of one global transaction: what each holds, and the steps run on all of them.
+
+A branch is one named connection's part of a `global_transaction()`: its session, its xid,
+and how far it got (may it have written, is it registered with the coordinator, prepared,
+ended). The steps that run on every branch at once (prepare, roll back, phase 2) run in
+parallel on a small thread pool, the first branch on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _fork
+from ._connections import Connection
+from ._coordinator_client import BranchInfo
+from ._errors import TwostepError
+from .tpc import failpoints as _failpoints
+from .tpc.operations import BranchOps
+from .tpc.phase2 import Ended, finish_prepared, release_session
+from .tpc.xid import Xid
+
+__all__ = ["Branch", "on_each", "prepare", "rollback_all"]
+
+log = logging.getLogger("twostep.client")
+
+
+def _branch_pool() -> ThreadPoolExecutor:
+    # Prepare and phase 2 run on the branches in parallel; the first branch runs on the caller.
+    return ThreadPoolExecutor(max_workers=16, thread_name_prefix="twostep-branch")
+
+
+_pool = _branch_pool()
+
+
+@_fork.in_child
+def _forget_pool() -> None:
+    global _pool
+    _pool = _branch_pool()  # the inherited pool's threads did not survive the fork
+
+
+@dataclass(eq=False)
+class Branch:
+    connection: Connection
+    ops: BranchOps
+    session: Any
+    xid: Xid | None  # None: a PostgreSQL branch begun before the gtrid existed
+    session_id: int = 0
+    #: The deadline (monotonic s) its lock timeout was computed from.
+    bound: float = 0.0
+    #: A statement that is not a plain read ran on it (else it is asked before PREPARE).
+    may_write: bool = False
+    #: The coordinator knows this branch and its session (Begin or Enlist).
+    registered: bool = False
+    prepared: bool = False
+    #: Finished (read-only, one-phase, rolled back or committed) or detached.
+    ended: bool = False
+    transaction_id: int | None = None  # PostgreSQL: xid8 of the prepared transaction
+    #: The transaction has begun to end: no statement may reach the session any more.
+    closed: bool = False
+    #: Held while a statement runs on the session, and by the end of the block.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.connection.name
+
+    def info(self) -> BranchInfo:
+        return BranchInfo(self.name, self.ops.dialect, self.session_id, self.transaction_id or 0)
+
+
+def prepare(branch: Branch) -> None:
+    assert branch.xid is not None
+    branch.transaction_id = branch.ops.prepare(branch.session, branch.xid)
+    branch.prepared = True
+
+
+def rollback_all(branches: list[Branch]) -> list[str]:
+    """Roll every branch back; the names of prepared branches that are still prepared."""
+    left = []
+    for branch, done in on_each(branches, _rollback_one):
+        branch.ended = True
+        if done is not True:
+            log.error("rollback failed", extra={"branch": branch.name, "outcome": repr(done)})
+            release_session(branch, discard=True)  # closed: the coordinator can finish it
+            left.append(branch.name)
+    return left
+
+
+def _rollback_one(branch: Branch) -> bool | Ended:
+    if branch.prepared:
+        return _rolled_back(finish_prepared(branch, commit=False))
+    try:
+        branch.ops.rollback_unprepared(branch.session, branch.xid)
+    except TwostepError:
+        release_session(branch, discard=True)
+        if branch.xid is None:
+            return True  # never prepared: the dead session took its transaction along
+        # A PREPARE whose reply was lost may have left the branch prepared: look and finish.
+        return _rolled_back(finish_prepared(branch, commit=False))
+    release_session(branch)
+    return True
+
+
+def _rolled_back(ended: Ended) -> bool | Ended:
+    # UNVERIFIED: not prepared any more, and before any decision nobody could commit it.
+    return True if ended in (Ended.AS_ASKED, Ended.UNVERIFIED) else ended
+
+
+def on_each(
+    branches: list[Branch], step: Callable[[Branch], Any], *, between: str | None = None
+) -> list[tuple[Branch, Any]]:
+    """Run `step` on every branch in parallel: (branch, its result or the Exception it raised).
+
+    The first branch runs on the caller's thread; a lone extra hop per branch is the cost.
+    When the failpoint `between` is armed (fault tests only), the branches run one after the
+    other and the failpoint fires after the first, so that step is hit exactly.
+    """
+    if not branches:
+        return []
+
+    def run(branch: Branch) -> Any:
+        try:
+            return step(branch)
+        except Exception as exc:
+            return exc
+
+    if between is not None and _failpoints.is_armed(between):
+        results = [(branches[0], run(branches[0]))]
+        _failpoints.failpoint(between)
+        results.extend((b, run(b)) for b in branches[1:])
+        return results
+    futures = [_pool.submit(run, b) for b in branches[1:]]
+    results = [(branches[0], run(branches[0]))]
+    results.extend((b, f.result()) for b, f in zip(branches[1:], futures, strict=True))
+    return results
