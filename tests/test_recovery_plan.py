@@ -311,6 +311,21 @@ def test_an_undecided_branch_is_aborted_only_on_its_second_sighting_past_the_dea
     assert abort.complete and not second.findings and not steps(second)
 
 
+def test_an_orphan_aborted_on_one_branchs_second_sighting_takes_its_other_branches_along():
+    # A pass ran between the client's two prepares: "orders" was seen before "billing" was
+    # prepared. The ABORT is the transaction's: it names and rolls back both at once.
+    orders, billing = Xid.of(PAST, "orders"), Xid.of(PAST, "billing")
+    memory = PassMemory(frozenset({("orders", orders)}))
+    p = plan(facts(listing("orders", orders), listing("billing", billing), memory=memory))
+    (abort,) = p.aborts
+    assert sorted((s.resource, s.verb) for s in abort.steps) == [
+        ("billing", "rollback"),
+        ("orders", "rollback"),
+    ]
+    assert sorted(b.resource for b in abort.proposal.branches) == ["billing", "orders"]
+    assert not p.findings
+
+
 def test_an_undecided_branch_before_its_deadline_is_left_to_its_client_but_remembered():
     xid = Xid.of(FUTURE, "orders")
     seen = PassMemory(frozenset({("orders", xid)}))

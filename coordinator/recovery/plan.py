@@ -23,7 +23,8 @@ touched)
     Its transaction decided (and past the grace): finished the decided way, the transaction
     not marked completed (its branches are known only from the scans). Undecided (no row, or
     active) and past the deadline inside its gtrid: an orphan, aborted once two consecutive
-    scans listed it (`memory`): an `OrphanAbort` proposes a durable ABORT first, and only once
+    scans listed it (`memory`), together with the gtrid's other listed branches (also those
+    listed for the first time): an `OrphanAbort` proposes a durable ABORT first, and only once
     ABORT is the decision in force are its branches rolled back (`act`). Before the deadline,
     its client decides.
 Settling one gtrid (`only`, an operator's Resolve)
@@ -275,6 +276,7 @@ class _Planning:
         """Plan the other listed xids; the orphans to abort: (xid, resource, owner session)."""
         f = self.facts
         orphans = []
+        waiting: list[tuple[Xid, str, int]] = []  # past the deadline, first sighting
         suspects = set()
         for xid, names in _by_xid(f.listings).items():
             if xid in self.planned or not is_ours(xid, f.cluster):
@@ -297,9 +299,19 @@ class _Planning:
             suspects.add((resource, xid))
             if f.now_ms < deadline:
                 continue  # an active transaction's prepared branch: its client decides
+            # The session the client registered (Begin / Enlist) holds it, if anyone.
+            branch = (xid, resource, _owner_session(record, xid))
             if (resource, xid) in f.memory.suspects:
-                # The session the client registered (Begin / Enlist) holds it, if anyone.
-                orphans.append((xid, resource, _owner_session(record, xid)))
+                orphans.append(branch)
+            else:
+                waiting.append(branch)
+        # A gtrid aborted for one branch takes its other listed branches along, also those on
+        # their first sighting: the ABORT is the whole transaction's, and names all of them.
+        aborted = {xid.gtrid for xid, _, _ in orphans}
+        for branch in waiting:
+            xid, resource, _ = branch
+            if xid.gtrid in aborted:
+                orphans.append(branch)
             else:
                 action = Action(xid.gtrid, resource, DECIDE_ABORT, WAITING_FOR_NEXT_SCAN)
                 self.findings.append(Finding(action, logged=False))
