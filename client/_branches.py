@@ -1,9 +1,9 @@
 """The branches of one global transaction: what each holds, and the steps run on all of them.
 
 A branch is one named connection's part of a `global_transaction()`: its session, its xid,
-and how far it got (may it have written, is it registered with the coordinator, prepared,
-ended). The steps that run on every branch at once (prepare, roll back, phase 2) run in
-parallel on a small thread pool, the first branch on the caller's thread.
+and how far it got (may it have written, prepared, ended). The steps that run on every
+branch at once (prepare, roll back, phase 2) run in parallel on a small thread pool, the
+first branch on the caller's thread.
 """
 
 from __future__ import annotations
@@ -54,8 +54,6 @@ class Branch:
     bound: float = 0.0
     #: A statement that is not a plain read ran on it (else it is asked before PREPARE).
     may_write: bool = False
-    #: The coordinator knows this branch and its session (Begin or Enlist).
-    registered: bool = False
     prepared: bool = False
     #: Finished (read-only, one-phase, rolled back or committed) or detached.
     ended: bool = False
@@ -70,7 +68,10 @@ class Branch:
         return self.connection.name
 
     def info(self) -> BranchInfo:
-        return BranchInfo(self.name, self.ops.dialect, self.session_id, self.transaction_id or 0)
+        bqual = self.xid.bqual if self.xid is not None else self.name
+        return BranchInfo(
+            self.name, bqual, self.ops.dialect, self.session_id, self.transaction_id or 0
+        )
 
 
 def prepare(branch: Branch) -> None:

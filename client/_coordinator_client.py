@@ -1,12 +1,16 @@
 """The client side of the coordinator's gRPC contract: one channel per address per process.
 
+On a transaction's hot path the client sends the coordinator one call, Commit (docs/design.md
+§2): it makes gtrids itself (`ts2`) from the coordinator's description (cluster id, maximum
+lifetime, clock), fetched once and kept for `_DESCRIPTION_TTL_S`; Commits of concurrent
+transactions share calls (`_commit_batch`); Acks and the Aborts of transactions rolled back
+before Commit are best-effort and leave on a background thread in batches (losing one costs
+the coordinator a redundant recovery step, never data).
+
 This module is the one place where grpc errors become twostep's (`CoordinatorUnavailable`);
 calls that wait for an answer wait for the channel too (`wait_for_ready`, bounded by their
 timeout): a channel still backing off from a coordinator that was down would otherwise fail
 them at once, though the coordinator is back.
-the transaction code asks it questions and gets answers or typed errors. Acks and the Abort
-of a transaction that was rolled back before Commit are best-effort and leave on a background
-thread in batches: losing one costs the coordinator a redundant recovery step, never data.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
+from grpc import _common as _grpc_common
 from grpc_health.v1 import health_pb2 as _health_pb2
 from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
 
@@ -25,6 +31,7 @@ from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from . import _fork
+from ._commit_batch import CommitBatch
 from ._errors import CoordinatorUnavailable
 
 __all__ = [
@@ -32,7 +39,7 @@ __all__ = [
     "BranchInfo",
     "CoordinatorClient",
     "Decided",
-    "Started",
+    "Description",
     "client_for",
 ]
 
@@ -42,6 +49,9 @@ _SERVICE = _pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # its healt
 # Each channel keeps its own connections: from the process-wide pool a child's new channel
 # would pick up the parent's connection (grpcio 1.85: "Wrong file descriptor generation").
 _CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+# How long a coordinator's description is used before it is asked again (s): its cluster id
+# never changes; a new max_timeout or a drifting clock is picked up within this.
+_DESCRIPTION_TTL_S = 60.0
 
 COMMITTED = _pb.TRANSACTION_STATE_COMMITTED
 ABORTED = _pb.TRANSACTION_STATE_ABORTED
@@ -66,15 +76,15 @@ class BranchInfo:
     """A branch as the coordinator is told of it."""
 
     resource: str
+    bqual: str  # the resource name, for MySQL with "#<session id>" (see tpc.xid)
     dialect: str
     session_id: int = 0  # MySQL: the owner session's CONNECTION_ID()
     transaction_id: int = 0  # PostgreSQL: the prepared transaction's xid8
 
     def to_pb(self) -> _pb.Branch:
-        # The branch qualifier is the resource name (see tpc.xid).
         return _pb.Branch(
             resource=self.resource,
-            bqual=self.resource,
+            bqual=self.bqual,
             dialect=self.dialect,
             session_id=self.session_id,
             transaction_id=self.transaction_id,
@@ -82,11 +92,14 @@ class BranchInfo:
 
 
 @dataclass(frozen=True)
-class Started:
-    """A Begin's answer: the gtrid and the lifetime granted (the coordinator's deadline)."""
+class Description:
+    """What a client needs to make gtrids for a coordinator (its Describe answer)."""
 
-    gtrid: str
-    timeout_s: float
+    cluster: str
+    max_timeout_s: float
+    #: The coordinator's clock minus this process's (s), estimated from one round trip.
+    clock_offset_s: float
+    fetched_at: float  # time.monotonic() of the answer
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,9 @@ class CoordinatorClient:
         self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._health = _health_pb2_grpc.HealthStub(self._channel)
         self._stub = _pb_grpc.CoordinatorStub(self._channel)
+        self._commits = CommitBatch(self._send_commits)
+        self._description: Description | None = None
+        self._describe_lock = threading.Lock()  # one Describe call at a time
         # Best-effort messages (Ack, Abort) waiting for the background sender.
         self._outbox: queue.SimpleQueue[_pb.AckItem | _pb.AbortItem] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
@@ -108,58 +124,63 @@ class CoordinatorClient:
 
     # -- calls the transaction waits for -----------------------------------------------------
 
-    def begin(
-        self, timeout_s: float, branches: Sequence[BranchInfo] = (), *, rpc_timeout: float
-    ) -> Started:
-        """A new gtrid with `branches` registered, or `CoordinatorUnavailable`."""
-        request = _pb.BeginRequest(
-            timeout_ms=max(1, int(timeout_s * 1000)),
-            count=1,
-            branches=[b.to_pb() for b in branches],
-        )
-        try:
-            reply = self._stub.Begin(request, timeout=rpc_timeout, wait_for_ready=True)
-        except grpc.RpcError as exc:
-            raise CoordinatorUnavailable(
-                f"coordinator {self.address} did not start the transaction "
-                f"({exc.code().name}: {exc.details()}); nothing was committed"
-            ) from exc
-        if len(reply.transactions) != 1 or not reply.transactions[0].gtrid:
-            raise CoordinatorUnavailable(
-                f"coordinator {self.address} answered Begin with {len(reply.transactions)} "
-                "transactions instead of one; nothing was committed"
-            )
-        started = reply.transactions[0]
-        # An older coordinator sends no timeout: then the one asked for is the one granted.
-        granted_ms = started.timeout_ms or request.timeout_ms
-        return Started(started.gtrid, min(granted_ms, request.timeout_ms) / 1000)
+    def description(self, *, rpc_timeout: float) -> Description:
+        """The coordinator's description: the one known, while it is younger than
+        `_DESCRIPTION_TTL_S` and the channel has stayed connected (another coordinator may
+        answer at the address after a reconnect); else asked anew.
 
-    def enlist(self, gtrid: str, branches: Sequence[BranchInfo], *, rpc_timeout: float) -> bool:
-        """Register branches before they are prepared: True while the transaction is active;
-        False when it is decided or unknown (then it must not be prepared).
-        Raises `CoordinatorUnavailable` when the coordinator did not answer."""
-        item = _pb.EnlistItem(gtrid=gtrid, branches=[b.to_pb() for b in branches])
-        try:
-            reply = self._stub.Enlist(
-                _pb.EnlistRequest(transactions=[item]), timeout=rpc_timeout, wait_for_ready=True
+        Raises `CoordinatorUnavailable` when it cannot be had (then nothing was committed).
+        """
+        known = self._fresh_description()
+        if known is not None:
+            return known
+        with self._describe_lock:
+            known = self._fresh_description()
+            if known is not None:
+                return known
+            asked = time.time()
+            try:
+                reply = self._stub.Describe(
+                    _pb.DescribeRequest(), timeout=rpc_timeout, wait_for_ready=True
+                )
+            except grpc.RpcError as exc:
+                raise CoordinatorUnavailable(
+                    f"coordinator {self.address} could not be asked for its cluster id "
+                    f"({exc.code().name}: {exc.details()}); nothing was committed"
+                ) from exc
+            answered = time.time()
+            self._description = Description(
+                reply.cluster_id,
+                reply.max_timeout_ms / 1000,
+                reply.now_unix_ms / 1000 - (asked + answered) / 2,
+                time.monotonic(),
             )
-        except grpc.RpcError as exc:
-            raise CoordinatorUnavailable(
-                f"coordinator {self.address} did not register the branches of {gtrid} "
-                f"({exc.code().name}: {exc.details()}); nothing was committed"
-            ) from exc
-        states = [d.state for d in reply.transactions if d.gtrid == gtrid]
-        return states == [_pb.TRANSACTION_STATE_ACTIVE]
+            return self._description
+
+    def _fresh_description(self) -> Description | None:
+        known = self._description
+        if known is None or time.monotonic() - known.fetched_at >= _DESCRIPTION_TTL_S:
+            return None
+        return known if self._connected() else None
+
+    def forget_description(self) -> None:
+        """Ask the coordinator anew next time (it refused a gtrid made from this one)."""
+        self._description = None
 
     def reachable(self, within: float) -> bool:
-        """Whether the coordinator answers that it is serving within `within` s.
+        """Whether the channel is connected, or the coordinator answers that it is serving
+        within `within` s.
 
         Checked right before Commit: if it is down, Commit was certainly never sent and the
-        client may still roll back; once Commit is sent, only the coordinator decides.
-        A health check on the calling thread, not `grpc.channel_ready_future`: that one leaves
-        a connectivity-polling thread inside grpc for up to 0.2 s, and a fork in that window
+        client may still roll back; once Commit is sent, only the coordinator decides. A
+        connected channel costs no round trip (a coordinator that fails right after costs an
+        `OutcomeUnknown` instead of a rollback: never a wrong answer). Otherwise a health check
+        on the calling thread, not `grpc.channel_ready_future`: that one leaves a
+        connectivity-polling thread inside grpc for up to 0.2 s, and a fork in that window
         crashed the child (SIGSEGV in 1 to 3 of 4 children per run, grpcio 1.85).
         """
+        if self._connected():
+            return True
         request = _health_pb2.HealthCheckRequest(service=_SERVICE)
         try:
             reply = self._health.Check(request, timeout=within, wait_for_ready=True)
@@ -167,19 +188,30 @@ class CoordinatorClient:
             return False
         return reply.status == _health_pb2.HealthCheckResponse.SERVING
 
+    def _connected(self) -> bool:
+        """Whether the channel is connected now, asked of grpc without I/O and without the
+        polling thread `channel_ready_future` starts (grpc's own private call; False if it
+        is not there)."""
+        try:
+            state = self._channel._channel.check_connectivity_state(False)  # type: ignore[attr-defined]
+            connectivity = _grpc_common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY[state]
+        except (AttributeError, KeyError):
+            return False
+        return bool(connectivity is grpc.ChannelConnectivity.READY)
+
     def commit(
         self, gtrid: str, branches: Sequence[BranchInfo], *, rpc_timeout: float
     ) -> Decided | None:
-        """One Commit attempt: the decision, or None when the reply holds no decision for
-        `gtrid` (a misbehaving server or proxy: not an answer). Raises `grpc.RpcError`."""
+        """One Commit attempt (sharing a call with concurrent transactions' attempts): the
+        decision, or None when the reply holds no decision for `gtrid`, or two (a misbehaving
+        server or proxy: not an answer). Raises `grpc.RpcError`."""
         item = _pb.CommitItem(gtrid=gtrid, branches=[b.to_pb() for b in branches])
-        reply = self._stub.Commit(
-            _pb.CommitRequest(transactions=[item]), timeout=rpc_timeout, wait_for_ready=True
-        )
-        decisions = [d for d in reply.decisions if d.gtrid == gtrid]
-        if len(reply.decisions) != 1 or len(decisions) != 1:
-            return None
-        return _decided(decisions[0])
+        decisions = self._commits.commit(item, rpc_timeout)
+        return _decided(decisions[0]) if len(decisions) == 1 else None
+
+    def _send_commits(self, items: Sequence[_pb.CommitItem], timeout: float) -> _pb.CommitResponse:
+        request = _pb.CommitRequest(transactions=list(items))
+        return self._stub.Commit(request, timeout=timeout, wait_for_ready=True)
 
     # -- best effort, batched in the background ---------------------------------------------
 

@@ -3,11 +3,11 @@
 The protocol is docs/design.md §2. The client's side of it, in the order it happens:
 1. A branch starts on the first use of each named connection inside the block. PostgreSQL
    needs no id until PREPARE; MySQL needs the xid at `XA START`, so the first MySQL branch
-   asks the coordinator for a gtrid (Begin, which registers the branch and its session) and
-   a later MySQL branch is registered (Enlist) before it is prepared: recovery can always
-   name the session that holds a branch it must finish. Every timeout of a branch (lock
-   waits, MySQL's idle timeout) derives from the deadline the coordinator granted, or from
-   the block's own timeout while it has not been asked.
+   makes the gtrid (`ts2`, from the coordinator's description, asked once per process and
+   minute: no call per transaction); a MySQL branch's bqual names the session that holds it,
+   so recovery can always name the owner of a branch it must finish. Every timeout of a
+   branch (lock waits, MySQL's idle timeout) derives from the deadline: the block's own, cut
+   to the coordinator's max_timeout once the gtrid is made.
 2. Statements run one at a time per branch (a lock per branch: threads that share the block
    take turns). When the block ends, every branch is closed first, so no statement reaches
    a branch session after that (`TransactionEnded`).
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -41,7 +42,6 @@ from ._branches import Branch, on_each, prepare, rollback_all
 from ._connections import Connection, activate, current_scope
 from ._coordinator_client import (
     REFUSED_UNDECIDED,
-    BranchInfo,
     CoordinatorClient,
     Decided,
     client_for,
@@ -60,7 +60,7 @@ from ._statements import Statements
 from .tpc import failpoints as _failpoints
 from .tpc.operations import VoteNo, require_two_phase
 from .tpc.phase2 import Ended, finish_prepared, release_session
-from .tpc.xid import Xid
+from .tpc.xid import Xid, new_gtrid
 
 __all__ = ["GlobalTransaction", "global_transaction"]
 
@@ -145,14 +145,10 @@ class GlobalTransaction:
             raise TransactionAborted("the global transaction's deadline passed", gtrid=self._gtrid)
         session = connection.acquire()
         try:
-            branch = Branch(connection, ops, session, None, ops.session_id(session))
-            if ops.dialect == "mysql":  # the xid is needed at XA START
-                if self._gtrid is None:
-                    self._begin([branch.info()])
-                    branch.registered = True
-                branch.xid = Xid.of(self._gtrid, connection.name)  # type: ignore[arg-type]
-            else:
-                branch.registered = True  # a PostgreSQL branch has no owner session to name
+            session_id = ops.session_id(session)
+            branch = Branch(connection, ops, session, None, session_id)
+            if ops.dialect == "mysql":  # the xid is needed at XA START; it names the session
+                branch.xid = Xid.for_branch(self._mint_gtrid(), connection.name, session_id)
             branch.bound = self._deadline
             # A MySQL branch that starts with a read counts its writes, so that it can be
             # finished without PREPARE if it writes nothing (see tpc.operations).
@@ -167,18 +163,16 @@ class GlobalTransaction:
             raise
         return branch
 
-    def _begin(self, branches: Sequence[BranchInfo] = ()) -> None:
-        """Ask for the gtrid; the deadline becomes the one granted if that is earlier."""
-        asked = time.monotonic()
-        started = self._client().begin(self._remaining(), branches, rpc_timeout=self._rpc_timeout())
-        self._gtrid = started.gtrid
-        self._deadline = min(self._deadline, asked + started.timeout_s)
-
-    def _ensure_gtrid(self) -> str:
-        with self._lock:
-            if self._gtrid is None:
-                self._begin()
-            return self._gtrid  # type: ignore[return-value]
+    def _mint_gtrid(self) -> str:
+        """The transaction's gtrid, made here (`ts2`) on first need from the coordinator's
+        description: its cluster id, its clock for the deadline, its max_timeout, which cuts
+        the block's own deadline. The caller holds `_lock`."""
+        if self._gtrid is None:
+            described = self._client().description(rpc_timeout=self._rpc_timeout())
+            self._deadline = min(self._deadline, time.monotonic() + described.max_timeout_s)
+            deadline_s = math.ceil(time.time() + described.clock_offset_s + self._remaining())
+            self._gtrid = new_gtrid(described.cluster, deadline_s, minted=True)
+        return self._gtrid
 
     def _mark_rollback_only(self, why: str) -> None:
         self._rollback_only = self._rollback_only or why
@@ -225,13 +219,11 @@ class GlobalTransaction:
         if self._rollback_only:
             outcome = self._abort(self._rollback_only)
             raise TransactionAborted(f"{self._rollback_only}: {outcome}", gtrid=self._gtrid)
+        # The coordinator never heard of the gtrid (made here): one writer or none needs no word.
         writers = self._end_read_only(branches)
-        if not writers:
-            if self._gtrid is not None:  # nothing was written anywhere: commit is trivial
-                self._client().ack(self._gtrid, one_phase_commit=True)
-        elif len(writers) == 1:
+        if len(writers) == 1:
             self._commit_one_phase(writers[0])
-        else:
+        elif writers:
             self._commit_two_phase(writers)
 
     def _end_read_only(self, branches: list[Branch]) -> list[Branch]:
@@ -274,22 +266,17 @@ class GlobalTransaction:
             raise
         branch.ended = True
         release_session(branch)
-        if self._gtrid is not None:
-            self._client().ack(self._gtrid, one_phase_commit=True)
 
     def _commit_two_phase(self, branches: list[Branch]) -> None:
         try:
-            gtrid = self._ensure_gtrid()
-            self._enlist(gtrid, branches)
+            with self._lock:
+                gtrid = self._mint_gtrid()
         except CoordinatorUnavailable as exc:
             outcome = self._abort("coordinator unavailable before prepare")
             raise CoordinatorUnavailable(f"{exc}; {outcome}") from exc
-        except TransactionAborted as exc:
-            outcome = self._abort(f"before prepare: {exc}")
-            raise TransactionAborted(f"{exc}; {outcome}", gtrid=self._gtrid) from exc
         for branch in branches:
             if branch.xid is None:
-                branch.xid = Xid.of(gtrid, branch.name)
+                branch.xid = Xid.for_branch(gtrid, branch.name)
         if self._remaining() <= 0:
             outcome = self._abort("deadline passed before prepare")
             raise TransactionAborted(
@@ -322,20 +309,6 @@ class GlobalTransaction:
             )
         _failpoints.failpoint(_failpoints.AFTER_DECISION)
         self._finish_committed(client, gtrid, branches)
-
-    def _enlist(self, gtrid: str, branches: list[Branch]) -> None:
-        """Register the MySQL branches Begin did not carry, before they are prepared."""
-        unregistered = [b for b in branches if not b.registered]
-        if not unregistered:
-            return
-        infos = [b.info() for b in unregistered]
-        if not self._client().enlist(gtrid, infos, rpc_timeout=self._rpc_timeout()):
-            raise TransactionAborted(
-                f"the coordinator no longer has {gtrid} active (decided, or past its deadline)",
-                gtrid=gtrid,
-            )
-        for branch in unregistered:
-            branch.registered = True
 
     def _ask_for_commit(
         self, client: CoordinatorClient, gtrid: str, branches: Sequence[Branch]
@@ -377,7 +350,10 @@ class GlobalTransaction:
         raise self._unknown(gtrid, last)
 
     def _refused(self, gtrid: str, exc: grpc.RpcError) -> None:
-        """The first Commit was refused before the coordinator acted on it: roll back."""
+        """The first Commit was refused before the coordinator acted on it: roll back. (Also
+        forget the coordinator's description: the gtrid made from it may be what it refused,
+        e.g. another coordinator with another cluster id now answers at the address.)"""
+        self._client().forget_description()
         outcome = self._abort(f"Commit refused: {exc.code().name}")
         raise TransactionAborted(
             f"the coordinator refused Commit before deciding ({exc.code().name}: "

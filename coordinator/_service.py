@@ -35,6 +35,10 @@ log = logging.getLogger("twostep.coordinator")
 
 _Reply = TypeVar("_Reply")
 
+# A client makes its gtrid's deadline from its estimate of this clock, rounded up to a second:
+# how much later than now + max_timeout that deadline may be (ms).
+_MINTED_SLACK_MS = 5_000
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -76,15 +80,11 @@ class CoordinatorServicer(_pb_grpc.CoordinatorServicer):
     @_answering
     def Begin(self, request: _pb.BeginRequest, context: grpc.ServicerContext) -> _pb.BeginResponse:
         count = _wire.begin_count(request)
-        branches = _wire.begin_branches(request, count)
         timeout_ms = min(request.timeout_ms or self._default_timeout_ms, self._max_timeout_ms)
         now = self._clock()
         deadline = now + timeout_ms
         deadline_s = -(-deadline // 1000)  # the gtrid's deadline is never earlier than the log's
-        begun = [
-            Begun(new_gtrid(self._cluster, deadline_s), now, deadline, branches)
-            for _ in range(count)
-        ]
+        begun = [Begun(new_gtrid(self._cluster, deadline_s), now, deadline) for _ in range(count)]
         self._log.record_begun(begun)  # not durable on return: presumed abort
         return _pb.BeginResponse(
             transactions=[
@@ -94,20 +94,22 @@ class CoordinatorServicer(_pb_grpc.CoordinatorServicer):
         )
 
     @_answering
-    def Enlist(
-        self, request: _pb.EnlistRequest, context: grpc.ServicerContext
-    ) -> _pb.EnlistResponse:
-        items = _wire.enlistments(request, self._cluster)
-        states = self._log.enlist(items)
-        return _pb.EnlistResponse(
-            transactions=[_wire.state_to_pb(e.gtrid, s) for e, s in zip(items, states, strict=True)]
+    def Describe(
+        self, request: _pb.DescribeRequest, context: grpc.ServicerContext
+    ) -> _pb.DescribeResponse:
+        return _pb.DescribeResponse(
+            cluster_id=self._cluster,
+            max_timeout_ms=self._max_timeout_ms,
+            default_timeout_ms=self._default_timeout_ms,
+            now_unix_ms=self._clock(),
         )
 
     @_answering
     def Commit(
         self, request: _pb.CommitRequest, context: grpc.ServicerContext
     ) -> _pb.CommitResponse:
-        decisions = self._log.decide(_wire.commit_proposals(request, self._cluster))
+        latest = self._clock() + self._max_timeout_ms + _MINTED_SLACK_MS
+        decisions = self._log.decide(_wire.commit_proposals(request, self._cluster, latest))
         return _pb.CommitResponse(decisions=[_wire.decision_to_pb(d) for d in decisions])
 
     @_answering

@@ -12,14 +12,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from twostep.client import InvalidIdentifier
-from twostep.client.tpc import GtridInfo, parse_gtrid, validate_resource_name
+from twostep.client.tpc import GtridInfo, parse_gtrid, validate_bqual, validate_resource_name
 from twostep.v1 import coordinator_pb2 as _pb
 
 from .log import (
     Ack,
     BranchRecord,
     Decision,
-    Enlistment,
     ListQuery,
     Proposal,
     State,
@@ -36,14 +35,11 @@ __all__ = [
     "BadRequest",
     "abort_proposals",
     "acks",
-    "begin_branches",
     "begin_count",
     "commit_proposals",
     "decision_to_pb",
-    "enlistments",
     "gtrid_of",
     "list_query",
-    "state_to_pb",
     "transaction_to_pb",
 ]
 
@@ -96,22 +92,6 @@ def begin_count(request: _pb.BeginRequest) -> int:
     return count
 
 
-def begin_branches(request: _pb.BeginRequest, count: int) -> tuple[BranchRecord, ...]:
-    """The branches a Begin registers with its one new transaction."""
-    if request.branches and count != 1:
-        raise (_ROOT / "branches").bad("branches can be registered only with count 1")
-    return _branches(request.branches, _ROOT / "branches")
-
-
-def enlistments(request: _pb.EnlistRequest, cluster: str) -> list[Enlistment]:
-    checked = []
-    for at, item, info in _items(request.transactions, cluster):
-        if not item.branches:
-            raise (at / "branches").bad("name at least one branch to enlist")
-        checked.append(Enlistment(info.gtrid, _branches(item.branches, at / "branches")))
-    return checked
-
-
 def gtrid_of(value: str, cluster: str, at: _Field = _ROOT / "gtrid") -> GtridInfo:
     """A gtrid of this coordinator's cluster, or `BadRequest`."""
     try:
@@ -123,13 +103,22 @@ def gtrid_of(value: str, cluster: str, at: _Field = _ROOT / "gtrid") -> GtridInf
     return info
 
 
-def commit_proposals(request: _pb.CommitRequest, cluster: str) -> list[Proposal]:
+def commit_proposals(
+    request: _pb.CommitRequest, cluster: str, latest_deadline_ms: int
+) -> list[Proposal]:
+    """Commit proposals; a client-made gtrid's deadline may be no later than
+    `latest_deadline_ms` (now + the maximum lifetime, by the coordinator's clock)."""
     proposals = []
     for at, item, info in _items(request.transactions, cluster):
         if not item.branches:
             raise (at / "branches").bad("Commit needs at least one prepared branch")
         branches = _branches(item.branches, at / "branches")
-        proposals.append(Proposal(info.gtrid, True, branches, "", info.deadline_unix_s * 1000))
+        deadline_ms = info.deadline_unix_s * 1000
+        if info.minted and deadline_ms > latest_deadline_ms:
+            raise (at / "gtrid").bad(
+                "its deadline is further away than this coordinator's max_timeout allows"
+            )
+        proposals.append(Proposal(info.gtrid, True, branches, "", deadline_ms, info.minted))
     return proposals
 
 
@@ -196,9 +185,11 @@ def _branches(branches: Sequence[_pb.Branch], where: _Field) -> tuple[BranchReco
     bquals: dict[str, int] = {}
     for i, branch in enumerate(branches):
         at = where[i]
-        for name, value in (("resource", branch.resource), ("bqual", branch.bqual)):
+        checks = (("resource", branch.resource, validate_resource_name),)
+        checks += (("bqual", branch.bqual, validate_bqual),)
+        for name, value, validate in checks:
             try:
-                validate_resource_name(value)
+                validate(value)
             except InvalidIdentifier as exc:
                 raise (at / name).bad(str(exc)) from None
         if branch.dialect not in DIALECTS:
@@ -227,12 +218,6 @@ def _branches(branches: Sequence[_pb.Branch], where: _Field) -> tuple[BranchReco
 
 
 # -- replies -----------------------------------------------------------------------------------
-
-
-def state_to_pb(gtrid: str, state: State | None) -> _pb.Decision:
-    """An Enlist answer: the state of `gtrid` (UNSPECIFIED when unknown)."""
-    number = _STATES_TO_PB[state] if state is not None else _pb.TRANSACTION_STATE_UNSPECIFIED
-    return _pb.Decision(gtrid=gtrid, state=number)
 
 
 def decision_to_pb(decision: Decision) -> _pb.Decision:

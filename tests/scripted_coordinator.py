@@ -90,8 +90,8 @@ class ScriptedCoordinator(pb_grpc.CoordinatorServicer):
     def Begin(self, request, context):
         return self._forward("Begin", request, context)
 
-    def Enlist(self, request, context):
-        return self._forward("Enlist", request, context)
+    def Describe(self, request, context):
+        return self._forward("Describe", request, context)
 
     def Abort(self, request, context):
         return self._forward("Abort", request, context)

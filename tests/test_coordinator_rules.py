@@ -240,6 +240,57 @@ def test_commit_of_an_unknown_gtrid_is_aborted_and_recorded(coordinator: Coordin
     assert [b.resource for b in stored.branches] == ["orders", "billing"]  # for recovery
 
 
+def test_a_gtrid_made_by_a_client_is_committed_on_first_sight_before_its_deadline(
+    start_coordinator,
+):
+    clock = FakeClock()
+    coordinator = start_coordinator(clock=clock, max_timeout_ms=60_000)
+    deadline_s = -(-(clock.ms + 2_000) // 1000)
+    gtrid = new_gtrid(coordinator.cluster_id, deadline_s, minted=True)  # never begun
+    decision = coordinator.commit(gtrid)
+    assert (decision.state, decision.reason) == (COMMITTED, "")
+    stored = coordinator.get(gtrid)
+    assert stored.deadline_unix_ms == deadline_s * 1000  # the gtrid's own, for recovery
+    assert [b.resource for b in stored.branches] == ["orders", "billing"]
+    assert coordinator.commit(gtrid).state == COMMITTED  # asked again: the same
+
+
+def test_a_gtrid_made_by_a_client_is_aborted_once_its_deadline_passed(start_coordinator):
+    clock = FakeClock()
+    coordinator = start_coordinator(clock=clock, max_timeout_ms=60_000)
+    deadline_s = -(-(clock.ms + 2_000) // 1000)
+    gtrid = new_gtrid(coordinator.cluster_id, deadline_s, minted=True)
+    clock.ms = deadline_s * 1000
+    decision = coordinator.commit(gtrid)
+    assert (decision.state, decision.reason) == (ABORTED, "deadline passed")
+    # Recovery's ABORT of the orphan and the client's Commit race by the same unique key:
+    # the first decision stands.
+    racing = new_gtrid(coordinator.cluster_id, deadline_s + 60, minted=True)
+    assert coordinator.abort(racing, "recovery").state == ABORTED
+    assert coordinator.commit(racing).state == ABORTED
+
+
+def test_a_gtrid_made_by_a_client_beyond_the_max_timeout_is_refused_and_not_recorded(
+    start_coordinator,
+):
+    clock = FakeClock()
+    coordinator = start_coordinator(clock=clock, max_timeout_ms=10_000)
+    far = new_gtrid(coordinator.cluster_id, (clock.ms + 60_000) // 1000, minted=True)
+    assert "max_timeout" in refusal(lambda: coordinator.commit(far))
+    assert status_of(lambda: coordinator.get(far)) == grpc.StatusCode.NOT_FOUND
+    near = new_gtrid(coordinator.cluster_id, (clock.ms + 10_000) // 1000, minted=True)
+    assert coordinator.commit(near).state == COMMITTED  # within max_timeout (+ the slack)
+
+
+def test_describe_gives_what_a_client_needs_to_make_gtrids(start_coordinator):
+    clock = FakeClock()
+    coordinator = start_coordinator(clock=clock, max_timeout_ms=7_000, default_timeout_ms=5_000)
+    described = coordinator.stub.Describe(pb.DescribeRequest(), timeout=RPC_TIMEOUT)
+    assert described.cluster_id == coordinator.cluster_id
+    assert (described.max_timeout_ms, described.default_timeout_ms) == (7_000, 5_000)
+    assert described.now_unix_ms == clock.ms
+
+
 def test_duplicate_commit_gets_committed_again(coordinator: Coordinator):
     gtrid = coordinator.begin_one()
     first = coordinator.commit(gtrid)

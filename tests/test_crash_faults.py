@@ -85,7 +85,7 @@ def killed_at(bank: Bank, coordinator: CoordinatorProcess, failpoint: str) -> Tr
 
 def prepared_branches(bank: Bank, transfer: Transfer) -> set[str]:
     """The resources that hold a prepared branch of the transfer's gtrid."""
-    return {xid.bqual for _, xid in bank.prepared_branches() if xid.gtrid == transfer.gtrid}
+    return {xid.resource for _, xid in bank.prepared_branches() if xid.gtrid == transfer.gtrid}
 
 
 # -- the client dies ----------------------------------------------------------------------------

@@ -17,10 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripted_coordinator import ScriptedCoordinator
+from scripted_coordinator import Meanwhile, ScriptedCoordinator
 from test_recovery import Databases, dbs_fixture, in_process_fixture, shop_fixture, wait_until  # noqa: F401
 
 from twostep.client import ConnectionManager, get_connection, global_transaction
+from twostep.client.tpc import Xid
 from twostep.coordinator.log import State
 from twostep.coordinator.recovery import RECOVERY_ABORT_REASON
 
@@ -62,38 +63,36 @@ def test_a_postgres_branch_begun_before_begin_is_cut_to_the_granted_deadline(sho
     assert shop.rows("orders") == shop.rows("billing") == {1}
 
 
-def test_begin_registers_the_first_mariadb_branch_with_its_session(shop, in_process):
-    coordinator = in_process()
-    with global_transaction(coordinator=coordinator.server.address) as gtx:
-        get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")
-        [(session,)] = get_connection("billing").execute("SELECT CONNECTION_ID()")
-        coordinator.server.decision_log.flush()
-        record = coordinator.server.decision_log.get(gtx.gtrid)
-    assert record is not None and record.state is State.ACTIVE
-    assert [(b.resource, b.session_id) for b in record.branches] == [("billing", session)]
-
-
-def test_a_later_mariadb_branch_is_enlisted_before_it_is_prepared(shop, in_process, maria_config2):
+def test_every_mariadb_branch_names_its_session_and_only_commit_reaches_the_coordinator(
+    shop, in_process, maria_config2
+):
+    # Recovery must be able to name the session holding a branch it has to finish, also for
+    # an orphan the coordinator never heard of: the xid's bqual carries it (resource#session).
     ConnectionManager.configure("ledger", maria_config2)
     get_connection("ledger").execute("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
     coordinator = in_process()
-    proxy = ScriptedCoordinator(coordinator.server.address, [])
+    prepared: list[Xid] = []
+
+    def look(gtrid: str) -> None:  # between the decision and phase 2: both are prepared
+        prepared.extend(x for x in shop.prepared("billing") if x.gtrid == gtrid)
+
+    proxy = ScriptedCoordinator(coordinator.server.address, [Meanwhile(look)])
+    sessions = {}
     try:
         with global_transaction(coordinator=proxy.address):
-            get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")
-            get_connection("ledger").execute("INSERT INTO t (id) VALUES (1)")
-            [(session,)] = get_connection("ledger").execute("SELECT CONNECTION_ID()")
+            for name in ("billing", "ledger"):
+                get_connection(name).execute("INSERT INTO t (id) VALUES (1)")
+                [(sessions[name],)] = get_connection(name).execute("SELECT CONNECTION_ID()")
     finally:
         proxy.close()
-    [enlist] = proxy.requests["Enlist"]
-    [item] = enlist.transactions
-    assert [(b.resource, b.session_id) for b in item.branches] == [("ledger", session)]
-    assert len(proxy.requests["Begin"]) == 1  # which carried the billing branch
+    assert sorted((x.resource, x.session_id) for x in prepared) == sorted(sessions.items())
+    assert set(proxy.requests) == {"Describe", "Commit"}  # no Begin, nothing before PREPARE
 
 
 _FROZEN_CLIENT = """
 import json, sys
 from twostep.client import ConnectionManager, get_connection, global_transaction
+from twostep.client.tpc import Xid
 for name, config in json.loads(sys.argv[1]).items():
     ConnectionManager.configure(name, config)
 with global_transaction(coordinator=sys.argv[2], timeout=5) as gtx:

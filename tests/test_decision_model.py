@@ -9,7 +9,9 @@ interleaving:
   keeps that state, reason and decision time for good (across restarts too);
 - nothing expired is committed: a Commit decision is taken only while now < deadline (a
   one-phase Ack records a commit the client did alone, without asking, and is exempt);
-- an unknown gtrid is never committed by Commit (presumed abort).
+- an unknown gtrid handed out by Begin is never committed by Commit (presumed abort: its
+  Begin was lost); one a client made itself (`ts2`, `Proposal.minted`) is decided by its own
+  deadline, like an active row, also when a racing ABORT (recovery's) got there first.
 
 Begins and Acks are queued, not waited for; before a replica touches a gtrid, the other
 replica's queue is flushed, so the model knows the order (as a client knows that its Begin
@@ -71,6 +73,8 @@ class Txn:
 
     gtrid: str
     deadline_ms: int | None  # None: never begun, unknown to the log
+    #: A gtrid a client made (ts2), unknown to the log until decided: its own deadline.
+    minted_deadline_ms: int | None = None
     decision: tuple[State, str] | None = None
     decided_ms: int | None = None
     #: False while the decision is a queued one-phase Ack not yet written.
@@ -119,9 +123,10 @@ class DecisionLogModel(RuleBasedStateMachine):
             return txn.decision
         if not proposal.commit:
             return State.ABORTED, proposal.reason or rules.ABORTED_BY_CLIENT
-        if txn.deadline_ms is None:
+        deadline = txn.deadline_ms if txn.deadline_ms is not None else txn.minted_deadline_ms
+        if deadline is None:
             return State.ABORTED, rules.UNKNOWN_TRANSACTION
-        if self.clock.ms < txn.deadline_ms:
+        if self.clock.ms < deadline:
             return State.COMMITTED, ""
         return State.ABORTED, rules.DEADLINE_PASSED
 
@@ -130,13 +135,15 @@ class DecisionLogModel(RuleBasedStateMachine):
             txn.decision, txn.decided_ms = answer, self.clock.ms
         assert answer == txn.decision, f"{txn.gtrid}: answered {answer}, decided {txn.decision}"
 
-    def _new_gtrid(self, deadline_ms: int) -> str:
+    def _new_gtrid(self, deadline_ms: int, version: str = "ts1") -> str:
         # Shaped like new_gtrid()'s, but numbered: hypothesis replays must see the same ids.
-        return f"ts1.{CLUSTER}.{-(-deadline_ms // 1000)}.{len(self.txns):024d}"
+        return f"{version}.{CLUSTER}.{-(-deadline_ms // 1000)}.{len(self.txns):024d}"
 
     def _proposal(self, txn: Txn, commit: bool, reason: str) -> Proposal:
-        fallback = txn.deadline_ms if txn.deadline_ms is not None else self.clock.ms + 1000
-        return Proposal(txn.gtrid, commit, BRANCHES if commit else (), reason, fallback)
+        minted = txn.minted_deadline_ms is not None
+        fallback = txn.deadline_ms or txn.minted_deadline_ms or self.clock.ms + 1000
+        branches = BRANCHES if commit else ()
+        return Proposal(txn.gtrid, commit, branches, reason, fallback, minted)
 
     # -- rules -------------------------------------------------------------------------------
 
@@ -165,6 +172,14 @@ class DecisionLogModel(RuleBasedStateMachine):
         """A gtrid the log never heard of (its Begin was lost, or it was made up)."""
         gtrid = self._new_gtrid(self.clock.ms + 1000)
         self.txns[gtrid] = Txn(gtrid, None)
+        return gtrid
+
+    @rule(target=gtrids, timeout_ms=st.sampled_from([1, 50, 1000, 30_000]))
+    def minted_gtrid(self, timeout_ms: int) -> str:
+        """A gtrid a client made itself (ts2): the log hears of it first at Commit or Abort."""
+        deadline = self.clock.ms + timeout_ms
+        gtrid = self._new_gtrid(deadline, "ts2")
+        self.txns[gtrid] = Txn(gtrid, None, minted_deadline_ms=deadline)
         return gtrid
 
     @rule(
@@ -242,7 +257,8 @@ class DecisionLogModel(RuleBasedStateMachine):
     @rule(gtrid=gtrids, offset=st.sampled_from([-1, 0, 1]))
     def to_deadline(self, gtrid: str, offset: int) -> None:
         """Move the clock to just before, onto or just past a deadline (never backwards)."""
-        deadline = self.txns[gtrid].deadline_ms
+        txn = self.txns[gtrid]
+        deadline = txn.deadline_ms or txn.minted_deadline_ms
         if deadline is not None:
             self.clock.ms = max(self.clock.ms, deadline + offset)
 

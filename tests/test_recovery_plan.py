@@ -227,7 +227,7 @@ def test_a_branch_with_an_invalid_bqual_is_blocked():
     p = plan(facts(listing("orders"), decided=(record,)))
     ((_, resource, verb, why, logged),) = findings(p)
     assert (resource, verb, logged) == ("orders", "rollback", True)
-    assert why.startswith("blocked: invalid resource name")
+    assert why.startswith("blocked: invalid branch qualifier")
     assert p.txns[PAST].blocked
 
 

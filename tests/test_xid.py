@@ -81,7 +81,7 @@ def test_malformed_cluster_ids_are_rejected(bad):
         *BAD_IDS,
         "ts1.main.0.aaaaaaaaaaaaaaaaaaaaaaa",  # nonce one short
         "ts1.main.0.aaaaaaaaaaaaaaaaaaaaaaaa'",
-        "ts2.main.0.aaaaaaaaaaaaaaaaaaaaaaaa",
+        "ts3.main.0.aaaaaaaaaaaaaaaaaaaaaaaa",
         "ts1.Main.0.aaaaaaaaaaaaaaaaaaaaaaaa",
         "ts1.main.0.aaaaaaaaaaaaaaaaaaaaaaaa\x00",
     ],

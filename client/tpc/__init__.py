@@ -29,6 +29,7 @@ from .xid import (
     Xid,
     new_gtrid,
     parse_gtrid,
+    validate_bqual,
     validate_cluster_id,
     validate_resource_name,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "release_session",
     "require_two_phase",
     "translate_driver_errors",
+    "validate_bqual",
     "validate_cluster_id",
     "validate_resource_name",
 ]

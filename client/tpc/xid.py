@@ -1,12 +1,14 @@
 """Transaction identifiers: the one module that encodes, validates and parses them.
 
-A twostep gtrid is issued by the coordinator and reads `ts1.<cluster>.<deadline>.<random>`:
-the cluster id keeps two twostep clusters (or other XA users) on one database apart, and the
-deadline (unix seconds, base 36) lets recovery judge an orphaned branch even when the
-coordinator's log never heard of it (Begin is not durable: presumed abort).
+A twostep gtrid reads `ts1.<cluster>.<deadline>.<random>` when a coordinator's Begin handed it
+out, `ts2.` the same when a client made it itself under the coordinator's description (its
+cluster id, its maximum lifetime and its clock; docs/design.md §2): the cluster id keeps two
+twostep clusters (or other XA users) on one database apart, and the deadline (unix seconds,
+base 36, by the coordinator's clock) lets recovery judge an orphaned branch even when the
+coordinator's log never heard of it (presumed abort).
 
-A branch's xid is (FORMAT_ID, gtrid, bqual) where bqual is the resource name. On the wire to
-the databases:
+A branch's xid is (FORMAT_ID, gtrid, bqual) where bqual is the resource name, and for a MySQL
+branch `<resource>#<session id>`. On the wire to the databases:
 - PostgreSQL gid: `<format id>_<base64 gtrid>_<base64 bqual>`, psycopg's own layout, so
   `Connection.tpc_recover()` understands it too (at most 188 bytes, under PG's 200).
 - MySQL/MariaDB: `X'<hex gtrid>',X'<hex bqual>',<format id>` (gtrid and bqual <= 64 bytes).
@@ -30,6 +32,7 @@ __all__ = [
     "Xid",
     "new_gtrid",
     "parse_gtrid",
+    "validate_bqual",
     "validate_cluster_id",
     "validate_resource_name",
 ]
@@ -39,13 +42,18 @@ FORMAT_ID = 0x54535450
 #: Cluster id of the xids of `Transaction(conn).prepare()`: manual two-phase commit, which no
 #: coordinator may ever finish, so no coordinator may take this cluster id.
 LOCAL_CLUSTER = "local"
-_VERSION = "ts1"
+_ISSUED = "ts1"  # handed out by a coordinator's Begin
+_MINTED = "ts2"  # made by a client under a coordinator's description (see `new_gtrid`)
 _MAX_PART = 64  # MySQL's limit on gtrid and bqual, in bytes
 
 _CLUSTER_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?")
 _RESOURCE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+# A branch qualifier: the resource name, and for a MySQL branch the session that holds it.
+_BQUAL_RE = re.compile(
+    r"(?P<resource>[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})(?:#(?P<session>[1-9][0-9]{0,19}))?"
+)
 _GTRID_RE = re.compile(
-    r"ts1\.(?P<cluster>[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?)"
+    r"(?P<version>ts[12])\.(?P<cluster>[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?)"
     r"\.(?P<deadline>[0-9a-z]{1,10})\.(?P<nonce>[a-z2-7]{24})"
 )
 _NONCE_BYTES = 15  # 120 random bits: 24 base32 characters, no padding
@@ -70,6 +78,14 @@ def validate_resource_name(value: object) -> str:
     return value
 
 
+def validate_bqual(value: object) -> str:
+    """A branch qualifier: `resource` or `resource#session` (at most 64 bytes)."""
+    if not isinstance(value, str) or len(value) > _MAX_PART or not _BQUAL_RE.fullmatch(value):
+        rule = "a resource name, optionally '#' and a session number; at most 64 characters"
+        raise _reject("branch qualifier", value, rule)
+    return value
+
+
 @dataclass(frozen=True)
 class GtridInfo:
     """What a twostep gtrid says about itself."""
@@ -77,21 +93,30 @@ class GtridInfo:
     gtrid: str
     cluster: str
     deadline_unix_s: int
+    #: Made by a client (`ts2`), not handed out by Begin (`ts1`): a coordinator that never saw
+    #: it decides a Commit for it by its deadline (docs/design.md §2).
+    minted: bool = False
 
 
 def parse_gtrid(value: object) -> GtridInfo:
     """Validate a twostep gtrid and return its parts; `InvalidIdentifier` if it is not one."""
     match = _GTRID_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        raise _reject("gtrid", value, "not a twostep gtrid (ts1.<cluster>.<deadline>.<nonce>)")
-    return GtridInfo(value, match["cluster"], int(match["deadline"], 36))
+        rule = "not a twostep gtrid (ts1 or ts2.<cluster>.<deadline>.<nonce>)"
+        raise _reject("gtrid", value, rule)
+    deadline = int(match["deadline"], 36)
+    return GtridInfo(value, match["cluster"], deadline, match["version"] == _MINTED)
 
 
-def new_gtrid(cluster: str, deadline_unix_s: int) -> str:
-    """A fresh gtrid: unique by 120 random bits, so a restarted coordinator never reuses one."""
+def new_gtrid(cluster: str, deadline_unix_s: int, *, minted: bool = False) -> str:
+    """A fresh gtrid: unique by 120 random bits, so a restarted coordinator never reuses one.
+
+    `minted`: made by a client rather than a coordinator's Begin (the `ts2` form).
+    """
     validate_cluster_id(cluster)
     nonce = base64.b32encode(secrets.token_bytes(_NONCE_BYTES)).decode().lower()
-    gtrid = f"{_VERSION}.{cluster}.{_base36(deadline_unix_s)}.{nonce}"
+    version = _MINTED if minted else _ISSUED
+    gtrid = f"{version}.{cluster}.{_base36(deadline_unix_s)}.{nonce}"
     assert len(gtrid) <= _MAX_PART
     return gtrid
 
@@ -110,17 +135,39 @@ def _base36(n: int) -> str:
 
 @dataclass(frozen=True)
 class Xid:
-    """The xid of one twostep branch: (FORMAT_ID, gtrid, bqual = resource name)."""
+    """The xid of one twostep branch: (FORMAT_ID, gtrid, bqual).
+
+    The bqual is the resource name; a MySQL branch adds `#<CONNECTION_ID()>` of the session
+    that holds it, so that recovery can name a live owner from `XA RECOVER` alone (no message
+    to the coordinator needed before PREPARE).
+    """
 
     gtrid: str
     bqual: str
 
     @classmethod
     def of(cls, gtrid: str, bqual: str) -> Xid:
-        """The only constructor for xids that will reach SQL: validates both parts."""
+        """The constructor for xids that will reach SQL: validates both parts."""
         parse_gtrid(gtrid)
-        validate_resource_name(bqual)
+        validate_bqual(bqual)
         return cls(gtrid, bqual)
+
+    @classmethod
+    def for_branch(cls, gtrid: str, resource: str, session_id: int = 0) -> Xid:
+        """The xid of `resource`'s branch, naming `session_id` if given and it fits in the
+        64-byte bqual (a resource name over 43 characters may leave it out)."""
+        validate_resource_name(resource)
+        bqual = f"{resource}#{session_id}" if session_id > 0 else resource
+        return cls.of(gtrid, bqual if len(bqual) <= _MAX_PART else resource)
+
+    @property
+    def resource(self) -> str:
+        return self.bqual.partition("#")[0]
+
+    @property
+    def session_id(self) -> int:
+        """The MySQL session that holds the branch, from the bqual (0: not named)."""
+        return int(self.bqual.partition("#")[2] or 0)
 
     @property
     def info(self) -> GtridInfo:

@@ -9,18 +9,15 @@ conflict, then a read-back of the row), never through a lock in memory (docs/des
 invariant 1).
 
 Begin (`record_begun`)
-    Inserts active rows, with the branches the client registered. Not durable when the call
-    returns (presumed abort, see below).
-Enlist (`enlist`)
-    Adds branches (and their owner sessions) to an active row, replacing a branch of the same
-    resource; a decided or unknown gtrid is left alone. Answers each gtrid's state (None:
-    unknown), once durable. Recovery names a branch's owner session from these records when
-    it aborts an orphan.
+    Inserts active rows. Not durable when the call returns (presumed abort, see below).
 Commit (`decide`, a `Proposal` with commit=True)
     active and now < deadline: COMMITTED (the branches are stored). active past the deadline:
-    ABORTED "deadline passed". Unknown gtrid: an aborted row is inserted ("unknown
-    transaction") and the answer is ABORTED. Already decided: that decision, unchanged (a
-    duplicate Commit of a committed gtrid gets COMMITTED again).
+    ABORTED "deadline passed". Unknown gtrid handed out by Begin (`ts1`): an aborted row is
+    inserted ("unknown transaction": its Begin was lost) and the answer is ABORTED. Unknown
+    gtrid made by a client (`ts2`, `Proposal.minted`): decided by the deadline in it, like an
+    active row (the client never asked Begin; the caller checked the deadline is no further
+    than the maximum lifetime). Already decided: that decision, unchanged (a duplicate Commit
+    of a committed gtrid gets COMMITTED again).
 Abort (`decide`, commit=False)
     active or unknown: ABORTED with the caller's reason; already committed: COMMITTED, the
     decision in force.
@@ -90,7 +87,6 @@ __all__ = [
     "BranchRecord",
     "Decision",
     "DecisionLog",
-    "Enlistment",
     "ListQuery",
     "LogUnavailable",
     "Note",
@@ -143,15 +139,6 @@ class Begun:
     gtrid: str
     begun_ms: int
     deadline_ms: int
-    branches: tuple[BranchRecord, ...] = ()
-
-
-@dataclass(frozen=True)
-class Enlistment:
-    """Branches a client registers with an active transaction before preparing them."""
-
-    gtrid: str
-    branches: tuple[BranchRecord, ...]
 
 
 @dataclass(frozen=True)
@@ -160,6 +147,8 @@ class Proposal:
 
     `fallback_deadline_ms` is the deadline written into the gtrid itself; the log stores it
     when it first hears of the gtrid here (unknown transaction), for recovery to judge by.
+    `minted`: the gtrid was made by a client (`ts2`); unknown, a Commit for it is decided by
+    that deadline instead of being aborted as a lost Begin.
     """
 
     gtrid: str
@@ -167,6 +156,7 @@ class Proposal:
     branches: tuple[BranchRecord, ...] = ()
     reason: str = ""
     fallback_deadline_ms: int = 0
+    minted: bool = False
 
 
 @dataclass(frozen=True)
@@ -264,11 +254,6 @@ class DecisionLog(Protocol):
 
     def record_begun(self, begun: Sequence[Begun]) -> None:
         """Queue active rows; returns before they are durable (presumed abort)."""
-
-    def enlist(self, enlistments: Sequence[Enlistment]) -> list[State | None]:
-        """Apply the Enlist rule above; each gtrid's state after it (None: unknown), once
-        durable. Raises `LogUnavailable` like `decide`."""
-        ...
 
     def decide(self, proposals: Sequence[Proposal]) -> list[Decision]:
         """Apply the rules above; returns the decisions in force, in order, once durable.

@@ -39,7 +39,6 @@ from .interface import (
     Ack,
     Begun,
     Decision,
-    Enlistment,
     ListQuery,
     LogUnavailable,
     Note,
@@ -83,7 +82,6 @@ class _Request:
     """One call's work for the writer; `done` is set when a caller waits for it."""
 
     begun: Sequence[Begun] = ()
-    enlistments: Sequence[Enlistment] = ()
     proposals: Sequence[Proposal] = ()
     acks: Sequence[Ack] = ()
     notes: Sequence[Note] = ()
@@ -95,7 +93,6 @@ class _Request:
 
     def __post_init__(self) -> None:
         self.size = len(self.begun) + len(self.proposals) + len(self.acks) + len(self.notes)
-        self.size += len(self.enlistments)
         self.size += self.resolution is not None
         self.size += self.prune[1] if self.prune else 0
 
@@ -149,9 +146,6 @@ class SqliteDecisionLog:
 
     def decide(self, proposals: Sequence[Proposal]) -> list[Decision]:
         return self._wait(_Request(proposals=tuple(proposals), done=Future()))
-
-    def enlist(self, enlistments: Sequence[Enlistment]) -> list[State | None]:
-        return self._wait(_Request(enlistments=tuple(enlistments), done=Future()))
 
     def resolve(self, resolution: Resolution) -> Resolved:
         (resolved,) = self._wait(_Request(resolution=resolution, done=Future()))
@@ -287,8 +281,7 @@ class SqliteDecisionLog:
         for request in batch:
             if request.begun:
                 sql.insert_begun(db, request.begun)
-            decided: list[Any] = [sql.enlist(db, e) for e in request.enlistments]
-            decided += [sql.decide(db, p, now) for p in request.proposals]
+            decided: list[Any] = [sql.decide(db, p, now) for p in request.proposals]
             if request.resolution is not None:
                 decided.append(sql.resolve(db, request.resolution, now))
             if request.prune is not None:

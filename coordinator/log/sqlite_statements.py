@@ -41,7 +41,6 @@ from .interface import (
     Begun,
     BranchRecord,
     Decision,
-    Enlistment,
     ListQuery,
     Note,
     Proposal,
@@ -56,7 +55,6 @@ __all__ = [
     "anything_to_prune",
     "create_schema",
     "decide",
-    "enlist",
     "get",
     "insert_begun",
     "insert_notes",
@@ -97,16 +95,17 @@ CREATE INDEX IF NOT EXISTS notes_by_gtrid ON notes (gtrid, id);
 """
 
 _INSERT_BEGUN = """
-INSERT INTO global_transactions (gtrid, begun_ms, deadline_ms, state, branches)
-VALUES (?, ?, ?, 'active', ?) ON CONFLICT (gtrid) DO NOTHING
+INSERT INTO global_transactions (gtrid, begun_ms, deadline_ms, state)
+VALUES (?, ?, ?, 'active') ON CONFLICT (gtrid) DO NOTHING
 """
-# A decision is one upsert: an unknown gtrid is inserted as aborted; an active row is decided
-# by the DO UPDATE; a decided row is left alone (the WHERE fails, RETURNING yields nothing, and
+# A decision is one upsert: an unknown gtrid is inserted decided (:first_state, :first_reason:
+# aborted, or for a client-made gtrid by its deadline); an active row is decided by the DO
+# UPDATE; a decided row is left alone (the WHERE fails, RETURNING yields nothing, and
 # _DECISION_OF reads the decision in force).
 _DECIDE_COMMIT = """
 INSERT INTO global_transactions
        (gtrid, begun_ms, deadline_ms, state, decided_ms, reason, branches)
-VALUES (:gtrid, :now, :deadline, 'aborted', :now, :unknown, :branches)
+VALUES (:gtrid, :now, :deadline, :first_state, :now, :first_reason, :branches)
 ON CONFLICT (gtrid) DO UPDATE
    SET state = CASE WHEN :now < deadline_ms THEN 'committed' ELSE 'aborted' END,
        reason = CASE WHEN :now < deadline_ms THEN '' ELSE :late END,
@@ -174,7 +173,7 @@ def insert_begun(db: sqlite3.Connection, begun: Sequence[Begun]) -> None:
     """The Begin rule of `interface`: active rows; a gtrid that has a row already keeps it."""
     db.executemany(
         _INSERT_BEGUN,
-        [(b.gtrid, b.begun_ms, b.deadline_ms, _branches_json(b.branches)) for b in begun],
+        [(b.gtrid, b.begun_ms, b.deadline_ms) for b in begun],
     )
 
 
@@ -190,24 +189,6 @@ def record_acks(db: sqlite3.Connection, acks: Sequence[Ack], now: int) -> None:
     db.executemany(_ACK_COMPLETED, [(now, a.gtrid) for a in acks])
 
 
-def enlist(db: sqlite3.Connection, enlistment: Enlistment) -> State | None:
-    """The Enlist rule of `interface`; the gtrid's state (None: unknown)."""
-    row = db.execute(
-        "SELECT state, branches FROM global_transactions WHERE gtrid = ?", (enlistment.gtrid,)
-    ).fetchone()
-    if row is None:
-        return None
-    state = State(row[0])
-    if state is State.ACTIVE:
-        new = {b.resource for b in enlistment.branches}
-        kept = [b for b in _branches(row[1]) if b.resource not in new]
-        db.execute(
-            "UPDATE global_transactions SET branches = ? WHERE gtrid = ?",
-            (_branches_json([*kept, *enlistment.branches]), enlistment.gtrid),
-        )
-    return state
-
-
 def decide(db: sqlite3.Connection, proposal: Proposal, now: int) -> Decision:
     """The Commit or Abort rule of `interface`; the decision in force afterwards."""
     params = {
@@ -217,7 +198,11 @@ def decide(db: sqlite3.Connection, proposal: Proposal, now: int) -> Decision:
         "branches": _branches_json(proposal.branches),
     }
     if proposal.commit:
-        params.update(unknown=interface.UNKNOWN_TRANSACTION, late=interface.DEADLINE_PASSED)
+        first = ("aborted", interface.UNKNOWN_TRANSACTION)
+        if proposal.minted:  # never begun: decided by its own deadline, like an active row
+            in_time = now < proposal.fallback_deadline_ms
+            first = ("committed", "") if in_time else ("aborted", interface.DEADLINE_PASSED)
+        params.update(first_state=first[0], first_reason=first[1], late=interface.DEADLINE_PASSED)
         rows = db.execute(_DECIDE_COMMIT, params).fetchall()
     else:
         params.update(reason=proposal.reason or interface.ABORTED_BY_CLIENT)

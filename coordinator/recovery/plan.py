@@ -259,7 +259,8 @@ class _Planning:
                 self._block(txn, branch.resource, verb, NOT_SCANNED)
                 continue
             self.planned.add(xid)
-            step = Step(record.gtrid, branch.resource, xid, commit, deadline, branch.session_id)
+            session = xid.session_id or branch.session_id
+            step = Step(record.gtrid, branch.resource, xid, commit, deadline, session)
             if xid in listing.xids:
                 self._add(txn, step)
                 continue
@@ -386,12 +387,13 @@ def _by_xid(listings: Mapping[str, Listing]) -> dict[Xid, list[str]]:
 
 def _owner(xid: Xid, names: list[str]) -> str:
     """The resource to finish `xid` on: the one its bqual names, if that one lists it."""
-    return xid.bqual if xid.bqual in names else names[0]
+    return xid.resource if xid.resource in names else names[0]
 
 
 def _owner_session(record: TransactionRecord | None, xid: Xid) -> int:
-    """The session the client registered for the branch `xid` (0: none known). By bqual:
+    """The session that holds the branch `xid` (0: none known): named in its bqual (a MySQL
+    branch), else as the client reported it with Commit or Abort. By bqual, not by resource:
     MariaDB lists every database's xids, so the resource that finishes it may be another."""
-    if record is None:
-        return 0
+    if xid.session_id or record is None:
+        return xid.session_id
     return next((b.session_id for b in record.branches if b.bqual == xid.bqual), 0)

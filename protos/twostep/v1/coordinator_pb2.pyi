@@ -33,14 +33,12 @@ class Branch(_message.Message):
     def __init__(self, resource: _Optional[str] = ..., bqual: _Optional[str] = ..., dialect: _Optional[str] = ..., session_id: _Optional[int] = ..., transaction_id: _Optional[int] = ...) -> None: ...
 
 class BeginRequest(_message.Message):
-    __slots__ = ("timeout_ms", "count", "branches")
+    __slots__ = ("timeout_ms", "count")
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
-    BRANCHES_FIELD_NUMBER: _ClassVar[int]
     timeout_ms: int
     count: int
-    branches: _containers.RepeatedCompositeFieldContainer[Branch]
-    def __init__(self, timeout_ms: _Optional[int] = ..., count: _Optional[int] = ..., branches: _Optional[_Iterable[_Union[Branch, _Mapping]]] = ...) -> None: ...
+    def __init__(self, timeout_ms: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Started(_message.Message):
     __slots__ = ("gtrid", "deadline_unix_ms", "timeout_ms")
@@ -58,25 +56,21 @@ class BeginResponse(_message.Message):
     transactions: _containers.RepeatedCompositeFieldContainer[Started]
     def __init__(self, transactions: _Optional[_Iterable[_Union[Started, _Mapping]]] = ...) -> None: ...
 
-class EnlistItem(_message.Message):
-    __slots__ = ("gtrid", "branches")
-    GTRID_FIELD_NUMBER: _ClassVar[int]
-    BRANCHES_FIELD_NUMBER: _ClassVar[int]
-    gtrid: str
-    branches: _containers.RepeatedCompositeFieldContainer[Branch]
-    def __init__(self, gtrid: _Optional[str] = ..., branches: _Optional[_Iterable[_Union[Branch, _Mapping]]] = ...) -> None: ...
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
-class EnlistRequest(_message.Message):
-    __slots__ = ("transactions",)
-    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
-    transactions: _containers.RepeatedCompositeFieldContainer[EnlistItem]
-    def __init__(self, transactions: _Optional[_Iterable[_Union[EnlistItem, _Mapping]]] = ...) -> None: ...
-
-class EnlistResponse(_message.Message):
-    __slots__ = ("transactions",)
-    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
-    transactions: _containers.RepeatedCompositeFieldContainer[Decision]
-    def __init__(self, transactions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
+class DescribeResponse(_message.Message):
+    __slots__ = ("cluster_id", "max_timeout_ms", "default_timeout_ms", "now_unix_ms")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    NOW_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    max_timeout_ms: int
+    default_timeout_ms: int
+    now_unix_ms: int
+    def __init__(self, cluster_id: _Optional[str] = ..., max_timeout_ms: _Optional[int] = ..., default_timeout_ms: _Optional[int] = ..., now_unix_ms: _Optional[int] = ...) -> None: ...
 
 class CommitItem(_message.Message):
     __slots__ = ("gtrid", "branches")

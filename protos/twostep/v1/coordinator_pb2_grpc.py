@@ -39,10 +39,10 @@ class CoordinatorStub:
                 request_serializer=twostep_dot_v1_dot_coordinator__pb2.BeginRequest.SerializeToString,
                 response_deserializer=twostep_dot_v1_dot_coordinator__pb2.BeginResponse.FromString,
                 _registered_method=True)
-        self.Enlist = channel.unary_unary(
-                '/twostep.v1.Coordinator/Enlist',
-                request_serializer=twostep_dot_v1_dot_coordinator__pb2.EnlistRequest.SerializeToString,
-                response_deserializer=twostep_dot_v1_dot_coordinator__pb2.EnlistResponse.FromString,
+        self.Describe = channel.unary_unary(
+                '/twostep.v1.Coordinator/Describe',
+                request_serializer=twostep_dot_v1_dot_coordinator__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=twostep_dot_v1_dot_coordinator__pb2.DescribeResponse.FromString,
                 _registered_method=True)
         self.Commit = channel.unary_unary(
                 '/twostep.v1.Coordinator/Commit',
@@ -82,11 +82,10 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Enlist(self, request, context):
-        """Registers branches (with their owner sessions) of active transactions
-        before they are prepared, so recovery can name the session that holds a
-        branch it must finish. Answers each transaction's state: ACTIVE, or the
-        decision already taken (then the client must not prepare).
+    def Describe(self, request, context):
+        """What a client needs to make gtrids itself (the `ts2` form), so that its
+        hot path sends the coordinator one call, Commit: the cluster id, the
+        longest lifetime a transaction may have, and the coordinator's clock.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,8 +93,9 @@ class CoordinatorServicer:
 
     def Commit(self, request, context):
         """Asks for COMMIT after every branch voted YES. Decides COMMIT iff the gtrid
-        is active and before its deadline, and answers only once the decision is
-        on disk. Idempotent: asking again returns the decision already taken.
+        is active (or, made by a client, not seen before) and before its deadline,
+        and answers only once the decision is on disk. Idempotent: asking again
+        returns the decision already taken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,10 +136,10 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     request_deserializer=twostep_dot_v1_dot_coordinator__pb2.BeginRequest.FromString,
                     response_serializer=twostep_dot_v1_dot_coordinator__pb2.BeginResponse.SerializeToString,
             ),
-            'Enlist': grpc.unary_unary_rpc_method_handler(
-                    servicer.Enlist,
-                    request_deserializer=twostep_dot_v1_dot_coordinator__pb2.EnlistRequest.FromString,
-                    response_serializer=twostep_dot_v1_dot_coordinator__pb2.EnlistResponse.SerializeToString,
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=twostep_dot_v1_dot_coordinator__pb2.DescribeRequest.FromString,
+                    response_serializer=twostep_dot_v1_dot_coordinator__pb2.DescribeResponse.SerializeToString,
             ),
             'Commit': grpc.unary_unary_rpc_method_handler(
                     servicer.Commit,
@@ -205,7 +205,7 @@ class Coordinator:
             _registered_method=True)
 
     @staticmethod
-    def Enlist(request,
+    def Describe(request,
             target,
             options=(),
             channel_credentials=None,
@@ -218,9 +218,9 @@ class Coordinator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/twostep.v1.Coordinator/Enlist',
-            twostep_dot_v1_dot_coordinator__pb2.EnlistRequest.SerializeToString,
-            twostep_dot_v1_dot_coordinator__pb2.EnlistResponse.FromString,
+            '/twostep.v1.Coordinator/Describe',
+            twostep_dot_v1_dot_coordinator__pb2.DescribeRequest.SerializeToString,
+            twostep_dot_v1_dot_coordinator__pb2.DescribeResponse.FromString,
             options,
             channel_credentials,
             insecure,
