@@ -20,11 +20,11 @@ from ._connections import Connection
 from ._coordinator_client import BranchInfo
 from ._errors import TwostepError
 from .tpc import failpoints as _failpoints
-from .tpc.operations import BranchOps
+from .tpc.operations import BranchOps, VoteNo
 from .tpc.phase2 import Ended, finish_prepared, release_session
 from .tpc.xid import Xid
 
-__all__ = ["Branch", "on_each", "prepare", "rollback_all"]
+__all__ = ["Branch", "end_reader", "on_each", "prepare", "rollback_all"]
 
 log = logging.getLogger("twostep.client")
 
@@ -78,6 +78,21 @@ def prepare(branch: Branch) -> None:
     assert branch.xid is not None
     branch.transaction_id = branch.ops.prepare(branch.session, branch.xid)
     branch.prepared = True
+
+
+def end_reader(branch: Branch) -> None:
+    """End a branch that wrote nothing: one-phase commit (a failure loses nothing: it wrote
+    nothing, and its dead session took the transaction along)."""
+    branch.ended = True
+    try:
+        branch.ops.commit_one_phase(branch.session, branch.xid)
+    except (TwostepError, VoteNo) as exc:
+        log.debug(
+            "read-only branch ended by its rollback", extra={"branch": branch.name, "why": exc}
+        )
+        release_session(branch, discard=True)
+        return
+    release_session(branch)
 
 
 def rollback_all(branches: list[Branch]) -> list[str]:

@@ -30,10 +30,10 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from . import _fork
 from ._dialects import (
@@ -62,6 +62,8 @@ __all__ = [
     "current_scope",
     "get_connection",
 ]
+
+T = TypeVar("T")
 
 _FIELDS = (
     "driver",
@@ -179,6 +181,21 @@ class Connection:
                 return session
             self.dialect.close(session)
         return self.connect()
+
+    def acquire_for(self, start: Callable[[Any], T]) -> tuple[Any, T]:
+        """A session with `start(session)` run on it (begin a transaction, say): a pooled
+        session the server ended a moment ago (its goodbye still on the way) fails the first
+        statement, and nothing was done on it then, so a connection failure gets one more
+        try on a new session. Any other failure closes the session and is raised."""
+        for attempt in (1, 2):
+            session = self.acquire()
+            try:
+                return session, start(session)
+            except BaseException as exc:
+                self.release(session, discard=True)
+                if attempt == 2 or not is_connection_failure(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     def _still_usable(self, session: Any, released_at: float) -> bool:
         """Idle, and not ended by the server: an idle session has nothing to read, so a

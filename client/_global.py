@@ -38,7 +38,7 @@ from typing import Any
 import grpc
 
 from . import _fork
-from ._branches import Branch, on_each, prepare, rollback_all
+from ._branches import Branch, end_reader, on_each, prepare, rollback_all
 from ._connections import Connection, activate, current_scope
 from ._coordinator_client import (
     REFUSED_UNDECIDED,
@@ -53,12 +53,14 @@ from ._errors import (
     PhaseTwoIncomplete,
     TransactionAborted,
     TransactionEnded,
+    TransactionError,
     TwostepError,
     is_connection_failure,
 )
 from ._statements import Statements
+from ._timeouts import check_timeout
 from .tpc import failpoints as _failpoints
-from .tpc.operations import VoteNo, require_two_phase
+from .tpc.operations import BranchEscaped, VoteNo, require_two_phase
 from .tpc.phase2 import Ended, finish_prepared, release_session
 from .tpc.xid import Xid, new_gtrid
 
@@ -76,10 +78,8 @@ class GlobalTransaction:
     """The state of one `global_transaction()` block; `gtrid` names it to the admin CLI."""
 
     def __init__(self, coordinator: str, timeout: float):
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
         self.coordinator = coordinator
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self._pid = os.getpid()  # a forked child may not use or end it (_fork.check_owner)
         self._deadline = time.monotonic() + timeout
         self._gtrid: str | None = None
@@ -143,8 +143,8 @@ class GlobalTransaction:
         ops = require_two_phase(connection.dialect.name, connection=connection.name, origin=origin)
         if self._remaining() <= 0:
             raise TransactionAborted("the global transaction's deadline passed", gtrid=self._gtrid)
-        session = connection.acquire()
-        try:
+
+        def begin(session: Any) -> Branch:
             session_id = ops.session_id(session)
             branch = Branch(connection, ops, session, None, session_id)
             if ops.dialect == "mysql":  # the xid is needed at XA START; it names the session
@@ -158,10 +158,9 @@ class GlobalTransaction:
                 lock_timeout_ms=_ms(self._remaining()),
                 count_writes=not statements.may_write,
             )
-        except BaseException:
-            connection.release(session, discard=True)
-            raise
-        return branch
+            return branch
+
+        return connection.acquire_for(begin)[1]
 
     def _mint_gtrid(self) -> str:
         """The transaction's gtrid, made here (`ts2`) on first need from the coordinator's
@@ -219,31 +218,46 @@ class GlobalTransaction:
         if self._rollback_only:
             outcome = self._abort(self._rollback_only)
             raise TransactionAborted(f"{self._rollback_only}: {outcome}", gtrid=self._gtrid)
+        writers, readers = self._sort_out_readers(branches)
+        if writers and self._remaining() <= 0:
+            outcome = self._abort("deadline passed before commit")
+            raise TransactionAborted(
+                f"the global transaction's deadline passed before it committed; {outcome}",
+                gtrid=self._gtrid,
+            )
         # The coordinator never heard of the gtrid (made here): one writer or none needs no word.
-        writers = self._end_read_only(branches)
-        if len(writers) == 1:
+        if len(writers) > 1:
+            self._commit_two_phase(writers, readers)
+            return
+        if writers:
             self._commit_one_phase(writers[0])
-        elif writers:
-            self._commit_two_phase(writers)
+        # Ended only now, so that their locking reads (FOR UPDATE) hold until the commit.
+        on_each(readers, end_reader)
 
-    def _end_read_only(self, branches: list[Branch]) -> list[Branch]:
-        """Finish every branch that wrote nothing; the branches that did write."""
+    def _sort_out_readers(self, branches: list[Branch]) -> tuple[list[Branch], list[Branch]]:
+        """(branches that wrote, branches that wrote nothing): the latter are never prepared
+        (XA's read-only vote) and are ended by one-phase commit once the writers committed."""
         asked = [b for b in branches if not b.may_write]
-        outcomes = on_each(asked, lambda b: b.ops.end_if_read_only(b.session, b.xid))
-        failed = None
-        for branch, outcome in outcomes:
-            if outcome is True:
-                branch.ended = True
-                release_session(branch)
-            elif isinstance(outcome, Exception):
-                failed = failed or (branch, outcome)
+        outcomes = dict(on_each(asked, lambda b: b.ops.wrote_nothing(b.session)))
+        failed = next(((b, o) for b, o in outcomes.items() if isinstance(o, Exception)), None)
         if failed is not None:
             branch, exc = failed
-            outcome_text = self._abort(f"{branch.name} voted NO")
-            raise TransactionAborted(
-                f"{branch.name} could not be finished: {exc}; {outcome_text}", gtrid=self._gtrid
-            ) from exc
-        return [b for b in branches if not b.ended]
+            outcome = self._abort(f"{branch.name} voted NO")
+            raise self._no_vote(branch, exc, outcome) from exc
+        readers = [b for b in branches if outcomes.get(b) is True]
+        return [b for b in branches if b not in readers], readers
+
+    def _no_vote(self, branch: Branch, exc: Exception, outcome: str) -> TransactionError:
+        """The error for a branch that could not prepare (or commit), `outcome` being what
+        the rollback of the others did: a heuristic outcome if the branch had escaped its
+        transaction (what ran on it after that is committed), else nothing was committed."""
+        if isinstance(exc, BranchEscaped):
+            return HeuristicOutcome(
+                f"{branch.name}: {exc}; the rest of the transaction: {outcome}", gtrid=self._gtrid
+            )
+        return TransactionAborted(
+            f"{branch.name} could not prepare: {exc}; {outcome}", gtrid=self._gtrid
+        )
 
     def _commit_one_phase(self, branch: Branch) -> None:
         try:
@@ -251,13 +265,13 @@ class GlobalTransaction:
         except VoteNo as exc:
             branch.ended = True
             release_session(branch, discard=True)
-            raise TransactionAborted(
-                f"{branch.name} rolled the transaction back: {exc}", gtrid=self._gtrid
-            ) from exc
+            outcome = self._abort(f"{branch.name} rolled back")
+            raise self._no_vote(branch, exc, outcome) from exc
         except TwostepError as exc:
             branch.ended = True
             release_session(branch, discard=True)
             if is_connection_failure(exc):
+                self._abort(f"the connection to {branch.name} failed during its commit")
                 raise OutcomeUnknown(
                     f"the connection to {branch.name} failed during its one-phase commit; "
                     "only that database knows whether it committed",
@@ -267,7 +281,7 @@ class GlobalTransaction:
         branch.ended = True
         release_session(branch)
 
-    def _commit_two_phase(self, branches: list[Branch]) -> None:
+    def _commit_two_phase(self, branches: list[Branch], readers: list[Branch]) -> None:
         try:
             with self._lock:
                 gtrid = self._mint_gtrid()
@@ -277,11 +291,6 @@ class GlobalTransaction:
         for branch in branches:
             if branch.xid is None:
                 branch.xid = Xid.for_branch(gtrid, branch.name)
-        if self._remaining() <= 0:
-            outcome = self._abort("deadline passed before prepare")
-            raise TransactionAborted(
-                f"the global transaction's deadline passed before prepare; {outcome}", gtrid=gtrid
-            )
 
         _failpoints.failpoint(_failpoints.BEFORE_PREPARE)
         prepared = on_each(branches, prepare, between=_failpoints.BETWEEN_PREPARES)
@@ -289,9 +298,7 @@ class GlobalTransaction:
         if failures:
             branch, exc = failures[0]
             outcome = self._abort(f"{branch.name} voted NO")
-            raise TransactionAborted(
-                f"{branch.name} could not prepare: {exc}; {outcome}", gtrid=gtrid
-            ) from exc
+            raise self._no_vote(branch, exc, outcome) from exc
 
         client = self._client()
         if not client.reachable(within=min(_PROBE_TIMEOUT, max(0.2, self._remaining()))):
@@ -308,7 +315,7 @@ class GlobalTransaction:
                 f"the coordinator decided ABORT ({decided.reason}); {outcome}", gtrid=gtrid
             )
         _failpoints.failpoint(_failpoints.AFTER_DECISION)
-        self._finish_committed(client, gtrid, branches)
+        self._finish_committed(client, gtrid, branches, readers)
 
     def _ask_for_commit(
         self, client: CoordinatorClient, gtrid: str, branches: Sequence[Branch]
@@ -375,13 +382,15 @@ class GlobalTransaction:
             release_session(branch, discard=True)
 
     def _finish_committed(
-        self, client: CoordinatorClient, gtrid: str, branches: list[Branch]
+        self, client: CoordinatorClient, gtrid: str, branches: list[Branch], readers: list[Branch]
     ) -> None:
+        # The readers end beside phase 2: the decision is the commit point, so their locks
+        # are held until the transaction is committed.
         outcomes = on_each(
-            branches,
-            lambda b: finish_prepared(b, commit=True),
+            [*branches, *readers],
+            lambda b: end_reader(b) if b in readers else finish_prepared(b, commit=True),
             between=_failpoints.BETWEEN_COMMITS,
-        )
+        )[: len(branches)]
         for branch, outcome in outcomes:
             branch.ended = True
             if isinstance(outcome, Exception):

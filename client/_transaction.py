@@ -23,9 +23,10 @@ from typing import Any
 
 from . import _fork
 from ._connections import Connection, activate, current_scope, get_connection
-from ._errors import TransactionAborted, TransactionEnded, TwostepError
+from ._errors import HeuristicOutcome, TransactionAborted, TransactionEnded, TwostepError
 from ._statements import Statements
-from .tpc.operations import VoteNo, local_ops, require_two_phase
+from ._timeouts import check_timeout
+from .tpc.operations import BranchEscaped, VoteNo, local_ops, require_two_phase
 from .tpc.phase2 import Ended, finish_prepared, release_session
 from .tpc.xid import LOCAL_CLUSTER, Xid, new_gtrid
 
@@ -36,7 +37,7 @@ class Transaction:
     def __init__(self, connection: Connection | str, *, timeout: float | None = None):
         self.connection = get_connection(connection) if isinstance(connection, str) else connection
         self.ops = local_ops(self.connection.dialect.name)
-        self.timeout = timeout
+        self.timeout = None if timeout is None else check_timeout(timeout)
         self.xid: Xid | None = None
         self.session: Any = None
         self.prepared = False
@@ -86,13 +87,10 @@ class Transaction:
         if self.ops.dialect == "mysql":
             # MySQL can only prepare what began as an XA branch.
             self.xid = Xid.of(new_gtrid(LOCAL_CLUSTER, deadline), self.connection.name)
-        self.session = self.connection.acquire()
         lock_ms = int(self.timeout * 1000) if self.timeout else None
-        try:
-            self.ops.begin(self.session, self.xid, lock_ms)
-        except BaseException:
-            release_session(self, discard=True)
-            raise
+        self.session, _ = self.connection.acquire_for(
+            lambda session: self.ops.begin(session, self.xid, lock_ms)
+        )
         self._state = "active"
         self._deadline_s = deadline
         self._scope = activate(self)
@@ -151,6 +149,8 @@ class Transaction:
             except VoteNo as exc:
                 self._state = "rolled back"
                 release_session(self, discard=True)
+                if isinstance(exc, BranchEscaped):
+                    raise HeuristicOutcome(f"{self.connection.name!r}: {exc}") from exc
                 raise TransactionAborted(f"{self.connection.name!r} rolled back: {exc}") from exc
             except BaseException:
                 self._state = "rolled back"

@@ -15,12 +15,20 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from scripted_coordinator import Meanwhile, ScriptedCoordinator
 from test_recovery import Databases, dbs_fixture, in_process_fixture, shop_fixture, wait_until  # noqa: F401
 
-from twostep.client import ConnectionManager, get_connection, global_transaction
+from twostep.client import (
+    ConnectionManager,
+    Transaction,
+    TransactionAborted,
+    get_connection,
+    global_transaction,
+)
 from twostep.client.tpc import Xid
 from twostep.coordinator.log import State
 from twostep.coordinator.recovery import RECOVERY_ABORT_REASON
@@ -91,7 +99,13 @@ def test_every_mariadb_branch_names_its_session_and_only_commit_reaches_the_coor
 
 _FROZEN_CLIENT = """
 import json, sys
-from twostep.client import ConnectionManager, get_connection, global_transaction
+from twostep.client import (
+    ConnectionManager,
+    Transaction,
+    TransactionAborted,
+    get_connection,
+    global_transaction,
+)
 from twostep.client.tpc import Xid
 for name, config in json.loads(sys.argv[1]).items():
     ConnectionManager.configure(name, config)
@@ -143,3 +157,45 @@ def test_an_orphan_held_by_a_frozen_client_is_aborted_and_its_registered_session
         with conn.cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM t")
             assert cur.fetchone() == (0,)
+
+
+# -- the deadline also bounds a transaction that needs no decision --------------------------------
+
+
+@pytest.mark.parametrize("name", ["billing", "orders"])
+def test_a_single_writer_past_the_deadline_is_rolled_back_not_committed(shop, in_process, name):
+    # One writing branch commits with one phase and no word to the coordinator: the deadline
+    # is checked by the client, as for two (the issue: a MariaDB-only block that overran its
+    # deadline committed, while the log said it expired).
+    coordinator = in_process()
+    with pytest.raises(TransactionAborted, match="deadline passed"):
+        with global_transaction(coordinator=coordinator.server.address, timeout=0.5):
+            get_connection(name).execute("INSERT INTO t (id) VALUES (1)")
+            time.sleep(0.7)
+    assert shop.rows(name) == set()
+
+
+def test_a_postgres_branch_is_ended_by_the_server_if_its_client_stops_inside_it(shop, in_process):
+    coordinator = in_process(max_timeout_ms=2_000, default_timeout_ms=2_000)
+    with global_transaction(coordinator=coordinator.server.address, timeout=30):
+        get_connection("orders").execute("INSERT INTO t (id) VALUES (1)")
+        get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")  # cuts to 2 s
+        get_connection("orders").execute("SELECT 1")
+        [(idle,)] = get_connection("orders").execute(
+            "SELECT current_setting('idle_in_transaction_session_timeout')"
+        )
+        lock = postgres_lock_timeout_ms()
+    # Like MySQL's wait_timeout: 5 s past the deadline, a session idle inside the
+    # transaction (a frozen client holding row locks) is ended by the server.
+    assert int(idle.removesuffix("ms")) == lock + 5_000
+
+
+@pytest.mark.parametrize("bad", [0, -1, 86_401, float("nan"), float("inf"), "30", True, None])
+def test_a_timeout_that_is_not_a_number_of_seconds_is_refused_before_anything_is_sent(shop, bad):
+    with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+        with global_transaction(coordinator="127.0.0.1:9", timeout=bad):
+            get_connection("orders").execute("INSERT INTO t (id) VALUES (1)")
+    if bad is not None:
+        with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+            Transaction("orders", timeout=bad)
+    assert shop.rows("orders") == set()

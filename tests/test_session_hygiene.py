@@ -159,3 +159,18 @@ def test_a_session_killed_during_its_statement_is_discarded(shop, name):
         get_connection(name).execute(sleep)
     killer.join()
     assert get_connection(name).execute("SELECT 1") == [(1,)]
+
+
+@pytest.mark.parametrize("name", ["billing", "orders"])
+def test_a_branch_starts_on_a_new_session_when_its_pooled_one_was_just_ended(
+    shop, in_process, name
+):
+    # The server's goodbye may still be on its way when the session is checked out: the
+    # branch's first statement fails with a connection error, nothing was done on it, so the
+    # branch starts again on a new session (a plain statement is not retried: it may have run).
+    address = in_process().server.address
+    for row in range(10):
+        end_session(shop, name, session_id(name))  # the pool's one idle session
+        with global_transaction(coordinator=address):
+            get_connection(name).execute("INSERT INTO t (id) VALUES (?)", (row,))
+    assert shop.rows(name) == set(range(10))

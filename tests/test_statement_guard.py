@@ -14,6 +14,7 @@ import pytest
 from test_recovery import Databases, dbs_fixture, in_process_fixture, shop_fixture  # noqa: F401
 
 from twostep.client import (
+    HeuristicOutcome,
     StatementRefused,
     Transaction,
     TransactionAborted,
@@ -42,6 +43,10 @@ REFUSED = {
         "COMMIT PREPARED 'x'",
         "ROLLBACK PREPARED 'x'",
         "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "SELECT 1 /* /* */ ' */; COMMIT; --'",  # PostgreSQL nests block comments
+        "SELECT 'x\\'' ; COMMIT; --'",  # a backslash escape, if standard_conforming_strings=off
+        "SELECT E'x\\''; COMMIT",
+        "SELECT $q$ ; $q$; COMMIT",
     ],
     "billing": [
         *COMMON,
@@ -59,7 +64,14 @@ REFUSED = {
     ],
 }
 ALLOWED = {
-    "orders": ["SELECT 'COMMIT'", 'SELECT 1 AS "commit"', "SELECT $$ROLLBACK$$", "-- COMMIT"],
+    "orders": [
+        "SELECT 'COMMIT'",
+        'SELECT 1 AS "commit"',
+        "SELECT $$ROLLBACK$$",
+        "-- COMMIT",
+        "/* /* COMMIT */ */ SELECT 1",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END",
+    ],
     "billing": ["SELECT 'COMMIT'", "SET @autocommit = 1", "SELECT 1 -- COMMIT", "# ROLLBACK"],
 }
 
@@ -121,16 +133,32 @@ def test_the_issues_input_keeps_both_databases_atomic(shop, address):
     assert shop.rows("orders") == {1, 2} and shop.rows("billing") == {1}
 
 
-def test_a_branch_whose_transaction_was_ended_behind_the_guard_votes_no(shop, address):
+def test_a_branch_whose_transaction_was_ended_behind_the_guard_votes_no_and_says_so(shop, address):
+    # What ran after the COMMIT on the driver session committed on its own: the block is a
+    # heuristic outcome (not "nothing committed"), and the other branch is rolled back.
     orders = get_connection("orders")
-    with pytest.raises(TransactionAborted, match="no longer inside the branch's transaction"):
+    with pytest.raises(HeuristicOutcome, match="no longer inside the branch's transaction"):
         with global_transaction(coordinator=address) as gtx:
             get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")
             orders.execute("INSERT INTO t (id) VALUES (1)")
             # Straight on the driver session, past the guard (as a library might).
             with gtx.statement_session(orders, None, orders.dialect.statements("")) as raw:
                 raw.execute("COMMIT")
+            orders.execute("INSERT INTO t (id) VALUES (2)")
     assert shop.rows("billing") == set()  # rolled back with the NO vote
+    assert shop.rows("orders") == {1, 2}  # committed on their own, as the error says
+
+
+def test_a_postgres_session_that_died_in_the_block_is_a_plain_rollback(shop, address):
+    with pytest.raises(TransactionAborted, match="session was lost") as info:
+        with global_transaction(coordinator=address):
+            get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")
+            get_connection("orders").execute("INSERT INTO t (id) VALUES (1)")
+            [(pid,)] = get_connection("orders").execute("SELECT pg_backend_pid()")
+            with shop.pg.admin_connect() as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    assert "committed on its own" not in str(info.value)
+    assert shop.rows("orders") == shop.rows("billing") == set()
 
 
 @pytest.mark.parametrize("name", ["orders", "billing"])

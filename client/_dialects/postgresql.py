@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from .._statements import Statements, classify_postgresql
 from .._types import postgres_column, register_postgres
 from .base import ConnectionSettings, Dialect, TableInfo
 from .lexers import POSTGRESQL_LEXER
@@ -21,6 +22,10 @@ class PostgreSQL(Dialect):
     default_port = 5432
     supports_returning = True
     _lexer = POSTGRESQL_LEXER
+
+    def statements(self, sql: str) -> Statements:
+        # Nested comments and the session's standard_conforming_strings: see _statements.
+        return classify_postgresql(sql)
 
     def connect(self, settings: ConnectionSettings) -> psycopg.Connection[Any]:
         kwargs: dict[str, Any] = {

@@ -20,7 +20,7 @@ contract import-linter checks in the test command).
 """
 
 from .._errors import translate_driver_errors
-from .operations import BranchOps, Finish, VoteNo, local_ops, require_two_phase
+from .operations import BranchEscaped, BranchOps, Finish, VoteNo, local_ops, require_two_phase
 from .phase2 import Ended, PreparedBranch, ended_by_status, finish_prepared, release_session
 from .xid import (
     FORMAT_ID,
@@ -37,6 +37,7 @@ from .xid import (
 __all__ = [
     "FORMAT_ID",
     "LOCAL_CLUSTER",
+    "BranchEscaped",
     "BranchOps",
     "Ended",
     "Finish",

@@ -15,7 +15,7 @@ What the databases answer, measured on PostgreSQL 15 and MariaDB 10.11
   (autocommit, idle) when a branch starts.
 - A prepared read-only MariaDB branch is rolled back when its session closes (1402 or 1397
   later, facts MY-3 and MY-10), which would look like a heuristic outcome; so a branch that
-  wrote nothing is finished without PREPARE (`end_if_read_only`, XA's "read-only vote").
+  wrote nothing is never prepared (`wrote_nothing`, XA's "read-only vote").
   PostgreSQL says exactly whether a transaction wrote (`txid_current_if_assigned()` is NULL
   until it does); MariaDB's INNODB_TRX is a cache refreshed at most every 0.1 s (measured),
   so its session's Handler_write/update/delete counters are compared with their values at
@@ -43,7 +43,7 @@ from pymysql.constants import SERVER_STATUS
 from .._errors import TwoPhaseNotSupported, is_connection_failure, translate_driver_errors
 from .xid import FORMAT_ID, Xid
 
-__all__ = ["BranchOps", "Finish", "VoteNo", "local_ops", "require_two_phase"]
+__all__ = ["BranchEscaped", "BranchOps", "Finish", "VoteNo", "local_ops", "require_two_phase"]
 
 # MariaDB error numbers (XA_RB*, XAER_*) that phase 2 must tell apart.
 _MY_XAER_NOTA = 1397  # unknown xid -- or prepared and attached to a live session
@@ -54,6 +54,12 @@ _PG_BUSY = "55000"  # another session is finishing this gid right now
 
 class VoteNo(Exception):
     """A branch could not be prepared; its transaction is rolled back (or must be)."""
+
+
+class BranchEscaped(VoteNo):
+    """The branch's session left its transaction before it ended (a COMMIT or ROLLBACK sent
+    past the statement guard, on the driver session): what ran on it after that committed on
+    its own, outside the transaction. A heuristic outcome, not a plain NO vote."""
 
 
 class Finish(enum.Enum):
@@ -84,7 +90,7 @@ class BranchOps(Protocol):
         """Start the branch; bound its lock waits (and, MySQL, its idle time) by the timeout.
 
         `count_writes`: remember what the session has written so far, so that
-        `end_if_read_only` can tell (MySQL only; PostgreSQL always can).
+        `wrote_nothing` can tell (MySQL only; PostgreSQL always can).
         """
 
     def set_lock_timeout(self, session: Any, lock_timeout_ms: int) -> None:
@@ -92,9 +98,9 @@ class BranchOps(Protocol):
 
     def session_id(self, session: Any) -> int: ...
 
-    def end_if_read_only(self, session: Any, xid: Xid | None) -> bool:
-        """If the branch wrote nothing, end it (one-phase commit) and return True; else
-        return False with the branch untouched. `VoteNo` if it is no longer a transaction."""
+    def wrote_nothing(self, session: Any) -> bool:
+        """Whether the branch has written nothing so far (asked of the server; the branch is
+        left as it is). `VoteNo` if it is no longer a transaction, or its transaction failed."""
         ...
 
     def prepare(self, session: Any, xid: Xid) -> int | None:
@@ -128,11 +134,21 @@ def _vote_no_unless_lost(exc: Exception, step: str) -> NoReturn:
     raise VoteNo(f"{step} failed: {exc}") from exc
 
 
-def _require_transaction(in_transaction: bool, step: str) -> None:
-    if not in_transaction:
-        raise VoteNo(
+# How long past its deadline a branch session may sit idle before the server ends it (s). By
+# then the coordinator answers ABORTED to a late Commit, and a prepared branch only detaches.
+_IDLE_MARGIN_S = 5
+
+
+def _require_transaction(state: str, step: str) -> None:
+    """`state`: "in" (inside the branch's transaction), "lost" (the session failed: the server
+    rolled the transaction back) or "out" (open, but outside any transaction: it escaped)."""
+    if state == "lost":
+        raise VoteNo(f"{step}: the session was lost; the server rolled its transaction back")
+    if state == "out":
+        raise BranchEscaped(
             f"{step}: the session is no longer inside the branch's transaction (it was ended "
-            "inside the block); what ran after that was committed on its own"
+            "inside the block, past the statement guard); what ran on it after that was "
+            "committed on its own"
         )
 
 
@@ -166,20 +182,19 @@ class _PostgresOps:
 
     def _status(self, session: psycopg.Connection, step: str) -> TransactionStatus:
         status = session.info.transaction_status
-        _require_transaction(status in (TransactionStatus.INTRANS, TransactionStatus.INERROR), step)
-        return status
+        if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            return status
+        _require_transaction("out" if status == TransactionStatus.IDLE else "lost", step)
+        raise AssertionError("unreachable")
 
-    def end_if_read_only(self, session: psycopg.Connection, xid: Xid | None) -> bool:
+    def wrote_nothing(self, session: psycopg.Connection) -> bool:
         if self._status(session, "read-only check") is TransactionStatus.INERROR:
             raise VoteNo("a statement of the branch failed: PostgreSQL rolled it back")
         try:
             (txid,) = session.execute("SELECT txid_current_if_assigned()").fetchone()
         except psycopg.Error as exc:
             _vote_no_unless_lost(exc, "read-only check")
-        if txid is not None:
-            return False
-        self.commit_one_phase(session, xid)
-        return True
+        return txid is None
 
     def prepare(self, session: psycopg.Connection, xid: Xid) -> int | None:
         if self._status(session, "PREPARE TRANSACTION") is TransactionStatus.INERROR:
@@ -194,6 +209,11 @@ class _PostgresOps:
             (txid,) = cur.fetchone()
             cur.nextset()
         except psycopg.Error as exc:
+            if is_connection_failure(exc):
+                raise VoteNo(
+                    f"the session was lost at PREPARE TRANSACTION ({type(exc).__name__}); the "
+                    "branch is rolled back (it may have been prepared first: it is looked for)"
+                ) from exc
             raise VoteNo(f"PREPARE TRANSACTION failed: {exc}") from exc
         if cur.statusmessage != "PREPARE TRANSACTION":
             # Tag ROLLBACK: a statement had failed earlier, PostgreSQL rolled the branch back.
@@ -265,13 +285,17 @@ class _PostgresOps:
 
 
 def _pg_lock_timeout(lock_timeout_ms: int) -> str:
-    # An int we format ourselves: nothing from outside reaches the text.
-    return f"SET LOCAL lock_timeout = '{max(1, int(lock_timeout_ms))}ms'"
+    # Ints we format ourselves: nothing from outside reaches the text. The idle timeout ends
+    # the session of a client that froze inside the transaction (it would keep its row locks
+    # for good), 5 s past the deadline, like MySQL's wait_timeout; SET LOCAL ends with the
+    # transaction, and a prepared transaction no longer belongs to a session.
+    ms = max(1, int(lock_timeout_ms))
+    return (
+        f"SET LOCAL lock_timeout = '{ms}ms';"
+        f" SET LOCAL idle_in_transaction_session_timeout = '{ms + _IDLE_MARGIN_S * 1000}ms'"
+    )
 
 
-# How long past its deadline a MySQL branch session may sit idle before the server ends it.
-# By then the coordinator answers ABORTED to a late Commit, and a prepared branch only detaches.
-_IDLE_MARGIN_S = 5
 # What the session has written so far: the sum of its Handler_write/update/delete counters.
 _MY_WRITES = (
     "(SELECT SUM(VARIABLE_VALUE) FROM information_schema.SESSION_STATUS"
@@ -337,11 +361,12 @@ class _MySQLOps:
     def _require(self, session: pymysql.Connection, step: str) -> None:
         # server_status comes with every reply: IN_TRANS is set from XA START until the
         # branch ends (measured on MariaDB 10.11), so this costs no round trip.
-        _require_transaction(
-            bool(session.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS), step
-        )
+        if not session.open:
+            _require_transaction("lost", step)
+        if not session.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+            _require_transaction("out", step)
 
-    def end_if_read_only(self, session: pymysql.Connection, xid: Xid | None) -> bool:
+    def wrote_nothing(self, session: pymysql.Connection) -> bool:
         self._require(session, "read-only check")
         try:
             with session.cursor() as cur:
@@ -349,10 +374,7 @@ class _MySQLOps:
                 (written,) = cur.fetchone()
         except pymysql.MySQLError as exc:
             _vote_no_unless_lost(exc, "read-only check")
-        if written is None or written != 0:  # None: not counted since XA START
-            return False
-        self.commit_one_phase(session, xid)
-        return True
+        return written is not None and written == 0  # None: not counted since XA START
 
     def prepare(self, session: pymysql.Connection, xid: Xid) -> int | None:
         self._require(session, "XA PREPARE")
@@ -361,6 +383,11 @@ class _MySQLOps:
                 cur.execute(f"XA END {xid.mysql_literal()}")
                 cur.execute(f"XA PREPARE {xid.mysql_literal()}")
         except pymysql.MySQLError as exc:
+            if is_connection_failure(exc):
+                raise VoteNo(
+                    f"the session was lost at XA PREPARE ({type(exc).__name__}); the branch is "
+                    "rolled back (it may have been prepared first: it is looked for)"
+                ) from exc
             raise VoteNo(f"XA PREPARE failed: {exc}") from exc
         return None
 
