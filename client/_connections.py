@@ -144,6 +144,9 @@ class Connection:
             timeout=settings.pool_timeout,
         )
         self._tables: dict[str, TableInfo] = {}
+        # One table read at a time outside the pool (see `table`); never held while waiting
+        # for anything but that read.
+        self._describing = threading.Lock()
         # An in-memory SQLite database lives as long as one session is open: this one.
         self._anchor = self.connect() if dialect.needs_anchor(settings) else None
         _fork.in_child_of(self, Connection._forget_pool)
@@ -227,6 +230,7 @@ class Connection:
         """In a forked child: the pooled sessions are the parent's; start with none (see
         _fork). The in-memory SQLite anchor stays: it holds the child's own copy."""
         self._pool.forget()
+        self._describing = threading.Lock()  # a parent thread may have held it
 
     def _retire(self) -> None:
         """This connection was replaced: keep nothing pooled from now on (sessions in use
@@ -282,21 +286,38 @@ class Connection:
     def table(self, name: str) -> TableInfo:
         """Columns and primary key of a table, read once per connection and table name.
 
-        Read on a pooled session of its own, outside any transaction (it only reads).
+        Read on a session of its own, outside any transaction (it only reads): a pooled one;
+        for a thread inside a transaction, one opened for the read and closed after, one at a
+        time per connection. Such a thread may hold this connection's last free session
+        itself (its branch), so waiting for a pooled one could wait for itself; the cap is
+        passed by one session at most, and only while a table is read the first time.
         """
         info = self._tables.get(name)
         if info is None:
-            session = self.acquire()
-            try:
-                info = self.dialect.describe(session, name, connection=self.name)
-            finally:
-                self.release(session)
+            info = self._describe(name)
             if info is None:
                 raise ConfigurationError(
                     f"table {name!r} does not exist on connection {self.name!r} ({self!r})"
                 )
             self._tables[name] = info
         return info
+
+    def _describe(self, name: str) -> TableInfo | None:
+        if current_scope() is None:
+            session = self.acquire()
+            try:
+                return self.dialect.describe(session, name, connection=self.name)
+            finally:
+                self.release(session)
+        with self._describing:
+            info = self._tables.get(name)  # read by another thread meanwhile
+            if info is not None:
+                return info
+            session = self.connect()
+            try:
+                return self.dialect.describe(session, name, connection=self.name)
+            finally:
+                self.dialect.close(session)
 
     def forget_tables(self) -> None:
         """Read table definitions again on next use (after a migration changed them)."""

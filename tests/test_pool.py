@@ -22,10 +22,12 @@ from test_recovery import Databases, dbs_fixture, in_process_fixture  # noqa: F4
 
 import twostep.client._connections as connections_module
 from twostep.client import (
+    ActiveRecord,
     ConfigurationError,
     Connection,
     ConnectionManager,
     PoolTimeout,
+    Transaction,
     TwostepError,
     get_connection,
     global_transaction,
@@ -202,6 +204,25 @@ def test_inside_a_global_transaction_a_full_pool_aborts_the_block_with_nothing_s
     assert get_connection("orders").execute("SELECT COUNT(*) FROM t") == [(0,)]
     assert get_connection("billing").execute("SELECT COUNT(*) FROM t") == [(0,)]
     assert dbs.prepared("orders") == set() and dbs.prepared("billing") == set()
+
+
+class Entry(ActiveRecord):
+    __connection__ = "ledger"
+    __tablename__ = "entries"
+
+
+@pytest.mark.parametrize("dialect", SERVERS)
+def test_a_transaction_holding_the_only_session_reads_a_new_table_without_waiting(configs, dialect):
+    """The model's first use reads the table's definition; the transaction holds the one
+    session the pool may open, so that read may not wait for a pooled session."""
+    config = {**configs[dialect], "pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}
+    ledger = ConnectionManager.configure("ledger", config)
+    ledger.execute("CREATE TABLE entries (id INT PRIMARY KEY, amount INT NOT NULL)")
+    ledger.forget_tables()
+    with Transaction(ledger):
+        ledger.execute("SELECT 1")  # the transaction holds the session from here on
+        Entry.create(id=1, amount=5)
+    assert ledger.execute("SELECT id, amount FROM entries") == [(1, 5)]
 
 
 # -- steady state ------------------------------------------------------------------------------
