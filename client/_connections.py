@@ -1,4 +1,4 @@
-"""Named connections: their settings, a small pool of driver sessions, and where SQL runs.
+"""Named connections: their settings, a bounded pool of driver sessions, and where SQL runs.
 
     ConnectionManager.configure("orders", {"driver": "postgresql", "host": "127.0.0.1",
                                            "database": "shop", "username": "app",
@@ -8,13 +8,21 @@
 Config fields: `driver` (postgresql/postgres, mysql/mariadb, sqlite); `host`, `database`,
 `username` (required, only `database` for SQLite: a file path or ":memory:"); `port` (default
 5432 / 3306); `password` (default empty); `connect_timeout` (seconds, default 10; SQLite's
-busy timeout); `options` (extra keyword arguments for the driver's connect); `pool_size` (idle
-sessions kept, default 8). A connection's name is also its resource name at the coordinator
-and its branches' qualifier, so it follows `validate_resource_name`.
+busy timeout); `options` (extra keyword arguments for the driver's connect); the pool's
+`pool_size` (sessions kept open between uses, default 8), `max_overflow` (how many more may
+be opened for a burst and are closed when given back, default 8: the cap on open sessions
+is `pool_size + max_overflow`, 16 by default, so four such processes stay within
+PostgreSQL's default max_connections of 100), `pool_timeout` (seconds a caller waits for a
+free session when the cap is reached, default 5; then `PoolTimeout`, nothing sent). A
+connection's name is also its resource name at the coordinator and its branches'
+qualifier, so it follows `validate_resource_name`.
 
 Every pooled session is in driver-level autocommit with no transaction open. Transactions are
 begun explicitly by whoever needs one (BEGIN, XA START), and a session goes back to the pool
-only when it is idle again; otherwise it is closed, which ends whatever it still held.
+only when it is idle again; otherwise it is closed, which ends whatever it still held. The
+pool's mechanics (the cap, the wait in turn, the most recently used idle session first) are
+in `_pool`, on SQLAlchemy's QueuePool; the rules of which session may be pooled and when one
+is judged dead are here.
 
 Where a statement runs is decided in one place, `Connection.run()`: inside `Transaction(conn)`
 or `global_transaction()` on the session the active scope lends out (the connection's branch;
@@ -51,6 +59,7 @@ from ._errors import (
     is_connection_failure,
     translate_driver_errors,
 )
+from ._pool import SessionPool
 from ._statements import Statements
 from .tpc.xid import validate_resource_name
 
@@ -75,6 +84,8 @@ _FIELDS = (
     "connect_timeout",
     "options",
     "pool_size",
+    "max_overflow",
+    "pool_timeout",
 )
 #: A pooled session idle for longer than this is pinged before reuse: a dropped connection
 #: that sent nothing (no FIN, no error packet) would otherwise fail the caller's first statement.
@@ -125,11 +136,19 @@ class Connection:
         self.name = name
         self.dialect = dialect
         self.settings = settings
-        # Guards _idle and _retired. Never held while talking to a database.
-        self._lock = threading.Lock()
-        self._idle: list[tuple[Any, float]] = []  # (session, monotonic time it was released)
-        self._retired = False
+        self._pool = SessionPool(
+            name,
+            connect=self.connect,
+            close=dialect.close,
+            usable=self._still_usable,
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+            timeout=settings.pool_timeout,
+        )
         self._tables: dict[str, TableInfo] = {}
+        # One table read at a time outside the pool (see `table`); never held while waiting
+        # for anything but that read.
+        self._describing = threading.Lock()
         # An in-memory SQLite database lives as long as one session is open: this one.
         self._anchor = self.connect() if dialect.needs_anchor(settings) else None
         _fork.in_child_of(self, Connection._forget_pool)
@@ -153,7 +172,8 @@ class Connection:
     # -- sessions ------------------------------------------------------------------------------
 
     def connect(self) -> Any:
-        """A new driver session, not pooled: autocommit, no transaction open."""
+        """A new driver session, not pooled (nor counted against the pool's cap): autocommit,
+        no transaction open."""
         try:
             with translate_driver_errors(self.name):
                 return _fork.track_socket(
@@ -171,16 +191,14 @@ class Connection:
             raise
 
     def acquire(self) -> Any:
-        """An idle session from the pool, or a new one. Give it back with `release()`."""
-        while True:
-            with self._lock:
-                if not self._idle:
-                    break
-                session, released_at = self._idle.pop()  # the most recently used: warm
-            if self._still_usable(session, released_at):
-                return session
-            self.dialect.close(session)
-        return self.connect()
+        """An idle session from the pool, or a new one while fewer than `pool_size +
+        max_overflow` are open. Give it back with `release()`, always.
+
+        When all are in use, waits up to `pool_timeout` seconds for one to be released, then
+        raises `PoolTimeout` (naming the connection and the cap). Raises `DatabaseError` if a
+        new session cannot be opened.
+        """
+        return self._pool.checkout()
 
     def acquire_for(self, start: Callable[[Any], T]) -> tuple[Any, T]:
         """A session with `start(session)` run on it (begin a transaction, say): a pooled
@@ -197,14 +215,16 @@ class Connection:
                     raise
         raise AssertionError("unreachable")
 
-    def _still_usable(self, session: Any, released_at: float) -> bool:
+    def _still_usable(self, session: Any, released_at: float | None) -> bool:
         """Idle, and not ended by the server: an idle session has nothing to read, so a
         readable socket (a KILL's error packet, a shutdown, EOF) costs a ping to judge; so
-        does a session idle for long (a silently dropped connection shows only then)."""
+        does a session idle for long (a silently dropped connection shows only then).
+        `released_at` (monotonic s) is None for one that did not sit in the pool (just opened,
+        or handed straight from its last user to a caller that waited)."""
         if not self.dialect.is_idle(session):
             return False
         quiet = not self.dialect.has_input(session)
-        if quiet and time.monotonic() - released_at < _PING_AFTER_S:
+        if quiet and (released_at is None or time.monotonic() - released_at < _PING_AFTER_S):
             return True
         try:
             self.dialect.ping(session)
@@ -213,34 +233,26 @@ class Connection:
         return True
 
     def release(self, session: Any, *, discard: bool = False) -> None:
-        """Return a session to the pool; closed instead if `discard`, if it is not idle (open
-        transaction, broken, autocommit turned off), if the pool is full, or if this connection
-        was reconfigured meanwhile."""
-        if not discard and self.dialect.is_idle(session):
-            with self._lock:
-                if not self._retired and len(self._idle) < self.settings.pool_size:
-                    self._idle.append((session, time.monotonic()))
-                    return
-        self.dialect.close(session)
+        """Give back a session from `acquire()`: to a caller waiting for one, or pooled
+        again; closed instead if `discard`, if it is not idle (open transaction, broken,
+        autocommit turned off), if `pool_size` sessions are idle already, or if this
+        connection was reconfigured meanwhile. Either way its place is free again."""
+        self._pool.checkin(session, keep=not discard and self.dialect.is_idle(session))
 
     def close_idle(self) -> None:
-        """Close every idle pooled session; sessions in use are closed when released."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for session, _ in idle:
-            self.dialect.close(session)
+        """Close every idle pooled session; sessions in use stay open."""
+        self._pool.close_idle()
 
     def _forget_pool(self) -> None:
         """In a forked child: the pooled sessions are the parent's; start with none (see
         _fork). The in-memory SQLite anchor stays: it holds the child's own copy."""
-        self._lock = threading.Lock()
-        self._idle = []
+        self._pool.forget()
+        self._describing = threading.Lock()  # a parent thread may have held it
 
     def _retire(self) -> None:
-        """This connection was replaced: keep nothing pooled from now on."""
-        with self._lock:
-            self._retired = True
-        self.close_idle()
+        """This connection was replaced: keep nothing pooled from now on (sessions in use
+        are closed when released)."""
+        self._pool.retire()
         if self._anchor is not None:
             self.dialect.close(self._anchor)
 
@@ -291,21 +303,38 @@ class Connection:
     def table(self, name: str) -> TableInfo:
         """Columns and primary key of a table, read once per connection and table name.
 
-        Read on a pooled session of its own, outside any transaction (it only reads).
+        Read on a session of its own, outside any transaction (it only reads): a pooled one;
+        for a thread inside a transaction, one opened for the read and closed after, one at a
+        time per connection. Such a thread may hold this connection's last free session
+        itself (its branch), so waiting for a pooled one could wait for itself; the cap is
+        passed by one session at most, and only while a table is read the first time.
         """
         info = self._tables.get(name)
         if info is None:
-            session = self.acquire()
-            try:
-                info = self.dialect.describe(session, name, connection=self.name)
-            finally:
-                self.release(session)
+            info = self._describe(name)
             if info is None:
                 raise ConfigurationError(
                     f"table {name!r} does not exist on connection {self.name!r} ({self!r})"
                 )
             self._tables[name] = info
         return info
+
+    def _describe(self, name: str) -> TableInfo | None:
+        if current_scope() is None:
+            session = self.acquire()
+            try:
+                return self.dialect.describe(session, name, connection=self.name)
+            finally:
+                self.release(session)
+        with self._describing:
+            info = self._tables.get(name)  # read by another thread meanwhile
+            if info is not None:
+                return info
+            session = self.connect()
+            try:
+                return self.dialect.describe(session, name, connection=self.name)
+            finally:
+                self.dialect.close(session)
 
     def forget_tables(self) -> None:
         """Read table definitions again on next use (after a migration changed them)."""
@@ -408,7 +437,10 @@ def _parse_config(name: str, config: Mapping[str, Any]) -> tuple[Dialect, Connec
     assert database is not None  # required by every dialect
     served = dialect.has_server  # SQLite ignores the network fields
     timeout = _seconds(where, "connect_timeout", config.get("connect_timeout"))
+    defaults = ConnectionSettings(dialect.name, database)
     pool_size = _integer(where, "pool_size", config.get("pool_size"), 0, 1000)
+    max_overflow = _integer(where, "max_overflow", config.get("max_overflow"), 0, 1000)
+    pool_timeout = _seconds(where, "pool_timeout", config.get("pool_timeout"))
     settings = ConnectionSettings(
         dialect=dialect.name,
         database=database,
@@ -416,10 +448,17 @@ def _parse_config(name: str, config: Mapping[str, Any]) -> tuple[Dialect, Connec
         port=_integer(where, "port", config.get("port"), 1, 65535) if served else None,
         username=text("username") if served else None,
         password=(text("password") or "") if served else "",
-        connect_timeout=10.0 if timeout is None else timeout,
+        connect_timeout=defaults.connect_timeout if timeout is None else timeout,
         options=_options(where, config.get("options")),
-        pool_size=8 if pool_size is None else pool_size,
+        pool_size=defaults.pool_size if pool_size is None else pool_size,
+        max_overflow=defaults.max_overflow if max_overflow is None else max_overflow,
+        pool_timeout=defaults.pool_timeout if pool_timeout is None else pool_timeout,
     )
+    if settings.pool_size + settings.max_overflow == 0:
+        raise ConfigurationError(
+            f"{where}: fields 'pool_size' and 'max_overflow' are both 0, so no session could "
+            "ever be opened; give one of them a positive value"
+        )
     return dialect, dialect.normalize(settings)
 
 

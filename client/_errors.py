@@ -23,6 +23,7 @@ __all__ = [
     "LockNotAvailable",
     "OutcomeUnknown",
     "PhaseTwoIncomplete",
+    "PoolTimeout",
     "StaleObjectError",
     "StatementRefused",
     "TransactionAborted",
@@ -110,6 +111,19 @@ class DatabaseError(TwostepError):
 class LockNotAvailable(DatabaseError):
     """A row lock could not be taken: `for_update(nowait=True)` found it held, or the lock
     wait ran past its limit (the transaction's deadline). The statement did nothing."""
+
+
+class PoolTimeout(TwostepError):
+    """Every session a connection may open (`pool_size + max_overflow`) stayed in use for
+    `pool_timeout` seconds: no session was had, so the statement was not sent."""
+
+    def __init__(self, message: str, *, connection: str, cap: int, timeout: float):
+        super().__init__(message)
+        self.connection = connection
+        #: How many sessions the connection may have open at once.
+        self.cap = cap
+        #: How long the caller waited (seconds).
+        self.timeout = timeout
 
 
 # -- coordinator -------------------------------------------------------------------------------

@@ -447,8 +447,9 @@ def global_transaction(
     Raises `TransactionAborted` (nothing committed), `CoordinatorUnavailable` (nothing
     committed), `OutcomeUnknown` (Commit sent, answer lost: look up `.gtrid`),
     `PhaseTwoIncomplete` (committed, some branches not yet), `HeuristicOutcome`,
-    `TwoPhaseNotSupported` (SQLite), and, for statements, `DatabaseError`,
-    `StatementRefused` and `TransactionEnded`.
+    `TwoPhaseNotSupported` (SQLite), `ValueError` for a bad timeout, and, for statements,
+    `DatabaseError`, `StatementRefused`, `TransactionEnded` and `PoolTimeout` (every session
+    of a connection busy: the block is rolled back, nothing of that statement was sent).
     """
     outer = current_scope()
     if isinstance(outer, GlobalTransaction):

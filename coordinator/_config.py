@@ -358,7 +358,8 @@ application's connections use:
   database = "shop"
   username = "twostep"
   password_file = "/run/secrets/orders"   # or password_env = "VAR", or password = "..."
-Optional: connect_timeout, pool_size, options (as in the client's connection config).
+Optional: connect_timeout, pool_size, max_overflow, pool_timeout, options (as in the
+client's connection config).
 Recovery finishes branches only on registered resources; a branch on another is reported
 blocked ("unknown resource") and retried, never dropped.
 """

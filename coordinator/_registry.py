@@ -13,11 +13,12 @@ client's connection config (`twostep.client.Connection`):
     password_file = "/run/secrets/orders-db"   # or password_env = "ORDERS_DB_PASSWORD",
                                                # or password = "..." (discouraged)
 
-plus the optional `connect_timeout`, `pool_size` and `options` of the client config. At most
-one of `password`, `password_env` (the name of an environment variable) and `password_file`
-(a file holding the password; a trailing newline is dropped; a relative path is relative to
-the config file) may be given. SQLite cannot be a resource: it never takes part in two-phase
-commit.
+plus the optional `connect_timeout`, `pool_size`, `max_overflow`, `pool_timeout` and `options`
+of the client config (the pool's fields bound the sessions recovery and the admin service
+open on the resource). At most one of `password`, `password_env` (the name of an environment
+variable) and `password_file` (a file holding the password; a trailing newline is dropped; a
+relative path is relative to the config file) may be given. SQLite cannot be a resource: it
+never takes part in two-phase commit.
 
 Secrets never leave this module except towards the driver: `ResourceConfig` and `Resource`
 show only the name, dialect and `host:port/database`; every error names the resource and the
@@ -38,7 +39,18 @@ from twostep.client.tpc import BranchOps, require_two_phase, validate_resource_n
 __all__ = ["Resource", "ResourceConfig", "ResourceRegistry", "parse_resources"]
 
 _CONNECTION_FIELDS = frozenset(
-    {"driver", "host", "port", "database", "username", "connect_timeout", "pool_size", "options"}
+    {
+        "driver",
+        "host",
+        "port",
+        "database",
+        "username",
+        "connect_timeout",
+        "pool_size",
+        "max_overflow",
+        "pool_timeout",
+        "options",
+    }
 )
 _PASSWORD_FIELDS = ("password", "password_env", "password_file")
 _TWO_PHASE_DRIVERS = {"postgresql": "postgresql", "postgres": "postgresql"} | {

@@ -96,7 +96,7 @@ def pooled_sessions() -> list[tuple[Any, Any]]:
     found = []
     for name in (PG, MARIA):
         connection = get_connection(name)
-        found += [(connection, session) for session, _ in connection._idle]
+        found += [(connection, session) for session in connection._pool.idle_sessions()]
     return found
 
 

@@ -131,7 +131,9 @@ def end_session(shop: Databases, name: str, session: int) -> None:
             cur.execute(f"KILL CONNECTION {session}")
     else:
         with shop.pg.admin_connect() as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (session,))
+            # Waits until the backend has ended (5 s at most): without a timeout it returns
+            # once signalled, and the session's socket may not show the end yet.
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (session,))
 
 
 @pytest.mark.parametrize("name", ["billing", "orders"])

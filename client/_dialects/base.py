@@ -38,8 +38,13 @@ class ConnectionSettings:
     connect_timeout: float = 10.0
     #: Extra keyword arguments for the driver's connect(); may hold secrets, so never shown.
     options: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    #: How many idle sessions the pool keeps.
+    #: How many sessions the pool keeps open between uses.
     pool_size: int = 8
+    #: How many more it may open for a burst (closed when given back): the cap on open
+    #: sessions is `pool_size + max_overflow`.
+    max_overflow: int = 8
+    #: How long a caller waits for a free session when the cap is reached (seconds).
+    pool_timeout: float = 5.0
 
 
 @dataclass(frozen=True)

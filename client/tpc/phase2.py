@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any, Protocol
 
-from .._errors import TwostepError, is_connection_failure
+from .._errors import PoolTimeout, TwostepError, is_connection_failure
 from .operations import BranchOps, Finish
 from .xid import Xid
 
@@ -88,6 +88,8 @@ def finish_prepared(
                 release_session(branch)
                 return ended_by_status(status, commit)
             why = result.value  # BUSY, or NOT_FOUND while still listed: a live owner session
+        except PoolTimeout as exc:  # every session busy: wait, like a lost one
+            why = f"no session free: {exc}"
         except TwostepError as exc:
             if not is_connection_failure(exc):
                 raise
