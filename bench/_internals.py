@@ -2,8 +2,9 @@
 
 Everything else in `bench/` goes through the public API (`twostep.client`, `twostep.testing`).
 Two things have no public API, on purpose:
-- `decide_once` / `begin_only`: the coordinator calls one global transaction makes, without
-  databases (the coordinator-alone mode). They mirror what `client/_global.py` sends today for
+- `decide_once` / `begin_only` / `commit_decision`: the coordinator calls one global
+  transaction makes, without databases (the coordinator-alone mode; the recovery mode's
+  setup). They mirror what `client/_global.py` sends today for
   a transaction with a MySQL branch and a PostgreSQL branch: Begin (carrying the MySQL branch,
   whose XA START needs the gtrid), the reachability probe before Commit, Commit (both
   branches), then Ack (queued; sent in batches by the client's background sender).
@@ -33,11 +34,10 @@ def begin_only(address: str, timeout_s: float, session_id: int = 1) -> str:
     return client_for(address).begin(timeout_s, [branch], rpc_timeout=_RPC_TIMEOUT_S).gtrid
 
 
-def decide_once(address: str, session_id: int = 1, *, ack: bool = True) -> bool:
+def decide_once(address: str, session_id: int = 1) -> bool:
     """One decision the way the client library asks for it: True if COMMITTED.
 
-    `session_id` stands for the MySQL branch's owner session (one per client thread);
-    `ack=False` leaves the decision unacknowledged (a client that died before phase 2).
+    `session_id` stands for the MySQL branch's owner session (one per client thread).
     Raises `CoordinatorUnavailable` / `grpc.RpcError` as the client's calls do.
     """
     client = client_for(address)
@@ -47,7 +47,7 @@ def decide_once(address: str, session_id: int = 1, *, ack: bool = True) -> bool:
         raise RuntimeError(f"coordinator {address} unreachable before Commit")
     decided = client.commit(gtrid, [_PG, my], rpc_timeout=_RPC_TIMEOUT_S)
     committed = decided is not None and decided.committed
-    if committed and ack:
+    if committed:
         client.ack(gtrid)
     return committed
 
