@@ -14,8 +14,8 @@ settings (`--setting KEY=VALUE` changes one, e.g. `recovery_interval_s=1`) and t
   once `recovery_grace_s` has passed since the decision (the setup waits it out before the
   restart, so the time is recovery's own).
 Reported: setup time, time from the restart to the coordinator's start line, and to nothing
-left prepared on either database (polled every 0.2 s), the rows left afterwards (orphans:
-none; decided: one per transaction on each side), and the recovery counters of its Status.
+left prepared on either database (polled every 0.2 s), and the rows left afterwards
+(orphans: none; decided: one per transaction on each side).
 """
 
 from __future__ import annotations
@@ -97,7 +97,6 @@ class Result:
     done_s: float  # restart to nothing prepared (or to giving up)
     left: int  # branches still prepared at the end
     rows: tuple[int, int]  # rows of `t` on PostgreSQL, MariaDB
-    counters: dict[str, int]  # Status.recovery_counters
 
     headers = (
         "case",
@@ -106,7 +105,6 @@ class Result:
         "restart to start line s",
         "restart to none prepared s",
         "rows left PG / MariaDB",
-        "recovery counters",
     )
 
     @property
@@ -115,10 +113,9 @@ class Result:
         return self.left == 0 and self.rows == (expected, expected)
 
     def cells(self) -> tuple[object, ...]:
-        counters = ", ".join(f"{k} {v}" for k, v in sorted(self.counters.items()))
         finished = self.done_s if self.left == 0 else f"gave up, {self.left} left"
         rows = f"{self.rows[0]:,} / {self.rows[1]:,}"
-        return (self.case, 2 * self.transactions, self.setup_s, self.up_s, finished, rows, counters)
+        return (self.case, 2 * self.transactions, self.setup_s, self.up_s, finished, rows)
 
 
 def measure(
@@ -171,12 +168,10 @@ def measure(
             time.sleep(_POLL_S)
             left = _prepared_count(pg_config, my_config, cluster)
         done_s = time.perf_counter() - restarted
-        with proc.admin() as admin:
-            counters = dict(admin.status().recovery_counters)
     finally:
         proc.close()
     rows = _row_counts(pg_config, my_config)
-    return Result(case, transactions, setup_s, up_s, done_s, left, rows, counters)
+    return Result(case, transactions, setup_s, up_s, done_s, left, rows)
 
 
 def _progress(what: str, since: float) -> None:
