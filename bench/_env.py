@@ -7,7 +7,8 @@
   (the decision log's writes and fsyncs since its start).
 - `rpcs_to(address)`: how many RPCs this process has started to `address`, from gRPC's own
   channel counters (channelz), so no client code needs to count them.
-- `resident_mb(pid)`: a process's resident memory now and at its peak.
+- `resident_mb(pid)`: a process's resident memory now and at its peak; `cpu_s(pid)`: the CPU
+  time it has used.
 - `machine()`: one line naming the date, the CPU and the core count, for a table's caption.
 """
 
@@ -34,6 +35,7 @@ __all__ = [
     "PG_NAME",
     "Servers",
     "coordinator_counters",
+    "cpu_s",
     "machine",
     "private_servers",
     "resident_mb",
@@ -129,6 +131,13 @@ def resident_mb(pid: int) -> tuple[float, float]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) / 1024  # kB
     return fields["VmRSS"], fields["VmHWM"]
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used, all its threads (/proc stat)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces and parentheses
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def machine() -> str:

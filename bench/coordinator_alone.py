@@ -10,7 +10,9 @@ library does for a transaction with a PostgreSQL and a MariaDB branch (`bench/_i
   warm-up included, divided by the decisions of that life;
 - fsyncs per decision: the decision log's batches (each one SQLite commit, i.e. one fsync:
   Begins, decisions and Acks all count) as the coordinator's "coordinator stopped" line
-  reports them, over the same life.
+  reports them, over the same life;
+- CPU per decision: the coordinator process's (/proc) and this client process's, over the
+  timed run (and the last Acks' drain).
 Then the coordinator's resident memory: started and idle, and with `--active` transactions
 begun and left undecided (each Begin as the client sends it).
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 from twostep.testing import CoordinatorProcess
 
 from ._args import counts
-from ._env import coordinator_counters, machine, resident_mb, rpcs_to
+from ._env import coordinator_counters, cpu_s, machine, resident_mb, rpcs_to
 from ._internals import begin_only, decide_once
 from ._load import Run, run_threads
 from ._report import percentile, table
@@ -44,6 +46,8 @@ class DecisionRow:
     decisions: int  # over the coordinator's life: warm-up and the timed run
     rpcs: int
     counters: dict[str, int]
+    coordinator_cpu_s: float  # over the timed run and the Acks' drain
+    client_cpu_s: float  # this process, over the same span
 
     def cells(self) -> tuple[object, ...]:
         batches = self.counters.get("log_batches", 0)
@@ -56,6 +60,8 @@ class DecisionRow:
             self.rpcs / self.decisions,
             batches / self.decisions,
             items / batches if batches else float("nan"),
+            self.coordinator_cpu_s * 1000 / max(1, sum(self.run.results)),
+            self.client_cpu_s * 1000 / max(1, sum(self.run.results)),
             len(self.run.errors),
         )
 
@@ -65,13 +71,17 @@ def measure_decisions(base_dir: Path, threads: int, seconds: float) -> DecisionR
     try:
         address = proc.address
         warm = run_threads(threads, 0.5, lambda worker: decide_once(address, worker + 1))
+        client_cpu, coordinator_cpu = time.process_time(), cpu_s(proc.pid)  # type: ignore[arg-type]
         timed = run_threads(threads, seconds, lambda worker: decide_once(address, worker + 1))
         time.sleep(_ACK_DRAIN_S)
         rpcs = rpcs_to(address)
+        client_cpu = time.process_time() - client_cpu
+        coordinator_cpu = cpu_s(proc.pid) - coordinator_cpu  # type: ignore[arg-type]
     finally:
         proc.stop()
-    decisions = sum(warm.results) + sum(timed.results)  # True for each COMMITTED
-    return DecisionRow(threads, timed, max(1, decisions), rpcs, coordinator_counters(proc))
+    decisions = max(1, sum(warm.results) + sum(timed.results))  # True for each COMMITTED
+    counters = coordinator_counters(proc)
+    return DecisionRow(threads, timed, decisions, rpcs, counters, coordinator_cpu, client_cpu)
 
 
 def measure_memory(base_dir: Path, active: int, threads: int) -> list[tuple[str, float, float]]:
@@ -117,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         "RPCs per decision",
         "fsyncs per decision",
         "log rows per fsync",
+        "coordinator CPU ms per decision",
+        "client CPU ms per decision",
         "errors",
     ]
     print(f"Coordinator alone, {machine()}; {seconds:g} s per thread count, one client process")

@@ -35,6 +35,7 @@ def test_the_coordinator_benchmark_counts_rpcs_and_fsyncs_per_decision(tmp_path:
     assert row.run.latencies_ms and not row.run.errors
     assert row.rpcs >= 2 * row.decisions  # at least Begin and Commit per decision
     assert row.counters["log_batches"] >= 1
+    assert row.coordinator_cpu_s > 0 and len(row.cells()) == 10
     memory = coordinator_alone.measure_memory(tmp_path, active=20, threads=2)
     assert [resident > 0 for _, resident, _ in memory] == [True, True]
 
