@@ -4,7 +4,10 @@ Reads the settings (`--help`), starts the server, logs one INFO line naming the 
 the decision log, the cluster id, the registered resources and the file that holds the admin
 token (`admin_token_file=`; `admin_token=configured` when it is set directly, never the token),
 and serves until SIGTERM or SIGINT; then stops recovery and accepting, lets calls in flight
-finish and closes the log. Exit status 2: invalid settings (a configured cluster id
+finish and closes the log. The last line, "coordinator stopped", counts the log's work since
+the start: `log_requests=` (writes queued), `log_items=` (rows), `log_batches=` (SQLite
+transactions committed, i.e. fsyncs: what the benchmark's fsyncs per decision divides),
+`log_failed_batches=`. Exit status 2: invalid settings (a configured cluster id
 the data directory does not hold included); 1: could not start (address in use, unusable data
 directory, another coordinator running on the data directory, or another live coordinator
 holding this cluster id's claim on a registered resource).
@@ -92,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         pass
     log.info("coordinator stopping", extra={"grace_s": _SHUTDOWN_GRACE_S})
     server.stop(_SHUTDOWN_GRACE_S)
-    log.info("coordinator stopped")
+    log.info("coordinator stopped", extra=server.log_counters())
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ the resource registry (no database is contacted yet); `start()` takes the cluste
 every resource (`_claim`), binds the listen address, serves on a thread pool and starts the
 recovery loop (its first pass runs at once); `stop()` stops recovery, stops accepting, lets
 calls in flight finish, then writes what the log has queued, closes it and releases the
-claims and the data directory. Used by `__main__` and, in-process, by the tests.
+claims and the data directory; `log_counters()` says how many writes and fsyncs the log
+made. Used by `__main__` and, in-process, by the tests.
 """
 
 from __future__ import annotations
@@ -175,6 +176,20 @@ class CoordinatorServer:
         self.claims.close()
         self.registry.close()
         self.data_dir.close()  # last: another coordinator may take the directory from here on
+
+    def log_counters(self) -> dict[str, int]:
+        """The embedded log writer's counters since this server was built (`SqliteDecisionLog.
+        stats()`: requests queued, rows, batches committed = fsyncs, failed batches), as the
+        shutdown line reports them for benchmarks; empty for another store."""
+        if not isinstance(self.decision_log, SqliteDecisionLog):
+            return {}
+        stats = self.decision_log.stats()
+        return {
+            "log_requests": stats.requests,
+            "log_items": stats.items,
+            "log_batches": stats.batches,
+            "log_failed_batches": stats.failed_batches,
+        }
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stops; False if `timeout` passed first."""

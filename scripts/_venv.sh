@@ -1,4 +1,5 @@
-# Sourced by the run-* scripts: make sure ./.venv exists with twostep and its test tools installed.
+# Sourced by the run-* scripts: make sure ./.venv exists with twostep, its test tools and the
+# benchmark's libraries installed (the `test` and `bench` extras: a test runs the benchmark).
 # Re-installs only when pyproject.toml changed since the last install.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,6 +10,6 @@ fi
 stamp="$venv/.twostep-installed"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e "$root[test]"
+    "$venv/bin/python" -m pip install --quiet -e "$root[test,bench]"
     touch "$stamp"
 fi

@@ -1,7 +1,8 @@
 """A private, throwaway MariaDB 10.11 server (Debian's mariadbd and mariadb-install-db).
 
 Durable settings, as in production: InnoDB with `innodb_flush_log_at_trx_commit=1`, the binary
-log on with `sync_binlog=1`. Clients use the account `twostep`/`twostep` on 127.0.0.1; the
+log on with `sync_binlog=1` (`settings=` adds or changes server options, e.g.
+`max_connections`). Clients use the account `twostep`/`twostep` on 127.0.0.1; the
 admin connection is root over the instance's own socket file.
 """
 
@@ -29,6 +30,9 @@ class MariaDBServer(Server):
     package = "mariadb-server"
     stop_signal = signal.SIGTERM  # clean shutdown
     _initialized_marker = "mysql"
+    _own_settings = frozenset(
+        {"datadir", "socket", "pid_file", "port", "bind_address", "log_error", "user"}
+    )
     user = "twostep"
     password = "twostep"
 
@@ -67,6 +71,14 @@ class MariaDBServer(Server):
         ]
 
     def _server_command(self) -> list[str]:
+        settings: dict[str, str | int] = {
+            "log_bin": str(self.base_dir / "binlog"),
+            "server_id": 1,
+            "sync_binlog": 1,
+            "innodb_flush_log_at_trx_commit": 1,
+            "innodb_buffer_pool_size": "64M",
+            **self.settings,
+        }
         return [
             str(MARIADBD),
             "--no-defaults",  # must come first
@@ -75,11 +87,7 @@ class MariaDBServer(Server):
             f"--pid-file={self.pid_file}",
             f"--port={self.port}",
             f"--bind-address={HOST}",
-            f"--log-bin={self.base_dir / 'binlog'}",
-            "--server-id=1",
-            "--sync-binlog=1",
-            "--innodb-flush-log-at-trx-commit=1",
-            "--innodb-buffer-pool-size=64M",
+            *(f"--{name.replace('_', '-')}={value}" for name, value in settings.items()),
             "--skip-name-resolve",
             f"--log-error={self.log_file}",
             *self._user_option(),

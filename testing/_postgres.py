@@ -1,7 +1,8 @@
 """A private, throwaway PostgreSQL 15 server (Debian's binaries in /usr/lib/postgresql/15/bin).
 
-Settings that twostep needs and tests rely on: `max_prepared_transactions` 64, `fsync` on;
-trust authentication for the `postgres` superuser on 127.0.0.1 and its own socket directory.
+Settings that twostep needs and tests rely on: `max_prepared_transactions` 64, `fsync` on,
+`max_connections` 200 (`settings=` changes them, e.g. a benchmark's larger limits); trust
+authentication for the `postgres` superuser on 127.0.0.1 and its own socket directory.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class PostgresServer(Server):
     package = "postgresql-15"
     stop_signal = signal.SIGINT  # "fast" shutdown: does not wait for idle client sessions
     _initialized_marker = "PG_VERSION"
+    _own_settings = frozenset(
+        {"port", "listen_addresses", "unix_socket_directories", "data_directory", "config_file"}
+    )
 
     @property
     def data_dir(self) -> Path:
@@ -76,6 +80,7 @@ class PostgresServer(Server):
             "fsync": "on",
             "shared_buffers": "32MB",
             "max_connections": 200,
+            **self.settings,
         }
         command = [str(PG_BIN / "postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():

@@ -13,11 +13,13 @@ import atexit
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +38,7 @@ START_TIMEOUT = 60.0  # generous: a restart after kill() includes crash recovery
 STOP_TIMEOUT = 30.0
 PORT_ATTEMPTS = 5
 _SUN_PATH_MAX = 107  # Linux limit for a unix socket path
+_SETTING_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?")
 
 
 class _PortInUse(ServerError):
@@ -50,10 +53,18 @@ class Server(ABC):
     package: ClassVar[str]  # Debian package that provides the binaries
     stop_signal: ClassVar[signal.Signals]
     _initialized_marker: ClassVar[str]  # entry of data_dir that exists once it is initialised
+    #: Settings the instance chooses itself (its port, paths, account): not for `settings`.
+    _own_settings: ClassVar[frozenset[str]]
     host = HOST
 
-    def __init__(self, base_dir: Path) -> None:
+    def __init__(self, base_dir: Path, *, settings: Mapping[str, str | int] | None = None) -> None:
+        """`settings`: server settings added to or replacing the defaults (`name: value`;
+        PostgreSQL's `-c name=value`, MariaDB's `--name=value`), e.g. a benchmark's
+        `{"max_connections": 400}`. Names are lower case with `_` (MariaDB's `-` spelling is
+        accepted); `ValueError` for another name, or one the instance sets itself (port,
+        paths, account)."""
         self.base_dir = Path(base_dir).resolve()
+        self.settings = _checked_settings(self.name, settings or {}, self._own_settings)
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         missing = [str(path) for path in self._binaries() if not os.access(path, os.X_OK)]
@@ -261,6 +272,22 @@ class Server(ABC):
         self.kill()
         logged = tail(self.log_file, offset)
         raise ServerError(f"{self.name} not ready after {timeout}s; {self.log_file}:\n{logged}")
+
+
+def _checked_settings(
+    server: str, settings: Mapping[str, str | int], own: frozenset[str]
+) -> dict[str, str | int]:
+    checked: dict[str, str | int] = {}
+    for raw_name, value in settings.items():
+        name = raw_name.replace("-", "_")
+        if not _SETTING_NAME.fullmatch(name):
+            raise ValueError(f"{server}: {raw_name!r} is not a setting name")
+        if name in own:
+            raise ValueError(f"{server}: {raw_name!r} is chosen by the throwaway server itself")
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise ValueError(f"{server}: setting {raw_name!r} must be a str or int: {value!r}")
+        checked[name] = value
+    return checked
 
 
 # Servers this process started; whatever still runs at interpreter exit is stopped.

@@ -231,6 +231,27 @@ def test_sigterm_lets_a_commit_in_flight_finish_then_exits_cleanly(coordinator_f
     assert client.get(gtrid).state == COMMITTED
 
 
+def test_the_stopped_line_counts_the_log_writes_and_fsyncs_since_the_start(
+    coordinator_factory, client_of
+):
+    proc = coordinator_factory()
+    client = client_of(proc)
+    gtrids = [client.begin(60_000).gtrid for _ in range(3)]
+    assert [client.commit(g).state for g in gtrids] == [COMMITTED] * 3
+    assert proc.stop() == 0
+    (line,) = [line for line in proc.output.splitlines() if 'msg="coordinator stopped"' in line]
+    counters = {
+        key: int(value)
+        for key, _, value in (pair.partition("=") for pair in line.split())
+        if key.startswith("log_")
+    }
+    assert set(counters) == {"log_requests", "log_items", "log_batches", "log_failed_batches"}
+    assert counters["log_requests"] >= 6  # three Begins and three decisions, at least
+    assert counters["log_items"] >= 6
+    assert 1 <= counters["log_batches"] <= counters["log_requests"]  # a batch is one fsync
+    assert counters["log_failed_batches"] == 0
+
+
 def test_a_second_coordinator_cannot_take_a_port_in_use(coordinator_factory, tmp_path):
     first = coordinator_factory(tmp_path / "one")
     second = run_coordinator("--listen", first.address, "--data-dir", str(tmp_path / "two"))

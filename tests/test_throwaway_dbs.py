@@ -187,6 +187,60 @@ def test_a_new_instance_replaces_a_stale_server(server_dir: Path) -> None:
     assert _pids_in(second.data_dir) == []
 
 
+def test_postgres_settings_replace_and_add_to_the_defaults(server_dir: Path) -> None:
+    server = PostgresServer(
+        server_dir, settings={"max_prepared_transactions": 300, "max_connections": 250}
+    )
+    server.start()
+    try:
+        with server.admin_connect() as conn:
+            assert conn.execute("SHOW max_prepared_transactions").fetchone() == ("300",)
+            assert conn.execute("SHOW max_connections").fetchone() == ("250",)
+            assert conn.execute("SHOW fsync").fetchone() == ("on",)  # the rest stay
+    finally:
+        server.stop()
+
+
+def test_mariadb_settings_replace_and_add_to_the_defaults(server_dir: Path) -> None:
+    settings = {"max_connections": 321, "innodb-buffer-pool-size": "128M"}  # either spelling
+    server = MariaDBServer(server_dir, settings=settings)
+    server.start()
+    try:
+        names = ("max_connections", "innodb_buffer_pool_size", "sync_binlog")
+        with server.admin_connect() as conn, conn.cursor() as cur:
+            cur.execute("SHOW VARIABLES WHERE Variable_name IN %s", [names])
+            assert dict(cur.fetchall()) == {
+                "max_connections": "321",
+                "innodb_buffer_pool_size": str(128 * 1024 * 1024),
+                "sync_binlog": "1",
+            }
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("server_class", "settings", "why"),
+    [
+        (PostgresServer, {"port": 5432}, "chosen by the throwaway server itself"),
+        (PostgresServer, {"unix-socket-directories": "/tmp"}, "chosen by the throwaway server"),
+        (MariaDBServer, {"datadir": "/var/lib/mysql"}, "chosen by the throwaway server itself"),
+        (MariaDBServer, {"bind-address": "0.0.0.0"}, "chosen by the throwaway server itself"),
+        (MariaDBServer, {"max connections": 10}, "not a setting name"),
+        (PostgresServer, {"fsync=off -c x": 1}, "not a setting name"),
+        (PostgresServer, {"": 1}, "not a setting name"),
+        (PostgresServer, {"Max_Connections": 10}, "not a setting name"),
+        (PostgresServer, {"fsync": False}, "must be a str or int"),
+        (MariaDBServer, {"max_connections": 1.5}, "must be a str or int"),
+    ],
+)
+def test_a_setting_the_server_owns_or_cannot_take_is_refused(
+    server_dir: Path, server_class: type[PostgresServer | MariaDBServer], settings: Any, why: str
+) -> None:
+    with pytest.raises(ValueError, match=why):
+        server_class(server_dir, settings=settings)
+    assert list(server_dir.iterdir()) == []  # refused before anything was made
+
+
 @pytest.mark.parametrize(
     "command",
     [[str(SCRIPT)], ["-m", "twostep.testing"]],

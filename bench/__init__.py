@@ -1,0 +1,1 @@
+"""The benchmark of issue 8: see README "Benchmark" and `python -m bench --help`."""
