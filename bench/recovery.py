@@ -2,7 +2,7 @@
 
 `--branches` (10,000) prepared branches, two per transaction (one on PostgreSQL, one on
 MariaDB), as dead transfers leave them. Setup: a coordinator with both databases registered
-mints the gtrids (Begin, as a client with a MySQL branch asks for one; its recovery loop
+is described and the gtrids are minted from it (as a client mints them; its recovery loop
 idle meanwhile), each transaction's branches are prepared (PostgreSQL: many per session,
 since PREPARE frees it; MariaDB: one session per branch, closed after XA PREPARE, as a dead
 client's), and the coordinator is killed (SIGKILL). Then it is restarted with its default
@@ -35,7 +35,7 @@ from twostep.testing import CoordinatorProcess
 
 from ._args import key_value
 from ._env import MY_NAME, PG_NAME, machine, private_servers
-from ._internals import begin_only, commit_decision, prepare_branch
+from ._internals import commit_decision, mint_gtrid, prepare_branch
 from ._report import table
 from .variants import my_connect, pg_connect
 
@@ -143,9 +143,9 @@ def measure(
     try:
         timeout_s = 1.0 if case == "orphans" else 600.0
         with ThreadPoolExecutor(_SETUP_WORKERS) as pool:
-            begun = pool.map(lambda _: begin_only(proc.address, timeout_s), range(transactions))
-            gtrids = list(begun)
-        _progress(f"{case}: {transactions:,} gtrids begun", started)
+            minted = pool.map(lambda _: mint_gtrid(proc.address, timeout_s), range(transactions))
+            gtrids = list(minted)
+        _progress(f"{case}: {transactions:,} gtrids minted", started)
         _prepare_all(pg_config, my_config, gtrids)
         _progress(f"{case}: {2 * transactions:,} branches prepared", started)
         if case == "decided":

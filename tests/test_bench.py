@@ -29,11 +29,15 @@ def test_the_transfer_benchmark_runs_every_variant_and_conserves_the_money(
     assert "twostep / hand 2PC" in text
 
 
-def test_the_coordinator_benchmark_counts_rpcs_and_fsyncs_per_decision(tmp_path: Path) -> None:
+def test_the_coordinator_benchmark_counts_at_most_a_commit_and_an_ack_rpc_per_decision(
+    tmp_path: Path,
+) -> None:
     row = coordinator_alone.measure_decisions(tmp_path, threads=2, seconds=0.3)
 
     assert row.run.latencies_ms and not row.run.errors
-    assert row.rpcs >= 2 * row.decisions  # at least Begin and Commit per decision
+    # One Describe per process; then per decision a Commit (maybe shared) and a batched Ack:
+    # no Begin, no probe on a connected channel.
+    assert 1 <= row.rpcs <= 2 * row.decisions + 1
     assert row.counters["log_batches"] >= 1
     assert row.coordinator_cpu_s > 0 and len(row.cells()) == 10
     memory = coordinator_alone.measure_memory(tmp_path, active=20, threads=2)
