@@ -61,6 +61,7 @@ from ._errors import (
 )
 from ._pool import SessionPool
 from ._statements import Statements
+from .tpc.operations import local_ops
 from .tpc.xid import validate_resource_name
 
 __all__ = [
@@ -135,6 +136,7 @@ class Connection:
     def __init__(self, name: str, settings: ConnectionSettings, dialect: Dialect):
         self.name = name
         self.dialect = dialect
+        self._ops = local_ops(dialect.name)
         self.settings = settings
         self._pool = SessionPool(
             name,
@@ -192,13 +194,14 @@ class Connection:
 
     def acquire(self) -> Any:
         """An idle session from the pool, or a new one while fewer than `pool_size +
-        max_overflow` are open. Give it back with `release()`, always.
+        max_overflow` are open, with its own settings (what a branch last changed on it is
+        put back first: `tpc.operations`). Give it back with `release()`, always.
 
         When all are in use, waits up to `pool_timeout` seconds for one to be released, then
         raises `PoolTimeout` (naming the connection and the cap). Raises `DatabaseError` if a
         new session cannot be opened.
         """
-        return self._pool.checkout()
+        return self.acquire_for(self._ops.restore_session)[0]
 
     def acquire_for(self, start: Callable[[Any], T]) -> tuple[Any, T]:
         """A session with `start(session)` run on it (begin a transaction, say): a pooled
@@ -206,7 +209,7 @@ class Connection:
         statement, and nothing was done on it then, so a connection failure gets one more
         try on a new session. Any other failure closes the session and is raised."""
         for attempt in (1, 2):
-            session = self.acquire()
+            session = self._pool.checkout()
             try:
                 return session, start(session)
             except BaseException as exc:

@@ -115,6 +115,31 @@ def test_the_next_autocommit_statement_waits_its_own_lock_timeout(shop, in_proce
     assert session_settings("billing")[1] == 50  # MariaDB's default, not 1
 
 
+def set_statements_in_branch(address: str, row_id: int) -> tuple[int, int]:
+    """(session id, SET statements the session has run so far), read inside a MariaDB branch."""
+    with global_transaction(coordinator=address, timeout=30):
+        get_connection("orders").execute("INSERT INTO t (id) VALUES (?)", (row_id,))
+        billing = get_connection("billing")
+        billing.execute("INSERT INTO t (id) VALUES (?)", (row_id,))
+        [(session, _, sets)] = billing.execute(
+            "SELECT CONNECTION_ID(), v.* FROM information_schema.SESSION_STATUS v"
+            " WHERE VARIABLE_NAME = 'COM_SET_OPTION'"
+        )
+    return int(session), int(sets)
+
+
+def test_a_branch_after_a_branch_on_a_pooled_session_sends_no_set(shop, in_process):
+    address = in_process().server.address
+    first = set_statements_in_branch(address, 10)
+    # Same session (pool_size=1), same timeouts: XA START alone, no SET before or after.
+    assert set_statements_in_branch(address, 11) == first
+    assert set_statements_in_branch(address, 12) == first
+    # A plain use in between puts the session's own settings back: the next branch sets anew.
+    assert session_settings("billing")[1:3] == (50, 28800)
+    session, sets = set_statements_in_branch(address, 13)
+    assert (session, sets) == (first[0], first[1] + 2)  # the restore, then save-and-set
+
+
 # -- dead sessions -------------------------------------------------------------------------------
 
 

@@ -118,14 +118,11 @@ def ended_by_status(status: str | None, commit: bool) -> Ended:
 
 
 def release_session(branch: PreparedBranch, *, discard: bool = False) -> None:
-    """Give the branch's session back: its settings restored first (else it is closed)."""
+    """Give the branch's session back (closed if `discard`). What the branch set on it stays
+    until the session is taken for anything but a branch (`Connection.acquire` puts it back),
+    so the next branch on it needs no SET."""
     session = branch.session
     if session is None:
         return
     branch.session = None
-    if not discard:
-        try:
-            branch.ops.restore_session(session)
-        except TwostepError:
-            discard = True
     branch.connection.release(session, discard=discard)
