@@ -9,6 +9,11 @@ unknown key in `[coordinator]` is an error naming it, never ignored.
 Invalid values raise `ConfigError` naming the setting and where it came from; `__main__` turns
 that into a message and exit status 2. Secrets (the admin token, database passwords) are never
 part of a message or a repr.
+
+`describe_settings()` lists the settings as documented, the one source of `--help` and of
+docs/config.md (`config_reference()`, printed by `--print-config-reference`). The parser's
+`--health-check HOST:PORT` probes a running coordinator (`_health`) and exits instead of
+loading anything.
 """
 
 from __future__ import annotations
