@@ -9,7 +9,7 @@ directory's lock and cluster id in `_datadir`; the cluster claim on the resource
 """
 
 from ._claim import ClaimConflict
-from ._config import ConfigError, Settings, load_settings
+from ._config import CONFIG_ENV, ConfigError, SettingDoc, Settings, describe_settings, load_settings
 from ._datadir import DataDirInUse
 from ._registry import ResourceConfig, ResourceRegistry
 from ._server import SERVICE_NAME, CoordinatorServer
@@ -34,6 +34,7 @@ from .log import (
 from .recovery import Recovery
 
 __all__ = [
+    "CONFIG_ENV",
     "LOG_FILE_NAME",
     "SERVICE_NAME",
     "Ack",
@@ -54,10 +55,12 @@ __all__ = [
     "Resolved",
     "ResourceConfig",
     "ResourceRegistry",
+    "SettingDoc",
     "Settings",
     "SqliteDecisionLog",
     "State",
     "TransactionRecord",
     "WriterStats",
+    "describe_settings",
     "load_settings",
 ]

