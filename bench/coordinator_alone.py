@@ -8,9 +8,9 @@ library does for a transaction with a PostgreSQL and a MariaDB branch (`bench/_i
 - RPCs per decision: every RPC this process started to the coordinator (gRPC's own channel
   counters, channelz: Describe, probes, Commit, the batched Acks), over the coordinator's life,
   warm-up included, divided by the decisions of that life;
-- fsyncs per decision: the decision log's batches (each one SQLite commit, i.e. one fsync:
-  decisions and Acks count) as the coordinator's "coordinator stopped" line
-  reports them, over the same life;
+- fsyncs per decision: the decision log's synced commits (a batch with a decision in it;
+  batches of Acks alone ride on the next one) as the coordinator's "coordinator stopped"
+  line reports them, over the same life; log rows per SQLite commit beside it;
 - CPU per decision: the coordinator process's (/proc) and this client process's, over the
   timed run (and the last Acks' drain).
 Then the coordinator's resident memory: started and idle, and with `--active` transactions
@@ -52,6 +52,7 @@ class DecisionRow:
 
     def cells(self) -> tuple[object, ...]:
         batches = self.counters.get("log_batches", 0)
+        fsyncs = self.counters.get("log_fsyncs", 0)
         items = self.counters.get("log_items", 0)
         return (
             str(self.threads),
@@ -59,7 +60,7 @@ class DecisionRow:
             percentile(self.run.latencies_ms, 50),
             percentile(self.run.latencies_ms, 99),
             self.rpcs / self.decisions,
-            batches / self.decisions,
+            fsyncs / self.decisions,
             items / batches if batches else float("nan"),
             self.coordinator_cpu_s * 1000 / max(1, sum(self.run.results)),
             self.client_cpu_s * 1000 / max(1, sum(self.run.results)),
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         "p99 ms",
         "RPCs per decision",
         "fsyncs per decision",
-        "log rows per fsync",
+        "log rows per commit",
         "coordinator CPU ms per decision",
         "client CPU ms per decision",
         "errors",

@@ -6,11 +6,11 @@ token (`admin_token_file=`; `admin_token=configured` when it is set directly, ne
 and serves until SIGTERM or SIGINT; then stops recovery and accepting, lets calls in flight
 finish and closes the log. The last line, "coordinator stopped", counts the log's work since
 the start: `log_requests=` (writes queued), `log_items=` (rows), `log_batches=` (SQLite
-transactions committed, i.e. fsyncs: what the benchmark's fsyncs per decision divides),
-`log_failed_batches=`. Exit status 2: invalid settings (a configured cluster id
-the data directory does not hold included); 1: could not start (address in use, unusable data
-directory, another coordinator running on the data directory, or another live coordinator
-holding this cluster id's claim on a registered resource).
+transactions committed), `log_fsyncs=` (those committed with an fsync: what the benchmark's
+fsyncs per decision divides), `log_failed_batches=`. Exit status 2: invalid settings (a
+configured cluster id the data directory does not hold included); 1: could not start
+(address in use, unusable data directory, another coordinator running on the data
+directory, or another live coordinator holding this cluster id's claim on a registered resource).
 
 `--health-check HOST:PORT` (the container's health check) and `--print-config-reference`
 (docs/config.md) do their one thing and exit without starting anything.

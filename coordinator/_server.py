@@ -179,7 +179,7 @@ class CoordinatorServer:
 
     def log_counters(self) -> dict[str, int]:
         """The embedded log writer's counters since this server was built (`SqliteDecisionLog.
-        stats()`: requests queued, rows, batches committed = fsyncs, failed batches), as the
+        stats()`: requests queued, rows, batches committed, fsyncs, failed batches), as the
         shutdown line reports them for benchmarks; empty for another store."""
         if not isinstance(self.decision_log, SqliteDecisionLog):
             return {}
@@ -188,6 +188,7 @@ class CoordinatorServer:
             "log_requests": stats.requests,
             "log_items": stats.items,
             "log_batches": stats.batches,
+            "log_fsyncs": stats.fsyncs,
             "log_failed_batches": stats.failed_batches,
         }
 

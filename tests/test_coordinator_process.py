@@ -245,10 +245,17 @@ def test_the_stopped_line_counts_the_log_writes_and_fsyncs_since_the_start(
         for key, _, value in (pair.partition("=") for pair in line.split())
         if key.startswith("log_")
     }
-    assert set(counters) == {"log_requests", "log_items", "log_batches", "log_failed_batches"}
+    assert set(counters) == {
+        "log_requests",
+        "log_items",
+        "log_batches",
+        "log_fsyncs",
+        "log_failed_batches",
+    }
     assert counters["log_requests"] >= 6  # three Begins and three decisions, at least
     assert counters["log_items"] >= 6
-    assert 1 <= counters["log_batches"] <= counters["log_requests"]  # a batch is one fsync
+    assert 1 <= counters["log_batches"] <= counters["log_requests"]
+    assert 1 <= counters["log_fsyncs"] <= counters["log_batches"]  # decisions are synced
     assert counters["log_failed_batches"] == 0
 
 

@@ -9,6 +9,7 @@ databases (helpers from test_recovery.py); a coordinator process where a restart
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -251,3 +252,35 @@ def test_the_retention_must_outlast_the_max_timeout_and_the_clients_patience():
         ).retention_ms
         == 70_000
     )
+
+
+def test_only_writes_that_recovery_would_redo_commit_without_an_fsync(tmp_path: Path):
+    # Begins and Acks alone: lost to a power cut they are redone (presumed abort decides an
+    # unknown gtrid, recovery finishes an unacknowledged decision); decisions and notes are
+    # synced, and an fsync also makes the unsynced frames before it durable (one WAL).
+    clock = FakeClock()
+    log = SqliteDecisionLog(tmp_path, clock=clock)
+    gtrids = [f"ts1.sync.{i:06d}.{'a' * 24}" for i in range(3)]
+    start = log.stats()
+    log.record_begun([Begun(g, clock.ms, clock.ms + 1000) for g in gtrids])
+    log.flush()  # a flush is waited for: synced, alone in its batch
+    begun = log.stats()
+    assert (begun.batches - start.batches, begun.fsyncs - start.fsyncs) in {(1, 1), (2, 1)}
+    log.decide([Proposal(g, commit=True, reason="test") for g in gtrids])
+    decided = log.stats()
+    assert (decided.batches - begun.batches, decided.fsyncs - begun.fsyncs) == (1, 1)
+    log.record_acks([Ack(g) for g in gtrids])
+    log.record_acks([Ack(g) for g in gtrids])
+    deadline = time.monotonic() + 10
+    while log.stats().items - decided.items < 6:
+        assert time.monotonic() < deadline, "the Acks were not written"
+        time.sleep(0.01)
+    acked = log.stats()
+    assert acked.batches > decided.batches and acked.fsyncs == decided.fsyncs
+    log.add_notes([Note(gtrids[0], clock.ms, "heuristic", "a note")])
+    while log.stats().items - acked.items < 1:
+        assert time.monotonic() < deadline, "the note was not written"
+        time.sleep(0.01)
+    assert log.stats().fsyncs == acked.fsyncs + 1
+    assert all(log.get(g).completed for g in gtrids)  # type: ignore[union-attr]
+    log.close()

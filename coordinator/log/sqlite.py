@@ -2,9 +2,14 @@
 
 Writes go through a queue to one writer thread. It takes whatever is queued (up to
 `max_batch` items), applies all of it in one SQLite transaction and commits once, so many
-decisions share one fsync (`synchronous=FULL`: the WAL is synced at every COMMIT). Callers of
+decisions share one fsync (`synchronous=FULL`: the WAL is synced at that COMMIT). Callers of
 `decide` block on a future that the writer resolves only after that COMMIT returned; Begins
-and Acks are queued and not waited for. Reads use their own connections: WAL readers see the
+and Acks are queued and not waited for. A batch of nothing but Begins and Acks commits
+without an fsync (`synchronous=NORMAL`): its WAL frames are synced by the next synced COMMIT
+or checkpoint, and a power cut before that loses only what presumed abort and recovery
+redo anyway (an unknown gtrid is decided by its deadline; an unacknowledged decision is
+finished again, idempotently). A process crash loses nothing: the frames are in the OS.
+Reads use their own connections: WAL readers see the
 last committed (so durable) state and never block the writer. The statements themselves (the
 schema, the rules of `interface` in SQL, the reads) are in `sqlite_statements`.
 
@@ -69,8 +74,9 @@ class WriterStats:
 
     requests: int  # calls queued for the writer (record_begun, decide, record_acks, flush)
     items: int  # rows those calls carried
-    batches: int  # SQLite transactions committed, i.e. fsyncs
+    batches: int  # SQLite transactions committed
     failed_batches: int
+    fsyncs: int  # of those, committed with an fsync (synchronous=FULL; checkpoints not counted)
 
     @property
     def items_per_batch(self) -> float:
@@ -95,6 +101,14 @@ class _Request:
         self.size = len(self.begun) + len(self.proposals) + len(self.acks) + len(self.notes)
         self.size += self.resolution is not None
         self.size += self.prune[1] if self.prune else 0
+
+
+def _redone_if_lost(request: _Request) -> bool:
+    """Whether losing the request's rows to a power cut is harmless: Begins and Acks that
+    nobody waits for (presumed abort and recovery redo them)."""
+    return request.done is None and not (
+        request.proposals or request.notes or request.resolution or request.prune
+    )
 
 
 _STOP = _Request()  # queued by close(): the writer exits after what came before it
@@ -132,7 +146,8 @@ class SqliteDecisionLog:
         self._submit_lock = threading.Lock()  # guards _closed and the queue's end: no request
         self._closed = False  # is queued after _STOP, so none is left unanswered
         self._stats_lock = threading.Lock()  # guards _stats (written by the writer and submit)
-        self._stats = WriterStats(0, 0, 0, 0)
+        self._stats = WriterStats(0, 0, 0, 0, 0)
+        self._synced = True  # the writer connection's synchronous setting: FULL (else NORMAL)
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()  # idle ones
         self._writer = threading.Thread(
             target=self._write_forever, name="twostep-log-writer", daemon=True
@@ -268,13 +283,22 @@ class SqliteDecisionLog:
         if size:
             with self._stats_lock:
                 s = self._stats
-                self._stats = dataclasses.replace(s, items=s.items + size, batches=s.batches + 1)
+                self._stats = dataclasses.replace(
+                    s,
+                    items=s.items + size,
+                    batches=s.batches + 1,
+                    fsyncs=s.fsyncs + self._synced,
+                )
         for request, decisions in zip(batch, results, strict=True):
             if request.done is not None:
                 request.done.set_result(decisions)
 
     def _apply(self, batch: list[_Request]) -> list[list[Any]]:
         db = self._writer_db
+        synced = not all(_redone_if_lost(request) for request in batch)
+        if synced != self._synced:
+            db.execute(f"PRAGMA synchronous={'FULL' if synced else 'NORMAL'}")
+            self._synced = synced
         db.execute("BEGIN IMMEDIATE")
         now = self._clock()  # read under the write lock: decisions are ordered by time
         results = []
