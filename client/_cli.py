@@ -58,6 +58,47 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _RPC_TIMEOUT = 30.0
 
 
+class _Option(click.Option):
+    """An option that may name options it cannot be given with (`excludes`: their flags)."""
+
+    def __init__(self, *args: Any, excludes: tuple[str, ...] = (), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.excludes = excludes
+
+
+class _StrictCommand(click.Command):
+    """Conflicting options are a usage error, never "the last one wins": an option given
+    twice, two options that set the same value (`--commit --abort`), or options that exclude
+    each other (`_Option.excludes`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+        given = [
+            p for p in order if isinstance(p, click.Option) and p.expose_value and not p.multiple
+        ]
+        for i, param in enumerate(given):
+            for other in given[:i]:
+                if other is param:
+                    raise click.UsageError(f"{_flag(param)} is given twice", ctx)
+                if other.name == param.name or _excludes(other, param) or _excludes(param, other):
+                    raise click.UsageError(
+                        f"{_flag(other)} and {_flag(param)} cannot be used together", ctx
+                    )
+        return super().parse_args(ctx, args)
+
+
+def _excludes(option: click.Option, other: click.Option) -> bool:
+    return bool(set(getattr(option, "excludes", ())) & set(other.opts))
+
+
+def _flag(option: click.Option) -> str:
+    return max(option.opts, key=len)
+
+
+class _StrictGroup(_StrictCommand, click.Group):
+    command_class = _StrictCommand
+
+
 def _duration(text: str) -> int:
     match = _DURATION.fullmatch(text.strip())
     if not match:
@@ -150,7 +191,7 @@ def _transactions_table(transactions: Any) -> Table:
     return table
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_StrictGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--coordinator",
     envvar="TWOSTEP_COORDINATOR",
@@ -159,7 +200,11 @@ def _transactions_table(transactions: Any) -> Table:
     help="Address of the coordinator (host:port). Env: TWOSTEP_COORDINATOR.",
 )
 @click.option(
-    "--token", envvar="TWOSTEP_ADMIN_TOKEN", help="Admin token. Env: TWOSTEP_ADMIN_TOKEN."
+    "--token",
+    envvar="TWOSTEP_ADMIN_TOKEN",
+    cls=_Option,
+    excludes=("--token-file",),
+    help="Admin token. Env: TWOSTEP_ADMIN_TOKEN.",
 )
 @click.option(
     "--token-file",

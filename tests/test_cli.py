@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import click
 import grpc
 import pytest
 from click.testing import CliRunner
@@ -19,6 +20,8 @@ from twostep.client._cli import cli
 from twostep.client.tpc import new_gtrid
 from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
+
+GTRID = "ts1.main.0." + "a" * 24  # well-formed; no coordinator knows it
 
 
 @pytest.fixture
@@ -77,8 +80,46 @@ def test_malformed_gtrids_are_usage_errors_before_any_rpc(run, bad):
     assert "invalid gtrid" in result.output
 
 
+def every_option() -> list[tuple[list[str], click.Option]]:
+    """Every option of the group and of each command, with the words that reach it."""
+    found = [([], o) for o in cli.params if isinstance(o, click.Option) and o.expose_value]
+    for name, command in sorted(cli.commands.items()):
+        words = [name] + ["x" for p in command.params if isinstance(p, click.Argument)]
+        found += [
+            (words, o) for o in command.params if isinstance(o, click.Option) and o.expose_value
+        ]
+    return found
+
+
+@pytest.mark.parametrize(
+    "words, option", every_option(), ids=lambda v: v.name if isinstance(v, click.Option) else ""
+)
+def test_every_option_given_twice_is_a_usage_error(run, words, option):
+    flag = max(option.opts, key=len)
+    twice = [flag] * 2 if option.is_flag else [flag, "1", flag, "2"]
+    args = [*twice, "status"] if not words else [*words, *twice]
+    result = CliRunner().invoke(cli, ["--coordinator", "127.0.0.1:9", *args])
+    assert result.exit_code == 2, result.output
+    assert f"{flag} is given twice" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["resolve", GTRID, "--commit", "--abort", "--reason", "x"], "--commit and --abort"),
+        (["resolve", GTRID, "--abort", "--reason", "x", "--commit"], "--abort and --commit"),
+        (["--token", "t" * 20, "--token-file", "f", "status"], "--token and --token-file"),
+        (["--token-file", "f", "--token", "t" * 20, "status"], "--token-file and --token"),
+    ],
+)
+def test_options_that_contradict_each_other_are_usage_errors(run, args, message):
+    result = CliRunner().invoke(cli, ["--coordinator", "127.0.0.1:9", *args])
+    assert result.exit_code == 2, result.output
+    assert f"{message} cannot be used together" in result.output
+
+
 def test_resolve_needs_an_outcome_and_a_reason(run):
-    gtrid = "ts1.main.0." + "a" * 24
+    gtrid = GTRID
     no_reason = CliRunner().invoke(cli, ["--token", "t", "resolve", gtrid, "--commit"])
     assert no_reason.exit_code == 2 and "--reason" in no_reason.output
     no_outcome = CliRunner().invoke(cli, ["--token", "t", "resolve", gtrid, "--reason", "x"])
