@@ -1,20 +1,19 @@
 """`twostep`: the admin CLI. See and resolve in-doubt transactions through the coordinator.
 
-Tables for people, `--json` for scripts. Exit codes:
-  0 done; 1 refused or failed (e.g. resolve contradicting a decision without --force);
-  2 usage error; 3 coordinator unreachable; 4 no such transaction or resource;
-  5 missing or wrong admin token.
+Tables for people, `--json` for scripts. Every command is an Admin call and needs the admin
+token (`_TokenSource`). The exit codes are `ExitCode`, listed by `--help` and the README.
 """
 
 from __future__ import annotations
 
+import enum
 import json
-import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,14 +30,36 @@ from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from .tpc.xid import parse_gtrid, validate_resource_name
 
-__all__ = ["main"]
+__all__ = ["ExitCode", "main"]
 
-EXIT_FAILED, EXIT_UNREACHABLE, EXIT_NOT_FOUND, EXIT_UNAUTHENTICATED = 1, 3, 4, 5
+
+class ExitCode(enum.IntEnum):
+    """The CLI's exit codes; `description` is what `--help` and the README say of each."""
+
+    description: str
+
+    def __new__(cls, code: int, description: str) -> ExitCode:
+        member = int.__new__(cls, code)
+        member._value_ = code
+        member.description = description
+        return member
+
+    OK = 0, "done"
+    FAILED = 1, "refused or failed (e.g. resolve contradicting a decision without --force)"
+    USAGE = 2, "usage error: a bad or conflicting option or argument; nothing was sent"
+    UNREACHABLE = 3, "coordinator unreachable (not listening, or no answer in time)"
+    NOT_FOUND = 4, "no such transaction or resource"
+    TOKEN = 5, "admin token missing (none found) or refused by the coordinator"
+    DATABASE = 6, "a database could not be reached by the coordinator (scan)"
+
+
+#: Trailing metadata of an UNAVAILABLE answer from the coordinator itself: it was reached, a
+#: database it needed was not (the value names the resource; admin.proto, ScanResource).
+UNREACHABLE_RESOURCE_KEY = "twostep-unreachable-resource"
 _EXIT_BY_STATUS = {
-    grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
-    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
-    grpc.StatusCode.UNAUTHENTICATED: EXIT_UNAUTHENTICATED,
+    grpc.StatusCode.UNAVAILABLE: ExitCode.UNREACHABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: ExitCode.UNREACHABLE,
+    grpc.StatusCode.NOT_FOUND: ExitCode.NOT_FOUND,
 }
 _STATE_NAMES = {
     _pb.TRANSACTION_STATE_ACTIVE: "ACTIVE",
@@ -106,8 +127,16 @@ def _duration(text: str) -> int:
     return int(match[1]) * _UNITS[match[2]]
 
 
+@dataclass(frozen=True)
+class _Token:
+    """The admin token, and where it came from (for the messages); `value` None: not found."""
+
+    value: str | None
+    source: str
+
+
 class _Context:
-    def __init__(self, address: str, token: str | None, as_json: bool):
+    def __init__(self, address: str, token: _Token, as_json: bool):
         self.address = address
         self.token = token
         self.as_json = as_json
@@ -116,18 +145,13 @@ class _Context:
         self.admin = _admin_grpc.AdminStub(self.channel)
         self.console = Console()
 
-    def metadata(self) -> list[tuple[str, str]]:
-        if not self.token:
-            _fail(
-                EXIT_UNAUTHENTICATED,
-                "this command needs the admin token: --token, "
-                "--token-file, $TWOSTEP_ADMIN_TOKEN or <data dir>/admin-token",
-            )
-        return [("authorization", f"Bearer {self.token}")]
-
     def admin_call(self, method: str, request: Any, timeout: float = _RPC_TIMEOUT) -> Any:
-        """One Admin RPC with the token; grpc errors become exit codes (see `_rpc`)."""
-        metadata = self.metadata()
+        """One Admin RPC with the token; grpc errors become exit codes (see `_rpc`).
+
+        Without a token the call goes out all the same: an unreachable coordinator must say
+        so (exit 3), and only a coordinator that answers can say a token is needed.
+        """
+        metadata = [("authorization", f"Bearer {self.token.value}")] if self.token.value else []
         with _rpc(self):
             return getattr(self.admin, method)(request, metadata=metadata, timeout=timeout)
 
@@ -139,7 +163,7 @@ class _Context:
             render(message)
 
 
-def _fail(code: int, message: str) -> NoReturn:
+def _fail(code: ExitCode, message: str) -> NoReturn:
     click.echo(f"twostep: {message}", err=True)
     sys.exit(code)
 
@@ -150,24 +174,70 @@ def _rpc(ctx: _Context) -> Iterator[None]:
     try:
         yield
     except grpc.RpcError as exc:
-        code = exc.code()
-        where = f" ({ctx.address})" if code == grpc.StatusCode.UNAVAILABLE else ""
-        _fail(_EXIT_BY_STATUS.get(code, EXIT_FAILED), f"{code.name}{where}: {exc.details()}")
+        code, details = exc.code(), exc.details()
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            if ctx.token.value is None:
+                _fail(ExitCode.TOKEN, f"{ctx.address} needs the admin token; {ctx.token.source}")
+            _fail(
+                ExitCode.TOKEN,
+                f"{ctx.address} refused the admin token from {ctx.token.source}: it is not "
+                "this coordinator's token (the coordinator's is its admin_token setting, or "
+                "the admin-token file in its data directory)",
+            )
+        trailers = dict(exc.trailing_metadata() or ())
+        if code == grpc.StatusCode.UNAVAILABLE and UNREACHABLE_RESOURCE_KEY in trailers:
+            _fail(ExitCode.DATABASE, details)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            _fail(ExitCode.UNREACHABLE, f"coordinator unreachable at {ctx.address}: {details}")
+        _fail(_EXIT_BY_STATUS.get(code, ExitCode.FAILED), f"{code.name}: {details}")
 
 
-def _read_token(token: str | None, token_file: str | None) -> str | None:
-    if token:
-        return token
-    candidates = [token_file] if token_file else []
-    data_dir = os.environ.get("TWOSTEP_DATA_DIR", "twostep-data")
-    candidates.append(str(Path(data_dir) / "admin-token"))
-    for path in candidates:
-        try:
-            return Path(path).read_text().strip() or None
-        except OSError:
-            if path == token_file:
-                raise click.BadParameter(f"cannot read {path}", param_hint="--token-file") from None
-    return None
+_TOKEN_OPTIONS = ("token", "token_file", "data_dir")  # the first one given is used
+
+
+def _find_token(ctx: click.Context) -> _Token:
+    """The admin token: from the first of --token, --token-file, --data-dir given on the
+    command line, else set in the environment, else <./twostep-data>/admin-token."""
+    sources = sorted(
+        _TOKEN_OPTIONS,
+        key=lambda name: (
+            ctx.get_parameter_source(name) is not click.core.ParameterSource.COMMANDLINE,
+            ctx.params[name] is None,
+        ),
+    )
+    name = sources[0]
+    value = ctx.params[name]
+    source = ctx.get_parameter_source(name)
+    where = "--" + name.replace("_", "-")
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        where = "$" + _ENVVARS[name]
+    if name == "token":
+        return _Token(value, where)
+    path = Path(value) if name == "token_file" else Path(value) / ADMIN_TOKEN_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        if name == "token_file":
+            raise click.BadParameter(f"{path}: no such file", param_hint=where) from None
+        return _Token(None, f"no {path.resolve()} ({_HOW_TO_GIVE_A_TOKEN})")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise click.BadParameter(f"cannot read {path}: {why}", param_hint=where) from None
+    if not text:
+        raise click.BadParameter(f"{path} is empty", param_hint=where)
+    return _Token(text, f"{path.resolve()} ({where})")
+
+
+ADMIN_TOKEN_FILE = "admin-token"  # the file the coordinator writes into its data directory
+_ENVVARS = {
+    "token": "TWOSTEP_ADMIN_TOKEN",
+    "token_file": "TWOSTEP_ADMIN_TOKEN_FILE",
+    "data_dir": "TWOSTEP_DATA_DIR",
+}
+_HOW_TO_GIVE_A_TOKEN = (
+    "give --token, --token-file or --data-dir, or set $TWOSTEP_ADMIN_TOKEN, "
+    "$TWOSTEP_ADMIN_TOKEN_FILE or $TWOSTEP_DATA_DIR"
+)
 
 
 def _when(unix_ms: int) -> str:
@@ -191,34 +261,71 @@ def _transactions_table(transactions: Any) -> Table:
     return table
 
 
-@click.group(cls=_StrictGroup, context_settings={"help_option_names": ["-h", "--help"]})
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
+
+
+def _address(text: str) -> str:
+    match = _ADDRESS.fullmatch(text.strip())
+    if not match or not 0 < int(match[2]) < 65536:
+        raise click.BadParameter(
+            f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051"
+        )
+    return text.strip()
+
+
+def _exit_codes() -> str:
+    lines = "\n".join(f"  {c.value}  {c.description}" for c in ExitCode)
+    return f"\b\nExit codes:\n{lines}"
+
+
+@click.group(
+    cls=_StrictGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_exit_codes(),
+)
 @click.option(
     "--coordinator",
     envvar="TWOSTEP_COORDINATOR",
     default="127.0.0.1:50051",
     show_default=True,
-    help="Address of the coordinator (host:port). Env: TWOSTEP_COORDINATOR.",
+    type=_address,
+    metavar="HOST:PORT",
+    help="Address of the coordinator. Env: TWOSTEP_COORDINATOR.",
 )
 @click.option(
     "--token",
-    envvar="TWOSTEP_ADMIN_TOKEN",
+    envvar=_ENVVARS["token"],
     cls=_Option,
-    excludes=("--token-file",),
-    help="Admin token. Env: TWOSTEP_ADMIN_TOKEN.",
+    excludes=("--token-file", "--data-dir"),
+    help=f"The admin token. Env: {_ENVVARS['token']}.",
 )
 @click.option(
     "--token-file",
+    envvar=_ENVVARS["token_file"],
+    cls=_Option,
+    excludes=("--data-dir",),
     type=click.Path(dir_okay=False),
-    help="File holding the admin token (default: $TWOSTEP_DATA_DIR or ./twostep-data, "
-    "admin-token).",
+    help=f"A file holding the admin token. Env: {_ENVVARS['token_file']}.",
+)
+@click.option(
+    "--data-dir",
+    envvar=_ENVVARS["data_dir"],
+    default="twostep-data",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help=f"The coordinator's data directory: the token is its {ADMIN_TOKEN_FILE} file. "
+    f"Env: {_ENVVARS['data_dir']}.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_context
-def cli(
-    ctx: click.Context, coordinator: str, token: str | None, token_file: str | None, as_json: bool
-) -> None:
-    """See and resolve in-doubt twostep transactions."""
-    ctx.obj = _Context(coordinator, _read_token(token, token_file), as_json)
+def cli(ctx: click.Context, coordinator: str, as_json: bool, **_token_options: str | None) -> None:
+    """See and end in-doubt twostep transactions, through the coordinator's Admin service.
+
+    Every command needs the admin token: the first of --token, --token-file, --data-dir
+    given, else the first of their environment variables set, else
+    ./twostep-data/admin-token.
+    """
+    ctx.obj = _Context(coordinator, _find_token(ctx), as_json)
 
 
 @cli.command()
@@ -342,7 +449,7 @@ def recover(ctx: _Context, dry_run: bool) -> None:
 
     ctx.emit(reply, render)
     if reply.errors:
-        sys.exit(EXIT_FAILED)
+        sys.exit(ExitCode.FAILED)
 
 
 @cli.command()

@@ -46,6 +46,9 @@ log = logging.getLogger("twostep.coordinator.admin")
 
 ADMIN_SERVICE_NAME = _admin_pb.DESCRIPTOR.services_by_name["Admin"].full_name  # twostep.v1.Admin
 ADMIN_TOKEN_FILE_NAME = "admin-token"
+#: Trailing metadata naming the resource when UNAVAILABLE means "a database is unreachable",
+#: not the coordinator (admin.proto, ScanResource).
+UNREACHABLE_RESOURCE_KEY = "twostep-unreachable-resource"
 MAX_REPORTED_ACTIONS = 1000  # actions in one reply; the rest are counted in omitted_actions
 _PASS_WAIT_S = 60.0  # how long Recover / Resolve wait for a pass already running
 _MIN_TOKEN_CHARS = 16
@@ -287,9 +290,11 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
                 raise
             resource.connection.release(session)
         except Exception as exc:
+            # UNAVAILABLE alone would read as "coordinator unreachable" to a client.
+            context.set_trailing_metadata(((UNREACHABLE_RESOURCE_KEY, resource.name),))
             context.abort(
                 grpc.StatusCode.UNAVAILABLE,
-                f"cannot scan {resource.name}: {resource.redact(exc)}",
+                f"the coordinator cannot scan {resource.name}: {resource.redact(exc)}",
             )
         return _admin_pb.ScanResourceResponse(
             resource=resource.name, xids=[self._scanned(raw) for raw in listed]

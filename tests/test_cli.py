@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -127,15 +128,22 @@ def test_resolve_needs_an_outcome_and_a_reason(run):
 
 
 def test_unreachable_coordinator_exits_3(run):
-    result = CliRunner().invoke(cli, ["--coordinator", "127.0.0.1:9", "list"])
+    result = run("--coordinator", "127.0.0.1:9", "--token", TOKEN, "status")
     assert result.exit_code == 3
-    assert "UNAVAILABLE" in result.output
+    assert "coordinator unreachable at 127.0.0.1:9" in result.output
 
 
-def test_admin_command_without_a_token_exits_5_before_any_rpc(run):
-    result = CliRunner().invoke(cli, ["--coordinator", "127.0.0.1:9", "status"])
-    assert result.exit_code == 5
-    assert "admin token" in result.output
+def test_no_token_and_no_coordinator_says_coordinator_unreachable(run):
+    result = run("--coordinator", "127.0.0.1:9", "status")
+    assert result.exit_code == 3
+    assert "coordinator unreachable" in result.output and "token" not in result.output
+
+
+@pytest.mark.parametrize("garbage", ["garbage", "127.0.0.1", "host:99999", "a b:1", ":50051"])
+def test_a_coordinator_address_that_is_not_host_port_is_a_usage_error(run, garbage):
+    result = run("--coordinator", garbage, "--token", TOKEN, "status")
+    assert result.exit_code == 2
+    assert "expected HOST:PORT" in result.output
 
 
 # -- against a coordinator with both databases registered (helpers from test_recovery) -------
@@ -171,8 +179,52 @@ def test_an_operator_sees_and_resolves_an_orphan_with_the_cli(run, in_process, d
     assert "app is gone" in notes and "changed my mind" in notes
 
 
-def test_a_wrong_admin_token_exits_5(run, in_process, dbs):
+def test_a_wrong_admin_token_is_said_to_be_refused(run, in_process, dbs):
     c = in_process()
     result = run("--coordinator", c.server.address, "--token", "x" * 20, "status")
     assert result.exit_code == 5
-    assert "UNAUTHENTICATED" in result.output
+    assert f"{c.server.address} refused the admin token from --token" in result.output
+
+
+def test_no_token_says_where_the_cli_looked_and_how_to_give_one(run, in_process, dbs, tmp_path):
+    c = in_process()
+    result = run("--coordinator", c.server.address, "status")
+    assert result.exit_code == 5
+    assert f"needs the admin token; no {tmp_path / 'twostep-data' / 'admin-token'}" in (
+        result.output
+    )
+    assert "--token, --token-file or --data-dir" in result.output
+
+
+def test_the_token_is_found_from_any_directory_through_the_data_dir(
+    run, in_process, dbs, tmp_path, monkeypatch
+):
+    c = in_process()
+    data_dir = tmp_path / "elsewhere" / "data"
+    data_dir.mkdir(parents=True)
+    (data_dir / "admin-token").write_text(TOKEN + "\n")
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    address = ("--coordinator", c.server.address)
+    assert run(*address, "--data-dir", str(data_dir), "status").exit_code == 0
+    assert run(*address, "--token-file", str(tmp_path / "token"), "status").exit_code == 0
+    monkeypatch.setenv("TWOSTEP_DATA_DIR", str(data_dir))
+    assert run(*address, "status").exit_code == 0
+    # What the command line names wins over the environment.
+    monkeypatch.setenv("TWOSTEP_ADMIN_TOKEN", "x" * 20)
+    assert run(*address, "status").exit_code == 5
+    assert run(*address, "--data-dir", str(data_dir), "status").exit_code == 0
+    monkeypatch.setenv("TWOSTEP_ADMIN_TOKEN_FILE", str(tmp_path / "token"))
+    assert run(*address, "--token", TOKEN, "status").exit_code == 0
+    missing = run(*address, "--token-file", str(tmp_path / "nope"), "status")
+    assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+def test_a_database_failure_during_scan_is_not_coordinator_unreachable(
+    run, in_process, dbs, tmp_path
+):
+    wrong = {"billing": {**dbs.configs["billing"], "password": "wrong-password"}}
+    c = in_process(resources=dataclasses.replace(dbs, configs=wrong).resource_configs(tmp_path))
+    result = run("--coordinator", c.server.address, "--token", TOKEN, "scan", "billing")
+    assert result.exit_code == 6
+    assert "the coordinator cannot scan billing" in result.output
+    assert "Access denied" in result.output and "unreachable" not in result.output

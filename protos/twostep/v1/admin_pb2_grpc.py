@@ -80,7 +80,9 @@ class AdminServicer:
 
     def ScanResource(self, request, context):
         """The prepared xids on one registered resource, each beside what the log says of it.
-        Foreign xids (other format ids or clusters) are listed but never touched.
+        Foreign xids (other format ids or clusters) are listed but never touched. A resource
+        that cannot be scanned is UNAVAILABLE with trailing metadata
+        `twostep-unreachable-resource: <name>` (the coordinator answered; its database did not).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
