@@ -237,8 +237,11 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
         states = []
         for branch in branches:
             shown = self._on_database(info.gtrid, branch)
-            if branch.resource in pending:
-                shown += f"; recovery: {pending[branch.resource]}"
+            why = pending.get(branch.resource)
+            if why and self._registry.get(branch.resource) is None:
+                shown = why  # says "not registered" already, and what to do
+            elif why:
+                shown += f"; recovery: {why}"
             states.append(_admin_pb.BranchState(branch=_branch_to_pb(branch), on_database=shown))
         return _admin_pb.TransactionDetail(
             transaction=transaction,
@@ -249,7 +252,7 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
     def _on_database(self, gtrid: str, branch: BranchRecord) -> str:
         resource = self._registry.get(branch.resource)
         if resource is None:
-            return "unknown resource"
+            return "not registered in the coordinator's config"
         try:
             xid = Xid.of(gtrid, branch.bqual)
         except InvalidIdentifier as exc:
