@@ -1,7 +1,7 @@
 """`twostep`: the admin CLI. See and resolve in-doubt transactions through the coordinator.
 
 Tables for people, `--json` for scripts. Every command is an Admin call and needs the admin
-token (`_TokenSource`). The exit codes are `ExitCode`, listed by `--help` and the README.
+token (`_find_token`). The exit codes are `ExitCode`, listed by `--help` and the README.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from typing import Any, NoReturn
 import click
 import grpc
 from google.protobuf import json_format
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from twostep.v1 import admin_pb2 as _admin
 from twostep.v1 import admin_pb2_grpc as _admin_grpc
 from twostep.v1 import coordinator_pb2 as _pb
-from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from .tpc.xid import parse_gtrid, validate_resource_name
+from .txn_states import GROUPS, TxnState
 
 __all__ = ["ExitCode", "main"]
 
@@ -61,18 +62,10 @@ _EXIT_BY_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: ExitCode.UNREACHABLE,
     grpc.StatusCode.NOT_FOUND: ExitCode.NOT_FOUND,
 }
-_STATE_NAMES = {
-    _pb.TRANSACTION_STATE_ACTIVE: "ACTIVE",
-    _pb.TRANSACTION_STATE_COMMITTED: "COMMITTED",
-    _pb.TRANSACTION_STATE_ABORTED: "ABORTED",
-}
-# --state choices: what an operator asks for, as ListTransactions filters.
-_STATE_FILTERS: dict[str, tuple[list[int], bool]] = {
-    "in-doubt": ([_pb.TRANSACTION_STATE_COMMITTED, _pb.TRANSACTION_STATE_ABORTED], True),
-    "committing": ([_pb.TRANSACTION_STATE_COMMITTED], True),
-    "active": ([_pb.TRANSACTION_STATE_ACTIVE], False),
-    "committed": ([_pb.TRANSACTION_STATE_COMMITTED], False),
-    "aborted": ([_pb.TRANSACTION_STATE_ABORTED], False),
+#: The log's decision, in the words of `TxnState` (scan, resolve).
+_DECISIONS = {
+    _pb.TRANSACTION_STATE_COMMITTED: "committed",
+    _pb.TRANSACTION_STATE_ABORTED: "aborted",
 }
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -141,7 +134,6 @@ class _Context:
         self.token = token
         self.as_json = as_json
         self.channel = grpc.insecure_channel(address)
-        self.coordinator = _pb_grpc.CoordinatorStub(self.channel)
         self.admin = _admin_grpc.AdminStub(self.channel)
         self.console = Console()
 
@@ -155,12 +147,20 @@ class _Context:
         with _rpc(self):
             return getattr(self.admin, method)(request, metadata=metadata, timeout=timeout)
 
-    def emit(self, message: Any, render: Callable[[Any], None]) -> None:
-        if self.as_json:
-            data = json_format.MessageToDict(message, preserving_proto_field_name=True)
-            click.echo(json.dumps(data, indent=2, sort_keys=True))
-        else:
+    def emit(
+        self,
+        message: Any,
+        render: Callable[[Any], None],
+        extra: dict[str, Any] | None = None,
+        drop: tuple[str, ...] = (),
+    ) -> None:
+        """Print `message` with `render`, or as JSON (`drop` fields left out, `extra` added)."""
+        if not self.as_json:
             render(message)
+            return
+        data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        data = {k: v for k, v in data.items() if k not in drop} | (extra or {})
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _fail(code: ExitCode, message: str) -> NoReturn:
@@ -246,19 +246,60 @@ def _when(unix_ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_ms / 1000))
 
 
-def _transactions_table(transactions: Any) -> Table:
-    table = Table("gtrid", "state", "complete", "begun", "deadline", "branches", "reason")
-    for t in transactions:
-        table.add_row(
-            t.gtrid,
-            _STATE_NAMES.get(t.state, "?"),
-            "yes" if t.completed else "no",
-            _when(t.begun_unix_ms),
-            _when(t.deadline_unix_ms),
-            ", ".join(b.resource for b in t.branches),
-            t.reason,
-        )
+def _table(width: int, columns: list[tuple[str, int]], rows: list[list[str]]) -> Table:
+    """A table whose first column (an id) is never cut, so that it can be copied: it gets
+    its whole width; the other columns follow, in order, only while their `min_width` still
+    fits in `width` (the rest are dropped), and they wrap."""
+    id_width = max([len(columns[0][0]), *(len(r[0]) for r in rows)])
+    used, kept = id_width, 1
+    for _, min_width in columns[1:]:
+        if used + _PADDING + min_width > width:
+            break
+        used += _PADDING + min_width
+        kept += 1
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column(columns[0][0], no_wrap=True, min_width=id_width)
+    for header, min_width in columns[1:kept]:
+        table.add_column(header, min_width=min_width, overflow="fold")
+    for row in rows:
+        table.add_row(*row[:kept])
     return table
+
+
+_PADDING = 3  # between two columns of a `_table`: a space, the rule under the header, a space
+
+
+def _transactions_table(width: int, listed: Any) -> Table:
+    """`listed`: ListedTransaction or TransactionDetail messages (a transaction, its state
+    word, why it is blocked)."""
+    columns = [
+        ("gtrid", 0),
+        ("state", 10),
+        ("branches", 10),
+        ("blocked", 16),
+        ("begun", 10),
+        ("deadline", 10),
+        ("reason", 12),
+    ]
+    rows = [
+        [
+            t.transaction.gtrid,
+            t.state,
+            ", ".join(b.resource for b in t.transaction.branches) or "-",
+            t.blocked or "-",
+            _when(t.transaction.begun_unix_ms),
+            _when(t.transaction.deadline_unix_ms),
+            t.transaction.reason or "-",
+        ]
+        for t in listed
+    ]
+    return _table(width, columns, rows)
+
+
+def _states_help() -> str:
+    lines = [f"{s.value}: {s.description}." for s in TxnState]
+    lines += [f"{name}: {description}." for name, (description, _) in GROUPS.items()]
+    return "Only transactions in this state. " + " ".join(lines)
 
 
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
@@ -333,24 +374,34 @@ def cli(ctx: click.Context, coordinator: str, as_json: bool, **_token_options: s
 def status(ctx: _Context) -> None:
     """Counts by state, in-doubt transactions, resources, the last recovery pass."""
     reply = ctx.admin_call("Status", _admin.StatusRequest())
+    counts = {
+        TxnState.ACTIVE: reply.active,
+        TxnState.ORPHANED: reply.orphaned,
+        TxnState.COMMITTING: reply.committed_incomplete,
+        TxnState.ABORTING: reply.aborted_incomplete,
+        "in-doubt": reply.in_doubt,
+        "blocked": reply.blocked,
+    }
 
     def render(r: Any) -> None:
-        ctx.console.print(
-            f"cluster [bold]{r.cluster_id}[/]: {r.active} active, "
-            f"{r.committed_incomplete} committing, {r.aborted_incomplete} aborting, "
-            f"[bold]{r.in_doubt} in doubt[/]"
-        )
-        table = Table("resource", "dialect", "target", "reachable", "prepared", "error")
-        for res in r.resources:
-            table.add_row(
+        words = ", ".join(f"{n} {word}" for word, n in counts.items())
+        ctx.console.print(f"cluster [bold]{r.cluster_id}[/]: {words}", soft_wrap=True)
+        if r.blocked:
+            ctx.console.print("why: twostep list --state blocked; twostep show GTRID")
+        columns = [("resource", 0), ("reachable", 9), ("prepared", 8), ("error", 16)]
+        columns += [("dialect", 10), ("target", 16)]
+        rows = [
+            [
                 res.name,
-                res.dialect,
-                res.target,
                 "yes" if res.reachable else "NO",
                 str(res.prepared),
-                res.error,
-            )
-        ctx.console.print(table)
+                res.error or "-",
+                res.dialect,
+                res.target,
+            ]
+            for res in r.resources
+        ]
+        ctx.console.print(_table(ctx.console.width, columns, rows))
         last = r.last_recovery
         if last.started_unix_ms:
             ctx.console.print(
@@ -358,11 +409,20 @@ def status(ctx: _Context) -> None:
                 f"{len(last.actions)} actions, {len(last.errors)} errors"
             )
 
-    ctx.emit(reply, render)
+    # The counts by the words of `list --state`, not the wire's field names.
+    ctx.emit(reply, render, {"counts": counts}, drop=_COUNT_FIELDS)
+
+
+_COUNT_FIELDS = ("active", "orphaned", "committed_incomplete", "aborted_incomplete")
+_COUNT_FIELDS += ("in_doubt", "blocked")
 
 
 @cli.command("list")
-@click.option("--state", type=click.Choice(sorted(_STATE_FILTERS)), help="Only these.")
+@click.option(
+    "--state",
+    type=click.Choice([*(s.value for s in TxnState), *GROUPS]),
+    help=_states_help(),
+)
 @click.option(
     "--older-than",
     type=_duration,
@@ -373,32 +433,32 @@ def status(ctx: _Context) -> None:
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.pass_obj
 def list_(ctx: _Context, state: str | None, older_than: int | None, limit: int) -> None:
-    """Transactions the coordinator knows, oldest first."""
-    states, incomplete = _STATE_FILTERS[state] if state else ([], False)
-    request = _pb.ListTransactionsRequest(
-        states=states, incomplete_only=incomplete, older_than_s=older_than or 0, limit=limit
+    """Transactions the coordinator knows, oldest first, with their state; also orphans
+    (branches prepared with no decision) that the log has no row of."""
+    request = _admin.AdminListRequest(state=state or "", older_than_s=older_than or 0, limit=limit)
+    reply = ctx.admin_call("ListTransactions", request)
+    ctx.emit(
+        reply, lambda r: ctx.console.print(_transactions_table(ctx.console.width, r.transactions))
     )
-    with _rpc(ctx):
-        reply = ctx.coordinator.ListTransactions(request, timeout=_RPC_TIMEOUT)
-    ctx.emit(reply, lambda r: ctx.console.print(_transactions_table(r.transactions)))
 
 
 @cli.command()
 @click.argument("gtrid")
 @click.pass_obj
 def show(ctx: _Context, gtrid: str) -> None:
-    """One transaction: its decision, deadline, and each branch's state on its database."""
+    """One transaction: its state, deadline, and each branch's state on its database."""
     _check(parse_gtrid, gtrid, "GTRID")
     reply = ctx.admin_call("ShowTransaction", _admin.ShowTransactionRequest(gtrid=gtrid))
 
     def render(r: Any) -> None:
-        ctx.console.print(_transactions_table([r.transaction]))
-        table = Table("resource", "dialect", "session", "on its database")
-        for b in r.branches:
-            table.add_row(
-                b.branch.resource, b.branch.dialect, str(b.branch.session_id or "-"), b.on_database
-            )
-        ctx.console.print(table)
+        width = ctx.console.width
+        ctx.console.print(_transactions_table(width, [r]))
+        columns = [("resource", 0), ("on its database", 20), ("dialect", 10), ("session", 8)]
+        rows = [
+            [b.branch.resource, b.on_database, b.branch.dialect, str(b.branch.session_id or "-")]
+            for b in r.branches
+        ]
+        ctx.console.print(_table(width, columns, rows))
         for note in r.notes:
             ctx.console.print(f"note: {note}")
 
@@ -414,16 +474,18 @@ def scan(ctx: _Context, resource: str) -> None:
     reply = ctx.admin_call("ScanResource", _admin.ScanResourceRequest(resource=resource))
 
     def render(r: Any) -> None:
-        table = Table("xid", "owner", "gtrid", "logged", "deadline")
-        for x in r.xids:
-            table.add_row(
-                x.raw,
-                x.owner,
+        columns = [("gtrid", 0), ("owner", 8), ("decision", 9), ("deadline", 10), ("xid", 20)]
+        rows = [
+            [
                 x.gtrid or "-",
-                _STATE_NAMES.get(x.logged_state, "unknown"),
+                x.owner,
+                _DECISIONS.get(x.logged_state, "none") if x.owner == "ours" else "-",
                 _when(x.deadline_unix_ms),
-            )
-        ctx.console.print(table)
+                x.raw,
+            ]
+            for x in r.xids
+        ]
+        ctx.console.print(_table(ctx.console.width, columns, rows))
 
     ctx.emit(reply, render)
 
@@ -472,7 +534,7 @@ def resolve(ctx: _Context, gtrid: str, outcome: str | None, reason: str, force: 
     reply = ctx.admin_call("Resolve", request, timeout=300)
 
     def render(r: Any) -> None:
-        ctx.console.print(f"{r.decision.gtrid}: {_STATE_NAMES.get(r.decision.state, '?')}")
+        ctx.console.print(f"{r.decision.gtrid}: {_DECISIONS[r.decision.state]}")
         ctx.console.print(_actions_table(r.actions))
 
     ctx.emit(reply, render)

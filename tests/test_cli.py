@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
+from pathlib import Path
 
 import click
 import grpc
 import pytest
 from click.testing import CliRunner
 from test_recovery import (
+    COMMITTED,
     TOKEN,
     dbs_fixture,  # noqa: F401 - the fixture "dbs"
     in_process_fixture,  # noqa: F401 - the fixture "in_process"
     prepare,
 )
 
-from twostep.client._cli import cli
+from twostep.client._cli import ExitCode, cli
 from twostep.client.tpc import new_gtrid
+from twostep.client.txn_states import GROUPS, TxnState
 from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
@@ -50,18 +54,20 @@ def begin_and_commit(address: str) -> str:
 
 def test_list_shows_committing_transactions_as_json_and_as_a_table(run, coordinator):
     gtrid = begin_and_commit(coordinator.address)
-    result = run("--coordinator", coordinator.address, "--json", "list", "--state", "committing")
+    admin = ("--coordinator", coordinator.address, "--data-dir", str(coordinator.data_dir))
+    result = run(*admin, "--json", "list", "--state", "committing")
     assert result.exit_code == 0, result.output
     listed = json.loads(result.output)["transactions"]
-    assert [(t["gtrid"], t["state"]) for t in listed] == [(gtrid, "TRANSACTION_STATE_COMMITTED")]
-    table = run("--coordinator", coordinator.address, "list")
+    assert [(t["transaction"]["gtrid"], t["state"]) for t in listed] == [(gtrid, "committing")]
+    table = run(*admin, "list")
     assert table.exit_code == 0
-    assert "COMMITTED" in table.output and "orders" in table.output
+    assert "committing" in table.output and "orders" in table.output
 
 
 def test_older_than_filters_out_young_transactions(run, coordinator):
     begin_and_commit(coordinator.address)
-    result = run("--coordinator", coordinator.address, "--json", "list", "--older-than", "1h")
+    admin = ("--coordinator", coordinator.address, "--data-dir", str(coordinator.data_dir))
+    result = run(*admin, "--json", "list", "--older-than", "1h")
     assert result.exit_code == 0
     assert json.loads(result.output).get("transactions", []) == []
 
@@ -228,3 +234,92 @@ def test_a_database_failure_during_scan_is_not_coordinator_unreachable(
     assert result.exit_code == 6
     assert "the coordinator cannot scan billing" in result.output
     assert "Access denied" in result.output and "unreachable" not in result.output
+
+
+# -- one vocabulary of states ------------------------------------------------------------------
+
+
+def in_doubt_three_ways(c, dbs) -> tuple[str, str]:
+    """A committing transaction blocked on an unregistered resource, and an orphan."""
+    committing = c.begin()
+    held = prepare(dbs, "orders", committing, 11)
+    ghost = _pb.Branch(resource="ghost", bqual="ghost", dialect="mysql")
+    assert c.client.commit(committing, [held.branch(), ghost]).state == COMMITTED
+    orphan = new_gtrid(c.server.settings.cluster_id, c.clock() // 1000 - 60)
+    prepare(dbs, "billing", orphan, 12)
+    c.clock.advance(2_000)  # past the grace: recovery works on the decided one
+    c.recovery.run_pass()  # first sighting of the orphan: not aborted yet
+    return committing, orphan
+
+
+def test_in_doubt_means_the_same_in_status_list_show_and_json(run, in_process, dbs):
+    c = in_process()
+    committing, orphan = in_doubt_three_ways(c, dbs)
+    admin = ("--coordinator", c.server.address, "--token", TOKEN)
+
+    counts = json.loads(run(*admin, "--json", "status").output)["counts"]
+    assert counts == {
+        "active": 0,
+        "orphaned": 1,
+        "committing": 1,
+        "aborting": 0,
+        "in-doubt": 2,
+        "blocked": 1,
+    }
+    status = run(*admin, "status").output
+    assert "0 active, 1 orphaned, 1 committing, 0 aborting, 2 in-doubt, 1 blocked" in status
+
+    def listed(state: str) -> dict[str, str]:
+        result = run(*admin, "--json", "list", "--state", state)
+        assert result.exit_code == 0, result.output
+        items = json.loads(result.output).get("transactions", [])
+        return {t["transaction"]["gtrid"]: t["state"] for t in items}
+
+    # Every word status prints is a state list takes, and they count the same transactions.
+    for word, n in counts.items():
+        assert len(listed(word)) == n, word
+    assert listed("in-doubt") == {committing: "committing", orphan: "orphaned"}
+    assert listed("blocked") == {committing: "committing"}
+
+    shown = json.loads(run(*admin, "--json", "show", committing).output)
+    assert shown["state"] == "committing"
+    assert "ghost: blocked: resource ghost is not registered" in shown["blocked"]
+    assert json.loads(run(*admin, "--json", "show", orphan).output)["state"] == "orphaned"
+
+    c.recovery.run_pass()  # second sighting: the orphan is aborted and rolled back
+    assert listed("orphaned") == {}
+    assert listed("aborted") == {orphan: "aborted"}
+
+
+def test_the_readme_defines_the_states_and_exit_codes_as_the_cli_does():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+
+    def table(first_header: str) -> dict[str, str]:
+        start = readme.index(f"| {first_header} |")
+        rows = readme[start:].split("\n\n")[0].splitlines()[2:]
+        return {
+            cells[0].strip("` "): cells[1].strip()
+            for cells in (r.strip("|").split("|") for r in rows)
+        }
+
+    states = {s.value: s.description for s in TxnState}
+    states |= {name: description for name, (description, _) in GROUPS.items()}
+    assert table("state") == states
+    assert table("exit code") == {str(c.value): c.description for c in ExitCode}
+    assert "Exit codes:" in CliRunner().invoke(cli, ["--help"]).output
+    state_help = CliRunner().invoke(cli, ["list", "--help"]).output
+    assert all(word in state_help for word in states)
+
+
+def test_gtrids_are_never_cut_in_an_80_column_table(run, in_process, dbs, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    c = in_process()
+    committing, orphan = in_doubt_three_ways(c, dbs)
+    admin = ("--coordinator", c.server.address, "--token", TOKEN)
+    for command in (["list", "--state", "in-doubt"], ["scan", "billing"], ["show", committing]):
+        output = run(*admin, *command).output
+        assert max(len(line) for line in output.splitlines()) <= 80, output
+        copied = re.findall(r"ts[12]\.[A-Za-z0-9.]+", output)
+        assert set(copied) >= ({orphan} if command[0] == "scan" else {committing}), output
+        for gtrid in copied:  # what was copied from the table is what show takes
+            assert run(*admin, "show", gtrid).exit_code == 0

@@ -63,6 +63,7 @@ __all__ = [
     "is_ours",
     "listed_branches",
     "plan",
+    "prepared_orphans",
     "resources_due",
     "unknown_resource",
 ]
@@ -219,6 +220,18 @@ def listed_branches(
             name = _owner(xid, names)
             found.setdefault(name, BranchRecord(name, xid.bqual, resources[name]))
     return list(found.values())
+
+
+def prepared_orphans(
+    suspects: Iterable[tuple[str, Xid]], resources: Mapping[str, str], now_ms: int
+) -> dict[str, list[BranchRecord]]:
+    """The suspects past their gtrid's deadline, by gtrid: prepared branches with no decision
+    whose client is gone (`TxnState.ORPHANED` until recovery decides ABORT)."""
+    found: dict[str, list[BranchRecord]] = collections.defaultdict(list)
+    for resource, xid in sorted(suspects, key=lambda s: (s[1].gtrid, s[0])):
+        if parse_gtrid(xid.gtrid).deadline_unix_s * 1000 <= now_ms and resource in resources:
+            found[xid.gtrid].append(BranchRecord(resource, xid.bqual, resources[resource]))
+    return dict(found)
 
 
 def plan(facts: Facts) -> Plan:
