@@ -51,6 +51,7 @@ def abort_item(gtrid: str, branches: list[pb.Branch]) -> pb.AbortRequest:
 
 CALLS = [
     ("Status", apb.StatusRequest()),
+    ("ListTransactions", apb.AdminListRequest(state="in-doubt")),
     ("ShowTransaction", apb.ShowTransactionRequest(gtrid="x")),
     ("ScanResource", apb.ScanResourceRequest(resource="orders")),
     ("Recover", apb.RecoverRequest(dry_run=True)),
