@@ -1,61 +1,116 @@
 """`twostep`: the admin CLI. See and resolve in-doubt transactions through the coordinator.
 
-Tables for people, `--json` for scripts. Exit codes:
-  0 done; 1 refused or failed (e.g. resolve contradicting a decision without --force);
-  2 usage error; 3 coordinator unreachable; 4 no such transaction or resource;
-  5 missing or wrong admin token.
+Tables for people, `--json` for scripts. Every command is an Admin call and needs the admin
+token (`_find_token`). The exit codes are `ExitCode`, listed by `--help` and the README.
 """
 
 from __future__ import annotations
 
+import enum
 import json
-import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import grpc
 from google.protobuf import json_format
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from twostep.v1 import admin_pb2 as _admin
 from twostep.v1 import admin_pb2_grpc as _admin_grpc
 from twostep.v1 import coordinator_pb2 as _pb
-from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from .tpc.xid import parse_gtrid, validate_resource_name
+from .txn_states import GROUPS, TxnState
 
-__all__ = ["main"]
+__all__ = ["ExitCode", "main"]
 
-EXIT_FAILED, EXIT_UNREACHABLE, EXIT_NOT_FOUND, EXIT_UNAUTHENTICATED = 1, 3, 4, 5
+
+class ExitCode(enum.IntEnum):
+    """The CLI's exit codes; `description` is what `--help` and the README say of each."""
+
+    description: str
+
+    def __new__(cls, code: int, description: str) -> ExitCode:
+        member = int.__new__(cls, code)
+        member._value_ = code
+        member.description = description
+        return member
+
+    OK = 0, "done"
+    FAILED = 1, "refused or failed (e.g. resolve contradicting a decision without --force)"
+    USAGE = 2, "usage error: a bad or conflicting option or argument; nothing was sent"
+    UNREACHABLE = 3, "coordinator unreachable (not listening, or no answer in time)"
+    NOT_FOUND = 4, "no such transaction or resource"
+    TOKEN = 5, "admin token missing (none found) or refused by the coordinator"
+    DATABASE = 6, "a database could not be reached by the coordinator (scan)"
+
+
+#: Trailing metadata of an UNAVAILABLE answer from the coordinator itself: it was reached, a
+#: database it needed was not (the value names the resource; admin.proto, ScanResource).
+UNREACHABLE_RESOURCE_KEY = "twostep-unreachable-resource"
 _EXIT_BY_STATUS = {
-    grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
-    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
-    grpc.StatusCode.UNAUTHENTICATED: EXIT_UNAUTHENTICATED,
+    grpc.StatusCode.UNAVAILABLE: ExitCode.UNREACHABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: ExitCode.UNREACHABLE,
+    grpc.StatusCode.NOT_FOUND: ExitCode.NOT_FOUND,
 }
-_STATE_NAMES = {
-    _pb.TRANSACTION_STATE_ACTIVE: "ACTIVE",
-    _pb.TRANSACTION_STATE_COMMITTED: "COMMITTED",
-    _pb.TRANSACTION_STATE_ABORTED: "ABORTED",
-}
-# --state choices: what an operator asks for, as ListTransactions filters.
-_STATE_FILTERS: dict[str, tuple[list[int], bool]] = {
-    "in-doubt": ([_pb.TRANSACTION_STATE_COMMITTED, _pb.TRANSACTION_STATE_ABORTED], True),
-    "committing": ([_pb.TRANSACTION_STATE_COMMITTED], True),
-    "active": ([_pb.TRANSACTION_STATE_ACTIVE], False),
-    "committed": ([_pb.TRANSACTION_STATE_COMMITTED], False),
-    "aborted": ([_pb.TRANSACTION_STATE_ABORTED], False),
+#: The log's decision, in the words of `TxnState` (scan, resolve).
+_DECISIONS = {
+    _pb.TRANSACTION_STATE_COMMITTED: "committed",
+    _pb.TRANSACTION_STATE_ABORTED: "aborted",
 }
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _RPC_TIMEOUT = 30.0
+
+
+class _Option(click.Option):
+    """An option that may name options it cannot be given with (`excludes`: their flags)."""
+
+    def __init__(self, *args: Any, excludes: tuple[str, ...] = (), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.excludes = excludes
+
+
+class _StrictCommand(click.Command):
+    """Conflicting options are a usage error, never "the last one wins": an option given
+    twice, two options that set the same value (`--commit --abort`), or options that exclude
+    each other (`_Option.excludes`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+        given = [
+            p for p in order if isinstance(p, click.Option) and p.expose_value and not p.multiple
+        ]
+        for i, param in enumerate(given):
+            for other in given[:i]:
+                if other is param:
+                    raise click.UsageError(f"{_flag(param)} is given twice", ctx)
+                if other.name == param.name or _excludes(other, param) or _excludes(param, other):
+                    raise click.UsageError(
+                        f"{_flag(other)} and {_flag(param)} cannot be used together", ctx
+                    )
+        return super().parse_args(ctx, args)
+
+
+def _excludes(option: click.Option, other: click.Option) -> bool:
+    return bool(set(getattr(option, "excludes", ())) & set(other.opts))
+
+
+def _flag(option: click.Option) -> str:
+    return max(option.opts, key=len)
+
+
+class _StrictGroup(_StrictCommand, click.Group):
+    command_class = _StrictCommand
 
 
 def _duration(text: str) -> int:
@@ -65,40 +120,50 @@ def _duration(text: str) -> int:
     return int(match[1]) * _UNITS[match[2]]
 
 
+@dataclass(frozen=True)
+class _Token:
+    """The admin token, and where it came from (for the messages); `value` None: not found."""
+
+    value: str | None
+    source: str
+
+
 class _Context:
-    def __init__(self, address: str, token: str | None, as_json: bool):
+    def __init__(self, address: str, token: _Token, as_json: bool):
         self.address = address
         self.token = token
         self.as_json = as_json
         self.channel = grpc.insecure_channel(address)
-        self.coordinator = _pb_grpc.CoordinatorStub(self.channel)
         self.admin = _admin_grpc.AdminStub(self.channel)
         self.console = Console()
 
-    def metadata(self) -> list[tuple[str, str]]:
-        if not self.token:
-            _fail(
-                EXIT_UNAUTHENTICATED,
-                "this command needs the admin token: --token, "
-                "--token-file, $TWOSTEP_ADMIN_TOKEN or <data dir>/admin-token",
-            )
-        return [("authorization", f"Bearer {self.token}")]
-
     def admin_call(self, method: str, request: Any, timeout: float = _RPC_TIMEOUT) -> Any:
-        """One Admin RPC with the token; grpc errors become exit codes (see `_rpc`)."""
-        metadata = self.metadata()
+        """One Admin RPC with the token; grpc errors become exit codes (see `_rpc`).
+
+        Without a token the call goes out all the same: an unreachable coordinator must say
+        so (exit 3), and only a coordinator that answers can say a token is needed.
+        """
+        metadata = [("authorization", f"Bearer {self.token.value}")] if self.token.value else []
         with _rpc(self):
             return getattr(self.admin, method)(request, metadata=metadata, timeout=timeout)
 
-    def emit(self, message: Any, render: Callable[[Any], None]) -> None:
-        if self.as_json:
-            data = json_format.MessageToDict(message, preserving_proto_field_name=True)
-            click.echo(json.dumps(data, indent=2, sort_keys=True))
-        else:
+    def emit(
+        self,
+        message: Any,
+        render: Callable[[Any], None],
+        extra: dict[str, Any] | None = None,
+        drop: tuple[str, ...] = (),
+    ) -> None:
+        """Print `message` with `render`, or as JSON (`drop` fields left out, `extra` added)."""
+        if not self.as_json:
             render(message)
+            return
+        data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        data = {k: v for k, v in data.items() if k not in drop} | (extra or {})
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-def _fail(code: int, message: str) -> NoReturn:
+def _fail(code: ExitCode, message: str) -> NoReturn:
     click.echo(f"twostep: {message}", err=True)
     sys.exit(code)
 
@@ -109,24 +174,70 @@ def _rpc(ctx: _Context) -> Iterator[None]:
     try:
         yield
     except grpc.RpcError as exc:
-        code = exc.code()
-        where = f" ({ctx.address})" if code == grpc.StatusCode.UNAVAILABLE else ""
-        _fail(_EXIT_BY_STATUS.get(code, EXIT_FAILED), f"{code.name}{where}: {exc.details()}")
+        code, details = exc.code(), exc.details()
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            if ctx.token.value is None:
+                _fail(ExitCode.TOKEN, f"{ctx.address} needs the admin token; {ctx.token.source}")
+            _fail(
+                ExitCode.TOKEN,
+                f"{ctx.address} refused the admin token from {ctx.token.source}: it is not "
+                "this coordinator's token (the coordinator's is its admin_token setting, or "
+                "the admin-token file in its data directory)",
+            )
+        trailers = dict(exc.trailing_metadata() or ())
+        if code == grpc.StatusCode.UNAVAILABLE and UNREACHABLE_RESOURCE_KEY in trailers:
+            _fail(ExitCode.DATABASE, details)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            _fail(ExitCode.UNREACHABLE, f"coordinator unreachable at {ctx.address}: {details}")
+        _fail(_EXIT_BY_STATUS.get(code, ExitCode.FAILED), f"{code.name}: {details}")
 
 
-def _read_token(token: str | None, token_file: str | None) -> str | None:
-    if token:
-        return token
-    candidates = [token_file] if token_file else []
-    data_dir = os.environ.get("TWOSTEP_DATA_DIR", "twostep-data")
-    candidates.append(str(Path(data_dir) / "admin-token"))
-    for path in candidates:
-        try:
-            return Path(path).read_text().strip() or None
-        except OSError:
-            if path == token_file:
-                raise click.BadParameter(f"cannot read {path}", param_hint="--token-file") from None
-    return None
+_TOKEN_OPTIONS = ("token", "token_file", "data_dir")  # the first one given is used
+
+
+def _find_token(ctx: click.Context) -> _Token:
+    """The admin token: from the first of --token, --token-file, --data-dir given on the
+    command line, else set in the environment, else <./twostep-data>/admin-token."""
+    sources = sorted(
+        _TOKEN_OPTIONS,
+        key=lambda name: (
+            ctx.get_parameter_source(name) is not click.core.ParameterSource.COMMANDLINE,
+            ctx.params[name] is None,
+        ),
+    )
+    name = sources[0]
+    value = ctx.params[name]
+    source = ctx.get_parameter_source(name)
+    where = "--" + name.replace("_", "-")
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        where = "$" + _ENVVARS[name]
+    if name == "token":
+        return _Token(value, where)
+    path = Path(value) if name == "token_file" else Path(value) / ADMIN_TOKEN_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        if name == "token_file":
+            raise click.BadParameter(f"{path}: no such file", param_hint=where) from None
+        return _Token(None, f"no {path.resolve()} ({_HOW_TO_GIVE_A_TOKEN})")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise click.BadParameter(f"cannot read {path}: {why}", param_hint=where) from None
+    if not text:
+        raise click.BadParameter(f"{path} is empty", param_hint=where)
+    return _Token(text, f"{path.resolve()} ({where})")
+
+
+ADMIN_TOKEN_FILE = "admin-token"  # the file the coordinator writes into its data directory
+_ENVVARS = {
+    "token": "TWOSTEP_ADMIN_TOKEN",
+    "token_file": "TWOSTEP_ADMIN_TOKEN_FILE",
+    "data_dir": "TWOSTEP_DATA_DIR",
+}
+_HOW_TO_GIVE_A_TOKEN = (
+    "give --token, --token-file or --data-dir, or set $TWOSTEP_ADMIN_TOKEN, "
+    "$TWOSTEP_ADMIN_TOKEN_FILE or $TWOSTEP_DATA_DIR"
+)
 
 
 def _when(unix_ms: int) -> str:
@@ -135,45 +246,127 @@ def _when(unix_ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_ms / 1000))
 
 
-def _transactions_table(transactions: Any) -> Table:
-    table = Table("gtrid", "state", "complete", "begun", "deadline", "branches", "reason")
-    for t in transactions:
-        table.add_row(
-            t.gtrid,
-            _STATE_NAMES.get(t.state, "?"),
-            "yes" if t.completed else "no",
-            _when(t.begun_unix_ms),
-            _when(t.deadline_unix_ms),
-            ", ".join(b.resource for b in t.branches),
-            t.reason,
-        )
+def _table(width: int, columns: list[tuple[str, int]], rows: list[list[str]]) -> Table:
+    """A table whose first column (an id) is never cut, so that it can be copied: it gets
+    its whole width; the other columns follow, in order, only while their `min_width` still
+    fits in `width` (the rest are dropped), and they wrap."""
+    id_width = max([len(columns[0][0]), *(len(r[0]) for r in rows)])
+    used, kept = id_width, 1
+    for _, min_width in columns[1:]:
+        if used + _PADDING + min_width > width:
+            break
+        used += _PADDING + min_width
+        kept += 1
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column(columns[0][0], no_wrap=True, min_width=id_width)
+    for header, min_width in columns[1:kept]:
+        table.add_column(header, min_width=min_width, overflow="fold")
+    for row in rows:
+        table.add_row(*row[:kept])
     return table
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_PADDING = 3  # between two columns of a `_table`: a space, the rule under the header, a space
+
+
+def _transactions_table(width: int, listed: Any) -> Table:
+    """`listed`: ListedTransaction or TransactionDetail messages (a transaction, its state
+    word, why it is blocked)."""
+    columns = [
+        ("gtrid", 0),
+        ("state", 10),
+        ("branches", 10),
+        ("blocked", 16),
+        ("begun", 10),
+        ("deadline", 10),
+        ("reason", 12),
+    ]
+    rows = [
+        [
+            t.transaction.gtrid,
+            t.state,
+            ", ".join(b.resource for b in t.transaction.branches) or "-",
+            t.blocked or "-",
+            _when(t.transaction.begun_unix_ms),
+            _when(t.transaction.deadline_unix_ms),
+            t.transaction.reason or "-",
+        ]
+        for t in listed
+    ]
+    return _table(width, columns, rows)
+
+
+def _states_help() -> str:
+    lines = [f"{s.value}: {s.description}." for s in TxnState]
+    lines += [f"{name}: {description}." for name, (description, _) in GROUPS.items()]
+    return "Only transactions in this state. " + " ".join(lines)
+
+
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
+
+
+def _address(text: str) -> str:
+    match = _ADDRESS.fullmatch(text.strip())
+    if not match or not 0 < int(match[2]) < 65536:
+        raise click.BadParameter(
+            f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051"
+        )
+    return text.strip()
+
+
+def _exit_codes() -> str:
+    lines = "\n".join(f"  {c.value}  {c.description}" for c in ExitCode)
+    return f"\b\nExit codes:\n{lines}"
+
+
+@click.group(
+    cls=_StrictGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_exit_codes(),
+)
 @click.option(
     "--coordinator",
     envvar="TWOSTEP_COORDINATOR",
     default="127.0.0.1:50051",
     show_default=True,
-    help="Address of the coordinator (host:port). Env: TWOSTEP_COORDINATOR.",
+    type=_address,
+    metavar="HOST:PORT",
+    help="Address of the coordinator. Env: TWOSTEP_COORDINATOR.",
 )
 @click.option(
-    "--token", envvar="TWOSTEP_ADMIN_TOKEN", help="Admin token. Env: TWOSTEP_ADMIN_TOKEN."
+    "--token",
+    envvar=_ENVVARS["token"],
+    cls=_Option,
+    excludes=("--token-file", "--data-dir"),
+    help=f"The admin token. Env: {_ENVVARS['token']}.",
 )
 @click.option(
     "--token-file",
+    envvar=_ENVVARS["token_file"],
+    cls=_Option,
+    excludes=("--data-dir",),
     type=click.Path(dir_okay=False),
-    help="File holding the admin token (default: $TWOSTEP_DATA_DIR or ./twostep-data, "
-    "admin-token).",
+    help=f"A file holding the admin token. Env: {_ENVVARS['token_file']}.",
+)
+@click.option(
+    "--data-dir",
+    envvar=_ENVVARS["data_dir"],
+    default="twostep-data",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help=f"The coordinator's data directory: the token is its {ADMIN_TOKEN_FILE} file. "
+    f"Env: {_ENVVARS['data_dir']}.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_context
-def cli(
-    ctx: click.Context, coordinator: str, token: str | None, token_file: str | None, as_json: bool
-) -> None:
-    """See and resolve in-doubt twostep transactions."""
-    ctx.obj = _Context(coordinator, _read_token(token, token_file), as_json)
+def cli(ctx: click.Context, coordinator: str, as_json: bool, **_token_options: str | None) -> None:
+    """See and end in-doubt twostep transactions, through the coordinator's Admin service.
+
+    Every command needs the admin token: the first of --token, --token-file, --data-dir
+    given, else the first of their environment variables set, else
+    ./twostep-data/admin-token.
+    """
+    ctx.obj = _Context(coordinator, _find_token(ctx), as_json)
 
 
 @cli.command()
@@ -181,24 +374,34 @@ def cli(
 def status(ctx: _Context) -> None:
     """Counts by state, in-doubt transactions, resources, the last recovery pass."""
     reply = ctx.admin_call("Status", _admin.StatusRequest())
+    counts = {
+        TxnState.ACTIVE: reply.active,
+        TxnState.ORPHANED: reply.orphaned,
+        TxnState.COMMITTING: reply.committed_incomplete,
+        TxnState.ABORTING: reply.aborted_incomplete,
+        "in-doubt": reply.in_doubt,
+        "blocked": reply.blocked,
+    }
 
     def render(r: Any) -> None:
-        ctx.console.print(
-            f"cluster [bold]{r.cluster_id}[/]: {r.active} active, "
-            f"{r.committed_incomplete} committing, {r.aborted_incomplete} aborting, "
-            f"[bold]{r.in_doubt} in doubt[/]"
-        )
-        table = Table("resource", "dialect", "target", "reachable", "prepared", "error")
-        for res in r.resources:
-            table.add_row(
+        words = ", ".join(f"{n} {word}" for word, n in counts.items())
+        ctx.console.print(f"cluster [bold]{r.cluster_id}[/]: {words}", soft_wrap=True)
+        if r.blocked:
+            ctx.console.print("why: twostep list --state blocked; twostep show GTRID")
+        columns = [("resource", 0), ("reachable", 9), ("prepared", 8), ("error", 16)]
+        columns += [("dialect", 10), ("target", 16)]
+        rows = [
+            [
                 res.name,
-                res.dialect,
-                res.target,
                 "yes" if res.reachable else "NO",
                 str(res.prepared),
-                res.error,
-            )
-        ctx.console.print(table)
+                res.error or "-",
+                res.dialect,
+                res.target,
+            ]
+            for res in r.resources
+        ]
+        ctx.console.print(_table(ctx.console.width, columns, rows))
         last = r.last_recovery
         if last.started_unix_ms:
             ctx.console.print(
@@ -206,11 +409,20 @@ def status(ctx: _Context) -> None:
                 f"{len(last.actions)} actions, {len(last.errors)} errors"
             )
 
-    ctx.emit(reply, render)
+    # The counts by the words of `list --state`, not the wire's field names.
+    ctx.emit(reply, render, {"counts": counts}, drop=_COUNT_FIELDS)
+
+
+_COUNT_FIELDS = ("active", "orphaned", "committed_incomplete", "aborted_incomplete")
+_COUNT_FIELDS += ("in_doubt", "blocked")
 
 
 @cli.command("list")
-@click.option("--state", type=click.Choice(sorted(_STATE_FILTERS)), help="Only these.")
+@click.option(
+    "--state",
+    type=click.Choice([*(s.value for s in TxnState), *GROUPS]),
+    help=_states_help(),
+)
 @click.option(
     "--older-than",
     type=_duration,
@@ -221,32 +433,32 @@ def status(ctx: _Context) -> None:
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.pass_obj
 def list_(ctx: _Context, state: str | None, older_than: int | None, limit: int) -> None:
-    """Transactions the coordinator knows, oldest first."""
-    states, incomplete = _STATE_FILTERS[state] if state else ([], False)
-    request = _pb.ListTransactionsRequest(
-        states=states, incomplete_only=incomplete, older_than_s=older_than or 0, limit=limit
+    """Transactions the coordinator knows, oldest first, with their state; also orphans
+    (branches prepared with no decision) that the log has no row of."""
+    request = _admin.AdminListRequest(state=state or "", older_than_s=older_than or 0, limit=limit)
+    reply = ctx.admin_call("ListTransactions", request)
+    ctx.emit(
+        reply, lambda r: ctx.console.print(_transactions_table(ctx.console.width, r.transactions))
     )
-    with _rpc(ctx):
-        reply = ctx.coordinator.ListTransactions(request, timeout=_RPC_TIMEOUT)
-    ctx.emit(reply, lambda r: ctx.console.print(_transactions_table(r.transactions)))
 
 
 @cli.command()
 @click.argument("gtrid")
 @click.pass_obj
 def show(ctx: _Context, gtrid: str) -> None:
-    """One transaction: its decision, deadline, and each branch's state on its database."""
+    """One transaction: its state, deadline, and each branch's state on its database."""
     _check(parse_gtrid, gtrid, "GTRID")
     reply = ctx.admin_call("ShowTransaction", _admin.ShowTransactionRequest(gtrid=gtrid))
 
     def render(r: Any) -> None:
-        ctx.console.print(_transactions_table([r.transaction]))
-        table = Table("resource", "dialect", "session", "on its database")
-        for b in r.branches:
-            table.add_row(
-                b.branch.resource, b.branch.dialect, str(b.branch.session_id or "-"), b.on_database
-            )
-        ctx.console.print(table)
+        width = ctx.console.width
+        ctx.console.print(_transactions_table(width, [r]))
+        columns = [("resource", 0), ("on its database", 20), ("dialect", 10), ("session", 8)]
+        rows = [
+            [b.branch.resource, b.on_database, b.branch.dialect, str(b.branch.session_id or "-")]
+            for b in r.branches
+        ]
+        ctx.console.print(_table(width, columns, rows))
         for note in r.notes:
             ctx.console.print(f"note: {note}")
 
@@ -262,16 +474,18 @@ def scan(ctx: _Context, resource: str) -> None:
     reply = ctx.admin_call("ScanResource", _admin.ScanResourceRequest(resource=resource))
 
     def render(r: Any) -> None:
-        table = Table("xid", "owner", "gtrid", "logged", "deadline")
-        for x in r.xids:
-            table.add_row(
-                x.raw,
-                x.owner,
+        columns = [("gtrid", 0), ("owner", 8), ("decision", 9), ("deadline", 10), ("xid", 20)]
+        rows = [
+            [
                 x.gtrid or "-",
-                _STATE_NAMES.get(x.logged_state, "unknown"),
+                x.owner,
+                _DECISIONS.get(x.logged_state, "none") if x.owner == "ours" else "-",
                 _when(x.deadline_unix_ms),
-            )
-        ctx.console.print(table)
+                x.raw,
+            ]
+            for x in r.xids
+        ]
+        ctx.console.print(_table(ctx.console.width, columns, rows))
 
     ctx.emit(reply, render)
 
@@ -297,7 +511,7 @@ def recover(ctx: _Context, dry_run: bool) -> None:
 
     ctx.emit(reply, render)
     if reply.errors:
-        sys.exit(EXIT_FAILED)
+        sys.exit(ExitCode.FAILED)
 
 
 @cli.command()
@@ -320,7 +534,7 @@ def resolve(ctx: _Context, gtrid: str, outcome: str | None, reason: str, force: 
     reply = ctx.admin_call("Resolve", request, timeout=300)
 
     def render(r: Any) -> None:
-        ctx.console.print(f"{r.decision.gtrid}: {_STATE_NAMES.get(r.decision.state, '?')}")
+        ctx.console.print(f"{r.decision.gtrid}: {_DECISIONS[r.decision.state]}")
         ctx.console.print(_actions_table(r.actions))
 
     ctx.emit(reply, render)

@@ -22,6 +22,8 @@ The protocol is docs/design.md §2. The client's side of it, in the order it hap
    of the very first attempt, with a status that means "not acted on", may roll back.
 5. COMMITTED: commit every branch in parallel, retrying and reconnecting; then Ack. A branch
    found rolled back is a heuristic outcome (`HeuristicOutcome`, no Ack: recovery notes it).
+   A block that rolls back sends Abort for a gtrid the coordinator may know, then Ack once
+   every branch is rolled back (sent in that order, by the background outbox).
 """
 
 from __future__ import annotations
@@ -201,7 +203,12 @@ class GlobalTransaction:
         branches = self._end()
         left = rollback_all(branches)
         if self._gtrid is not None:
-            self._client().abort(self._gtrid, reason, [b.info() for b in branches])
+            client = self._client()
+            client.abort(self._gtrid, reason, [b.info() for b in branches])
+            if not left:
+                # Nothing of it is prepared anywhere: finished. Recovery could not tell for a
+                # database it does not know, and would keep it in doubt for ever.
+                client.ack(self._gtrid)
         if left:
             log.error(
                 "prepared branches could not be rolled back; the coordinator will",

@@ -29,6 +29,7 @@ import grpc
 
 from twostep.client import InvalidIdentifier
 from twostep.client.tpc import Xid, parse_gtrid, validate_resource_name
+from twostep.client.txn_states import TxnState
 from twostep.v1 import admin_pb2 as _admin_pb
 from twostep.v1 import admin_pb2_grpc as _admin_pb_grpc
 from twostep.v1 import coordinator_pb2 as _pb
@@ -37,6 +38,7 @@ from . import _inspect, _wire
 from ._config import ConfigError, Settings
 from ._registry import ResourceRegistry
 from ._service import _answering
+from ._txn_view import Listed, TxnView
 from .log import BranchRecord, DecisionLog, Note, Resolution, State
 from .recovery import Action, Recovery, Report
 
@@ -46,6 +48,9 @@ log = logging.getLogger("twostep.coordinator.admin")
 
 ADMIN_SERVICE_NAME = _admin_pb.DESCRIPTOR.services_by_name["Admin"].full_name  # twostep.v1.Admin
 ADMIN_TOKEN_FILE_NAME = "admin-token"
+#: Trailing metadata naming the resource when UNAVAILABLE means "a database is unreachable",
+#: not the coordinator (admin.proto, ScanResource).
+UNREACHABLE_RESOURCE_KEY = "twostep-unreachable-resource"
 MAX_REPORTED_ACTIONS = 1000  # actions in one reply; the rest are counted in omitted_actions
 _PASS_WAIT_S = 60.0  # how long Recover / Resolve wait for a pass already running
 _MIN_TOKEN_CHARS = 16
@@ -167,6 +172,7 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
         self._cluster = cluster_id
         self._token_digest = _digest(token)
         self._clock = clock
+        self._view = TxnView(decision_log, recovery)
 
     def _token_matches(self, context: grpc.ServicerContext) -> bool:
         for key, value in context.invocation_metadata():
@@ -183,13 +189,15 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
     def Status(
         self, request: _admin_pb.StatusRequest, context: grpc.ServicerContext
     ) -> _admin_pb.StatusResponse:
-        summary = self._log.summary()
+        counts = self._view.counts()
         return _admin_pb.StatusResponse(
             cluster_id=self._cluster,
-            active=sum(n for (state, _), n in summary.items() if state is State.ACTIVE),
-            committed_incomplete=summary.get((State.COMMITTED, False), 0),
-            aborted_incomplete=summary.get((State.ABORTED, False), 0),
-            in_doubt=len(self._recovery.in_doubt()),
+            active=counts.by_state[TxnState.ACTIVE],
+            committed_incomplete=counts.by_state[TxnState.COMMITTING],
+            aborted_incomplete=counts.by_state[TxnState.ABORTING],
+            orphaned=counts.by_state[TxnState.ORPHANED],
+            in_doubt=counts.in_doubt,
+            blocked=counts.blocked,
             resources=[
                 _admin_pb.ResourceStatus(
                     name=r.name,
@@ -204,6 +212,18 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
             last_recovery=_report_to_pb(self._recovery.last_report()),
             recovery_counters=self._recovery.counters(),
         )
+
+    @_authorized
+    def ListTransactions(
+        self, request: _admin_pb.AdminListRequest, context: grpc.ServicerContext
+    ) -> _admin_pb.AdminListResponse:
+        limit = request.limit or _wire.MAX_LIST_LIMIT
+        if limit > _wire.MAX_LIST_LIMIT:
+            raise _wire.BadRequest(f"limit: {limit} is more than {_wire.MAX_LIST_LIMIT}")
+        older = request.older_than_s
+        cutoff = self._clock() - older * 1000 if older else None
+        listed = self._view.list(request.state, cutoff, limit)
+        return _admin_pb.AdminListResponse(transactions=[_listed_to_pb(t) for t in listed])
 
     @_authorized
     def ShowTransaction(
@@ -234,19 +254,25 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
         states = []
         for branch in branches:
             shown = self._on_database(info.gtrid, branch)
-            if branch.resource in pending:
-                shown += f"; recovery: {pending[branch.resource]}"
+            why = pending.get(branch.resource)
+            if why and self._registry.get(branch.resource) is None:
+                shown = why  # says "not registered" already, and what to do
+            elif why:
+                shown += f"; recovery: {why}"
             states.append(_admin_pb.BranchState(branch=_branch_to_pb(branch), on_database=shown))
+        state, blocked = self._view.show(info.gtrid, record)
         return _admin_pb.TransactionDetail(
             transaction=transaction,
             branches=states,
             notes=[_note_line(n) for n in self._log.notes(info.gtrid)],
+            state=state,
+            blocked=blocked,
         )
 
     def _on_database(self, gtrid: str, branch: BranchRecord) -> str:
         resource = self._registry.get(branch.resource)
         if resource is None:
-            return "unknown resource"
+            return "not registered in the coordinator's config"
         try:
             xid = Xid.of(gtrid, branch.bqual)
         except InvalidIdentifier as exc:
@@ -287,9 +313,11 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
                 raise
             resource.connection.release(session)
         except Exception as exc:
+            # UNAVAILABLE alone would read as "coordinator unreachable" to a client.
+            context.set_trailing_metadata(((UNREACHABLE_RESOURCE_KEY, resource.name),))
             context.abort(
                 grpc.StatusCode.UNAVAILABLE,
-                f"cannot scan {resource.name}: {resource.redact(exc)}",
+                f"the coordinator cannot scan {resource.name}: {resource.redact(exc)}",
             )
         return _admin_pb.ScanResourceResponse(
             resource=resource.name, xids=[self._scanned(raw) for raw in listed]
@@ -400,6 +428,22 @@ def _branch_to_pb(branch: BranchRecord) -> _pb.Branch:
         bqual=branch.bqual,
         dialect=branch.dialect,
         session_id=branch.session_id,
+    )
+
+
+def _listed_to_pb(listed: Listed) -> _admin_pb.ListedTransaction:
+    record = listed.record
+    if listed.logged:
+        transaction = _wire.transaction_to_pb(record)
+    else:  # an orphan the log never heard of, as ShowTransaction shows one
+        transaction = _pb.Transaction(
+            gtrid=record.gtrid,
+            state=_pb.TRANSACTION_STATE_UNSPECIFIED,
+            deadline_unix_ms=record.deadline_ms,
+            branches=[_branch_to_pb(b) for b in record.branches],
+        )
+    return _admin_pb.ListedTransaction(
+        transaction=transaction, state=listed.state, blocked=listed.blocked
     )
 
 

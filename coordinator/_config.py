@@ -405,7 +405,7 @@ application's connections use:
 Optional: connect_timeout, pool_size, max_overflow, pool_timeout, options (as in the
 client's connection config).
 Recovery finishes branches only on registered resources; a branch on another is reported
-blocked ("unknown resource") and retried, never dropped.
+blocked ("not registered", saying what to do) and retried, never dropped.
 """
 
 

@@ -51,6 +51,7 @@ def abort_item(gtrid: str, branches: list[pb.Branch]) -> pb.AbortRequest:
 
 CALLS = [
     ("Status", apb.StatusRequest()),
+    ("ListTransactions", apb.AdminListRequest(state="in-doubt")),
     ("ShowTransaction", apb.ShowTransactionRequest(gtrid="x")),
     ("ScanResource", apb.ScanResourceRequest(resource="orders")),
     ("Recover", apb.RecoverRequest(dry_run=True)),
@@ -128,7 +129,9 @@ def test_status_counts_transactions_and_shows_resources_without_credentials(in_p
     held = prepare(dbs, "orders", committed, 1)
     assert c.client.commit(committed, [held.branch()]).state == COMMITTED
     status = c.client.status()
-    assert (status.active, status.committed_incomplete, status.in_doubt) == (1, 1, 0)
+    # Committing is in doubt (a branch is prepared until phase 2), not blocked.
+    assert (status.active, status.committed_incomplete, status.in_doubt) == (1, 1, 1)
+    assert status.blocked == 0
     assert status.cluster_id == c.server.settings.cluster_id
     resources = {r.name: r for r in status.resources}
     assert resources["orders"].target == (

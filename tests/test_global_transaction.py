@@ -94,6 +94,22 @@ def test_exception_in_the_block_commits_neither(shop, coordinator):
     assert counts() == (0, 0)
 
 
+def test_a_rolled_back_block_is_finished_even_on_databases_the_coordinator_does_not_know(
+    shop, coordinator
+):
+    # The quick start: a coordinator with no resources registered. Recovery cannot look at
+    # these databases, so only the client can say that nothing of the transaction is left.
+    with pytest.raises(RuntimeError, match="payment declined"):
+        with global_transaction(coordinator=coordinator.address) as gtx:
+            Order.create(id=2, total=50)
+            Invoice.create(order_id=2, amount=50)
+            raise RuntimeError("payment declined")
+    assert gtx.gtrid is not None
+    view = coordinator.wait_for(gtx.gtrid, lambda t: t.completed)
+    assert (view.state_name, view.resources) == ("ABORTED", ("orders", "billing"))
+    assert counts() == (0, 0)
+
+
 def test_deferred_constraint_failing_at_postgres_prepare_commits_neither(shop, coordinator):
     Order.create(id=1, total=1, ref=7)
     with pytest.raises(TransactionAborted, match="orders could not prepare") as info:

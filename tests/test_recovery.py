@@ -29,6 +29,7 @@ from twostep.client.tpc import FORMAT_ID, Xid, new_gtrid, require_two_phase
 from twostep.coordinator import CoordinatorServer, Settings
 from twostep.coordinator._registry import parse_resources
 from twostep.coordinator.recovery import RECOVERY_ABORT_REASON, Recovery
+from twostep.coordinator.recovery.plan import unknown_resource
 from twostep.testing import CoordinatorProcess, FakeClock
 from twostep.v1 import admin_pb2 as apb
 from twostep.v1 import admin_pb2_grpc as apb_grpc
@@ -484,14 +485,16 @@ def test_a_branch_on_an_unregistered_resource_stays_blocked_and_in_doubt(in_proc
     for _ in range(3):
         report = c.recovery.run_pass()
         results = {(a.resource, a.action): a.result for a in report.actions}
-        assert results[("ghost", "commit")].startswith("blocked: unknown resource")
+        assert results[("ghost", "commit")] == unknown_resource("ghost")
         assert report.in_doubt == {gtrid}
     assert dbs.rows("orders") == {7}
     assert not c.client.get(gtrid).completed
     status = c.client.status()
     assert status.in_doubt == 1 and status.committed_incomplete == 1
     shown = {b.branch.resource: b.on_database for b in c.client.show(gtrid).branches}
-    assert shown["ghost"].startswith("unknown resource; recovery: blocked: unknown resource")
+    # Said once, with what to do.
+    assert shown["ghost"] == unknown_resource("ghost")
+    assert "add [resources.ghost]" in shown["ghost"]
     assert shown["orders"] == "not prepared"
 
 

@@ -21,7 +21,6 @@ from twostep.coordinator.recovery.memory import (
 from twostep.coordinator.recovery.plan import (
     NOT_SCANNED,
     RECOVERY_ABORT_REASON,
-    UNKNOWN_RESOURCE,
     WAITING_FOR_NEXT_SCAN,
     Facts,
     Listing,
@@ -30,6 +29,7 @@ from twostep.coordinator.recovery.plan import (
     listed_branches,
     plan,
     resources_due,
+    unknown_resource,
 )
 
 CLUSTER = "ours"
@@ -203,7 +203,7 @@ def test_a_branch_on_an_unregistered_resource_is_blocked_on_every_pass_and_logge
     p = plan(
         facts(listing("orders", Xid.of(PAST, "orders")), listing("billing"), decided=(record,))
     )
-    assert findings(p) == [(PAST, "ghost", "commit", UNKNOWN_RESOURCE, True)]
+    assert findings(p) == [(PAST, "ghost", "commit", unknown_resource("ghost"), True)]
     assert steps(p) == [(PAST, "orders", "commit", 0)]  # the other branch is finished
     assert p.txns[PAST].blocked  # in doubt: never marked completed
 

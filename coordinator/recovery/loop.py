@@ -40,7 +40,7 @@ from ..log import BranchRecord, DecisionLog, LogUnavailable
 from . import retention
 from .act import WORKERS_PER_RESOURCE, Actor
 from .memory import PassMemory
-from .plan import Facts, Listing, listed_branches, plan, resources_due
+from .plan import Facts, Listing, listed_branches, plan, prepared_orphans, resources_due
 from .report import (
     DONE,
     EXPIRE,
@@ -167,6 +167,10 @@ class Recovery:
         """Why each unfinished branch of `gtrid` is unfinished, by resource."""
         return self._status.pending(gtrid)
 
+    def orphans(self) -> dict[str, list[BranchRecord]]:
+        """Prepared branches with no decision past their deadline, by gtrid (last pass)."""
+        return self._status.orphans()
+
     # -- passes --------------------------------------------------------------------------------
 
     def run_pass(
@@ -231,6 +235,8 @@ class Recovery:
         the_plan = plan(facts)
         if not dry_run:
             self._memory.suspects = the_plan.suspects
+        if not dry_run and only is None:
+            self._status.set_orphans(prepared_orphans(the_plan.suspects, self._dialects, now))
         worked_on = self._actor.act(the_plan, report, dry_run=dry_run)
         if only is None:
             self._keep_log_bounded(listings, report, now, dry_run)

@@ -16,8 +16,10 @@ Decided transactions (COMMIT or ABORT), phase 2 not acknowledged, decided at lea
     unverified); a branch of an ABORT may never have been prepared, so it is verified only
     when its xid8 is known. When every step is done, the transaction is marked completed.
     A branch that cannot be worked on is a finding, and the transaction stays in doubt: an
-    invalid bqual, an unregistered resource, a resource of another dialect than the branch,
-    a resource not scanned in this pass, or a branch backing off after failures.
+    invalid bqual, an unregistered resource (`unknown_resource`; only the client's Ack, sent
+    once it rolled back every branch, can say nothing is left there), a resource of another
+    dialect than the branch, a resource not scanned in this pass, or a branch backing off
+    after failures.
 Every other listed xid of this cluster (xids of other clusters and other XA users are never
 touched)
     Its transaction decided (and past the grace): finished the decided way, the transaction
@@ -50,7 +52,6 @@ from .report import COMMIT, DECIDE_ABORT, ROLLBACK, VERIFY, Action, iso
 __all__ = [
     "NOT_SCANNED",
     "RECOVERY_ABORT_REASON",
-    "UNKNOWN_RESOURCE",
     "WAITING_FOR_NEXT_SCAN",
     "Facts",
     "Finding",
@@ -62,11 +63,23 @@ __all__ = [
     "is_ours",
     "listed_branches",
     "plan",
+    "prepared_orphans",
     "resources_due",
+    "unknown_resource",
 ]
 
 RECOVERY_ABORT_REASON = "recovery: prepared branch orphaned past its deadline"
-UNKNOWN_RESOURCE = "blocked: unknown resource (not registered in the coordinator's config)"
+
+
+def unknown_resource(name: str) -> str:
+    """Why a branch on an unregistered resource is blocked, and what an operator does."""
+    return (
+        f"blocked: resource {name} is not registered in the coordinator's config: add "
+        f"[resources.{name}] (the name the application gives that connection) and the next "
+        "pass finishes the branch"
+    )
+
+
 NOT_SCANNED = "failed: resource not scanned in this pass, retrying"
 WAITING_FOR_NEXT_SCAN = "waiting: past its deadline, undecided; aborted if the next scan lists it"
 
@@ -209,6 +222,18 @@ def listed_branches(
     return list(found.values())
 
 
+def prepared_orphans(
+    suspects: Iterable[tuple[str, Xid]], resources: Mapping[str, str], now_ms: int
+) -> dict[str, list[BranchRecord]]:
+    """The suspects past their gtrid's deadline, by gtrid: prepared branches with no decision
+    whose client is gone (`TxnState.ORPHANED` until recovery decides ABORT)."""
+    found: dict[str, list[BranchRecord]] = collections.defaultdict(list)
+    for resource, xid in sorted(suspects, key=lambda s: (s[1].gtrid, s[0])):
+        if parse_gtrid(xid.gtrid).deadline_unix_s * 1000 <= now_ms and resource in resources:
+            found[xid.gtrid].append(BranchRecord(resource, xid.bqual, resources[resource]))
+    return dict(found)
+
+
 def plan(facts: Facts) -> Plan:
     """The plan of one pass (see the module docstring). Pure: no I/O, no clock, no threads."""
     planning = _Planning(facts)
@@ -245,7 +270,7 @@ class _Planning:
                 continue
             dialect = f.resources.get(branch.resource)
             if dialect is None:
-                self._block(txn, branch.resource, verb, UNKNOWN_RESOURCE)
+                self._block(txn, branch.resource, verb, unknown_resource(branch.resource))
                 continue
             if dialect != branch.dialect:
                 why = (

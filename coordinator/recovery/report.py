@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..log import BranchRecord
+
 __all__ = [
     "COMMIT",
     "COMPLETE",
@@ -109,6 +111,7 @@ class Status:
         self._last_report: Report | None = None
         self._resources = {r.name: r for r in resources}
         self._pending: dict[tuple[str, str], str] = {}  # (gtrid, resource) -> why unfinished
+        self._orphans: dict[str, list[BranchRecord]] = {}  # as the last whole pass found them
 
     def counters(self) -> dict[str, int]:
         with self._lock:
@@ -145,6 +148,16 @@ class Status:
         """Why each unfinished branch of `gtrid` is unfinished, by resource."""
         with self._lock:
             return {res: why for (g, res), why in self._pending.items() if g == gtrid}
+
+    def orphans(self) -> dict[str, list[BranchRecord]]:
+        """The prepared branches with no decision, past their deadline, the last whole pass
+        found (by gtrid); a pass may have decided ABORT for them since: the log says."""
+        with self._lock:
+            return dict(self._orphans)
+
+    def set_orphans(self, orphans: dict[str, list[BranchRecord]]) -> None:
+        with self._lock:
+            self._orphans = orphans
 
     def remember_pending(self, report: Report, only: str | None) -> None:
         """Keep the branches `report` left blocked or failed: all of them after a whole pass,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from twostep.v1 import coordinator_pb2 as twostep_dot_v1_dot_coordinator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16twostep/v1/admin.proto\x12\ntwostep.v1\x1a\x1ctwostep/v1/coordinator.proto\"\x0f\n\rStatusRequest\"s\n\x0eResourceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64ialect\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x11\n\treachable\x18\x04 \x01(\x08\x12\x10\n\x08prepared\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\xe8\x02\n\x0eStatusResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\r\x12\x1c\n\x14\x63ommitted_incomplete\x18\x03 \x01(\r\x12\x1a\n\x12\x61\x62orted_incomplete\x18\x04 \x01(\r\x12\x10\n\x08in_doubt\x18\x05 \x01(\r\x12-\n\tresources\x18\x06 \x03(\x0b\x32\x1a.twostep.v1.ResourceStatus\x12\x31\n\rlast_recovery\x18\x07 \x01(\x0b\x32\x1a.twostep.v1.RecoveryReport\x12K\n\x11recovery_counters\x18\x08 \x03(\x0b\x32\x30.twostep.v1.StatusResponse.RecoveryCountersEntry\x1a\x37\n\x15RecoveryCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\'\n\x16ShowTransactionRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\"F\n\x0b\x42ranchState\x12\"\n\x06\x62ranch\x18\x01 \x01(\x0b\x32\x12.twostep.v1.Branch\x12\x13\n\x0bon_database\x18\x02 \x01(\t\"{\n\x11TransactionDetail\x12,\n\x0btransaction\x18\x01 \x01(\x0b\x32\x17.twostep.v1.Transaction\x12)\n\x08\x62ranches\x18\x02 \x03(\x0b\x32\x17.twostep.v1.BranchState\x12\r\n\x05notes\x18\x03 \x03(\t\"\'\n\x13ScanResourceRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\"\x94\x01\n\nScannedXid\x12\x0b\n\x03raw\x18\x01 \x01(\t\x12\r\n\x05gtrid\x18\x02 \x01(\t\x12\r\n\x05\x62qual\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x32\n\x0clogged_state\x18\x05 \x01(\x0e\x32\x1c.twostep.v1.TransactionState\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x03\"N\n\x14ScanResourceResponse\x12\x10\n\x08resource\x18\x01 \x01(\t\x12$\n\x04xids\x18\x02 \x03(\x0b\x32\x16.twostep.v1.ScannedXid\"!\n\x0eRecoverRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"Q\n\x0eRecoveryAction\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\t\"\xbc\x01\n\x0eRecoveryReport\x12\x17\n\x0fstarted_unix_ms\x18\x01 \x01(\x03\x12\x18\n\x10\x66inished_unix_ms\x18\x02 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12+\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x1a.twostep.v1.RecoveryAction\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\x12\x17\n\x0fomitted_actions\x18\x06 \x01(\r\x12\x10\n\x08in_doubt\x18\x07 \x01(\r\"N\n\x0eResolveRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"f\n\x0fResolveResponse\x12&\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x14.twostep.v1.Decision\x12+\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x1a.twostep.v1.RecoveryAction2\xf8\x02\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.twostep.v1.StatusRequest\x1a\x1a.twostep.v1.StatusResponse\x12T\n\x0fShowTransaction\x12\".twostep.v1.ShowTransactionRequest\x1a\x1d.twostep.v1.TransactionDetail\x12Q\n\x0cScanResource\x12\x1f.twostep.v1.ScanResourceRequest\x1a .twostep.v1.ScanResourceResponse\x12\x41\n\x07Recover\x12\x1a.twostep.v1.RecoverRequest\x1a\x1a.twostep.v1.RecoveryReport\x12\x42\n\x07Resolve\x12\x1a.twostep.v1.ResolveRequest\x1a\x1b.twostep.v1.ResolveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16twostep/v1/admin.proto\x12\ntwostep.v1\x1a\x1ctwostep/v1/coordinator.proto\"\x0f\n\rStatusRequest\"s\n\x0eResourceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64ialect\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x11\n\treachable\x18\x04 \x01(\x08\x12\x10\n\x08prepared\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\x8b\x03\n\x0eStatusResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\r\x12\x1c\n\x14\x63ommitted_incomplete\x18\x03 \x01(\r\x12\x1a\n\x12\x61\x62orted_incomplete\x18\x04 \x01(\r\x12\x10\n\x08in_doubt\x18\x05 \x01(\r\x12-\n\tresources\x18\x06 \x03(\x0b\x32\x1a.twostep.v1.ResourceStatus\x12\x31\n\rlast_recovery\x18\x07 \x01(\x0b\x32\x1a.twostep.v1.RecoveryReport\x12K\n\x11recovery_counters\x18\x08 \x03(\x0b\x32\x30.twostep.v1.StatusResponse.RecoveryCountersEntry\x12\x10\n\x08orphaned\x18\t \x01(\r\x12\x0f\n\x07\x62locked\x18\n \x01(\r\x1a\x37\n\x15RecoveryCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"F\n\x10\x41\x64minListRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x14\n\x0colder_than_s\x18\x02 \x01(\r\x12\r\n\x05limit\x18\x03 \x01(\r\"a\n\x11ListedTransaction\x12,\n\x0btransaction\x18\x01 \x01(\x0b\x32\x17.twostep.v1.Transaction\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07\x62locked\x18\x03 \x01(\t\"H\n\x11\x41\x64minListResponse\x12\x33\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1d.twostep.v1.ListedTransaction\"\'\n\x16ShowTransactionRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\"F\n\x0b\x42ranchState\x12\"\n\x06\x62ranch\x18\x01 \x01(\x0b\x32\x12.twostep.v1.Branch\x12\x13\n\x0bon_database\x18\x02 \x01(\t\"\x9b\x01\n\x11TransactionDetail\x12,\n\x0btransaction\x18\x01 \x01(\x0b\x32\x17.twostep.v1.Transaction\x12)\n\x08\x62ranches\x18\x02 \x03(\x0b\x32\x17.twostep.v1.BranchState\x12\r\n\x05notes\x18\x03 \x03(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0f\n\x07\x62locked\x18\x05 \x01(\t\"\'\n\x13ScanResourceRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\"\x94\x01\n\nScannedXid\x12\x0b\n\x03raw\x18\x01 \x01(\t\x12\r\n\x05gtrid\x18\x02 \x01(\t\x12\r\n\x05\x62qual\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x32\n\x0clogged_state\x18\x05 \x01(\x0e\x32\x1c.twostep.v1.TransactionState\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x03\"N\n\x14ScanResourceResponse\x12\x10\n\x08resource\x18\x01 \x01(\t\x12$\n\x04xids\x18\x02 \x03(\x0b\x32\x16.twostep.v1.ScannedXid\"!\n\x0eRecoverRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"Q\n\x0eRecoveryAction\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\t\"\xbc\x01\n\x0eRecoveryReport\x12\x17\n\x0fstarted_unix_ms\x18\x01 \x01(\x03\x12\x18\n\x10\x66inished_unix_ms\x18\x02 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12+\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x1a.twostep.v1.RecoveryAction\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\x12\x17\n\x0fomitted_actions\x18\x06 \x01(\r\x12\x10\n\x08in_doubt\x18\x07 \x01(\r\"N\n\x0eResolveRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"f\n\x0fResolveResponse\x12&\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x14.twostep.v1.Decision\x12+\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x1a.twostep.v1.RecoveryAction2\xc9\x03\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.twostep.v1.StatusRequest\x1a\x1a.twostep.v1.StatusResponse\x12O\n\x10ListTransactions\x12\x1c.twostep.v1.AdminListRequest\x1a\x1d.twostep.v1.AdminListResponse\x12T\n\x0fShowTransaction\x12\".twostep.v1.ShowTransactionRequest\x1a\x1d.twostep.v1.TransactionDetail\x12Q\n\x0cScanResource\x12\x1f.twostep.v1.ScanResourceRequest\x1a .twostep.v1.ScanResourceResponse\x12\x41\n\x07Recover\x12\x1a.twostep.v1.RecoverRequest\x1a\x1a.twostep.v1.RecoveryReport\x12\x42\n\x07Resolve\x12\x1a.twostep.v1.ResolveRequest\x1a\x1b.twostep.v1.ResolveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,31 +39,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCESTATUS']._serialized_start=85
   _globals['_RESOURCESTATUS']._serialized_end=200
   _globals['_STATUSRESPONSE']._serialized_start=203
-  _globals['_STATUSRESPONSE']._serialized_end=563
-  _globals['_STATUSRESPONSE_RECOVERYCOUNTERSENTRY']._serialized_start=508
-  _globals['_STATUSRESPONSE_RECOVERYCOUNTERSENTRY']._serialized_end=563
-  _globals['_SHOWTRANSACTIONREQUEST']._serialized_start=565
-  _globals['_SHOWTRANSACTIONREQUEST']._serialized_end=604
-  _globals['_BRANCHSTATE']._serialized_start=606
-  _globals['_BRANCHSTATE']._serialized_end=676
-  _globals['_TRANSACTIONDETAIL']._serialized_start=678
-  _globals['_TRANSACTIONDETAIL']._serialized_end=801
-  _globals['_SCANRESOURCEREQUEST']._serialized_start=803
-  _globals['_SCANRESOURCEREQUEST']._serialized_end=842
-  _globals['_SCANNEDXID']._serialized_start=845
-  _globals['_SCANNEDXID']._serialized_end=993
-  _globals['_SCANRESOURCERESPONSE']._serialized_start=995
-  _globals['_SCANRESOURCERESPONSE']._serialized_end=1073
-  _globals['_RECOVERREQUEST']._serialized_start=1075
-  _globals['_RECOVERREQUEST']._serialized_end=1108
-  _globals['_RECOVERYACTION']._serialized_start=1110
-  _globals['_RECOVERYACTION']._serialized_end=1191
-  _globals['_RECOVERYREPORT']._serialized_start=1194
-  _globals['_RECOVERYREPORT']._serialized_end=1382
-  _globals['_RESOLVEREQUEST']._serialized_start=1384
-  _globals['_RESOLVEREQUEST']._serialized_end=1462
-  _globals['_RESOLVERESPONSE']._serialized_start=1464
-  _globals['_RESOLVERESPONSE']._serialized_end=1566
-  _globals['_ADMIN']._serialized_start=1569
-  _globals['_ADMIN']._serialized_end=1945
+  _globals['_STATUSRESPONSE']._serialized_end=598
+  _globals['_STATUSRESPONSE_RECOVERYCOUNTERSENTRY']._serialized_start=543
+  _globals['_STATUSRESPONSE_RECOVERYCOUNTERSENTRY']._serialized_end=598
+  _globals['_ADMINLISTREQUEST']._serialized_start=600
+  _globals['_ADMINLISTREQUEST']._serialized_end=670
+  _globals['_LISTEDTRANSACTION']._serialized_start=672
+  _globals['_LISTEDTRANSACTION']._serialized_end=769
+  _globals['_ADMINLISTRESPONSE']._serialized_start=771
+  _globals['_ADMINLISTRESPONSE']._serialized_end=843
+  _globals['_SHOWTRANSACTIONREQUEST']._serialized_start=845
+  _globals['_SHOWTRANSACTIONREQUEST']._serialized_end=884
+  _globals['_BRANCHSTATE']._serialized_start=886
+  _globals['_BRANCHSTATE']._serialized_end=956
+  _globals['_TRANSACTIONDETAIL']._serialized_start=959
+  _globals['_TRANSACTIONDETAIL']._serialized_end=1114
+  _globals['_SCANRESOURCEREQUEST']._serialized_start=1116
+  _globals['_SCANRESOURCEREQUEST']._serialized_end=1155
+  _globals['_SCANNEDXID']._serialized_start=1158
+  _globals['_SCANNEDXID']._serialized_end=1306
+  _globals['_SCANRESOURCERESPONSE']._serialized_start=1308
+  _globals['_SCANRESOURCERESPONSE']._serialized_end=1386
+  _globals['_RECOVERREQUEST']._serialized_start=1388
+  _globals['_RECOVERREQUEST']._serialized_end=1421
+  _globals['_RECOVERYACTION']._serialized_start=1423
+  _globals['_RECOVERYACTION']._serialized_end=1504
+  _globals['_RECOVERYREPORT']._serialized_start=1507
+  _globals['_RECOVERYREPORT']._serialized_end=1695
+  _globals['_RESOLVEREQUEST']._serialized_start=1697
+  _globals['_RESOLVEREQUEST']._serialized_end=1775
+  _globals['_RESOLVERESPONSE']._serialized_start=1777
+  _globals['_RESOLVERESPONSE']._serialized_end=1879
+  _globals['_ADMIN']._serialized_start=1882
+  _globals['_ADMIN']._serialized_end=2339
 # @@protoc_insertion_point(module_scope)

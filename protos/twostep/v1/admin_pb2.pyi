@@ -28,7 +28,7 @@ class ResourceStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dialect: _Optional[str] = ..., target: _Optional[str] = ..., reachable: _Optional[bool] = ..., prepared: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("cluster_id", "active", "committed_incomplete", "aborted_incomplete", "in_doubt", "resources", "last_recovery", "recovery_counters")
+    __slots__ = ("cluster_id", "active", "committed_incomplete", "aborted_incomplete", "in_doubt", "resources", "last_recovery", "recovery_counters", "orphaned", "blocked")
     class RecoveryCountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,8 @@ class StatusResponse(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     LAST_RECOVERY_FIELD_NUMBER: _ClassVar[int]
     RECOVERY_COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    ORPHANED_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     active: int
     committed_incomplete: int
@@ -52,7 +54,35 @@ class StatusResponse(_message.Message):
     resources: _containers.RepeatedCompositeFieldContainer[ResourceStatus]
     last_recovery: RecoveryReport
     recovery_counters: _containers.ScalarMap[str, int]
-    def __init__(self, cluster_id: _Optional[str] = ..., active: _Optional[int] = ..., committed_incomplete: _Optional[int] = ..., aborted_incomplete: _Optional[int] = ..., in_doubt: _Optional[int] = ..., resources: _Optional[_Iterable[_Union[ResourceStatus, _Mapping]]] = ..., last_recovery: _Optional[_Union[RecoveryReport, _Mapping]] = ..., recovery_counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    orphaned: int
+    blocked: int
+    def __init__(self, cluster_id: _Optional[str] = ..., active: _Optional[int] = ..., committed_incomplete: _Optional[int] = ..., aborted_incomplete: _Optional[int] = ..., in_doubt: _Optional[int] = ..., resources: _Optional[_Iterable[_Union[ResourceStatus, _Mapping]]] = ..., last_recovery: _Optional[_Union[RecoveryReport, _Mapping]] = ..., recovery_counters: _Optional[_Mapping[str, int]] = ..., orphaned: _Optional[int] = ..., blocked: _Optional[int] = ...) -> None: ...
+
+class AdminListRequest(_message.Message):
+    __slots__ = ("state", "older_than_s", "limit")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OLDER_THAN_S_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    older_than_s: int
+    limit: int
+    def __init__(self, state: _Optional[str] = ..., older_than_s: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListedTransaction(_message.Message):
+    __slots__ = ("transaction", "state", "blocked")
+    TRANSACTION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    transaction: _coordinator_pb2.Transaction
+    state: str
+    blocked: str
+    def __init__(self, transaction: _Optional[_Union[_coordinator_pb2.Transaction, _Mapping]] = ..., state: _Optional[str] = ..., blocked: _Optional[str] = ...) -> None: ...
+
+class AdminListResponse(_message.Message):
+    __slots__ = ("transactions",)
+    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    transactions: _containers.RepeatedCompositeFieldContainer[ListedTransaction]
+    def __init__(self, transactions: _Optional[_Iterable[_Union[ListedTransaction, _Mapping]]] = ...) -> None: ...
 
 class ShowTransactionRequest(_message.Message):
     __slots__ = ("gtrid",)
@@ -69,14 +99,18 @@ class BranchState(_message.Message):
     def __init__(self, branch: _Optional[_Union[_coordinator_pb2.Branch, _Mapping]] = ..., on_database: _Optional[str] = ...) -> None: ...
 
 class TransactionDetail(_message.Message):
-    __slots__ = ("transaction", "branches", "notes")
+    __slots__ = ("transaction", "branches", "notes", "state", "blocked")
     TRANSACTION_FIELD_NUMBER: _ClassVar[int]
     BRANCHES_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
     transaction: _coordinator_pb2.Transaction
     branches: _containers.RepeatedCompositeFieldContainer[BranchState]
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, transaction: _Optional[_Union[_coordinator_pb2.Transaction, _Mapping]] = ..., branches: _Optional[_Iterable[_Union[BranchState, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    state: str
+    blocked: str
+    def __init__(self, transaction: _Optional[_Union[_coordinator_pb2.Transaction, _Mapping]] = ..., branches: _Optional[_Iterable[_Union[BranchState, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., blocked: _Optional[str] = ...) -> None: ...
 
 class ScanResourceRequest(_message.Message):
     __slots__ = ("resource",)

@@ -39,6 +39,11 @@ class AdminStub:
                 request_serializer=twostep_dot_v1_dot_admin__pb2.StatusRequest.SerializeToString,
                 response_deserializer=twostep_dot_v1_dot_admin__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.ListTransactions = channel.unary_unary(
+                '/twostep.v1.Admin/ListTransactions',
+                request_serializer=twostep_dot_v1_dot_admin__pb2.AdminListRequest.SerializeToString,
+                response_deserializer=twostep_dot_v1_dot_admin__pb2.AdminListResponse.FromString,
+                _registered_method=True)
         self.ShowTransaction = channel.unary_unary(
                 '/twostep.v1.Admin/ShowTransaction',
                 request_serializer=twostep_dot_v1_dot_admin__pb2.ShowTransactionRequest.SerializeToString,
@@ -71,6 +76,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTransactions(self, request, context):
+        """Transactions in a state (or every one), oldest first, each with its state word; also
+        the orphans the last scan found, whether or not the log has a row of them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ShowTransaction(self, request, context):
         """A transaction's decision beside the state of each of its branches on its database.
         """
@@ -80,7 +93,9 @@ class AdminServicer:
 
     def ScanResource(self, request, context):
         """The prepared xids on one registered resource, each beside what the log says of it.
-        Foreign xids (other format ids or clusters) are listed but never touched.
+        Foreign xids (other format ids or clusters) are listed but never touched. A resource
+        that cannot be scanned is UNAVAILABLE with trailing metadata
+        `twostep-unreachable-resource: <name>` (the coordinator answered; its database did not).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +124,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=twostep_dot_v1_dot_admin__pb2.StatusRequest.FromString,
                     response_serializer=twostep_dot_v1_dot_admin__pb2.StatusResponse.SerializeToString,
+            ),
+            'ListTransactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransactions,
+                    request_deserializer=twostep_dot_v1_dot_admin__pb2.AdminListRequest.FromString,
+                    response_serializer=twostep_dot_v1_dot_admin__pb2.AdminListResponse.SerializeToString,
             ),
             'ShowTransaction': grpc.unary_unary_rpc_method_handler(
                     servicer.ShowTransaction,
@@ -158,6 +178,33 @@ class Admin:
             '/twostep.v1.Admin/Status',
             twostep_dot_v1_dot_admin__pb2.StatusRequest.SerializeToString,
             twostep_dot_v1_dot_admin__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/twostep.v1.Admin/ListTransactions',
+            twostep_dot_v1_dot_admin__pb2.AdminListRequest.SerializeToString,
+            twostep_dot_v1_dot_admin__pb2.AdminListResponse.FromString,
             options,
             channel_credentials,
             insecure,
