@@ -2,7 +2,7 @@
 
     class Order(ActiveRecord):
         __connection__ = "orders"       # a configured connection's name
-        # __tablename__ = "orders"      # default: snake_case plural of the class name
+        # __tablename__ = "orders"      # default: Rails' rule (table_name_for), Person -> people
 
     order = Order.create(total=30)      # INSERT; a generated key is read back into order.id
     Order.where(status="open").where("total > ?", 10).order_by("-id").limit(10).all()

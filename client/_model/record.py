@@ -5,11 +5,12 @@ connection a model uses, its rows as instances, and an instance's own writes: `s
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
+
+import inflection
 
 from .._connections import Connection, get_connection
 from .._dialects import StatementResult, TableInfo, validate_identifier, validate_table_name
@@ -38,20 +39,21 @@ _bindings: ContextVar[Mapping[type, str]] = ContextVar(
 
 
 def table_name_for(class_name: str) -> str:
-    """`Order` -> `orders`, `OrderItem` -> `order_items`, `Category` -> `categories`."""
-    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", class_name).lower()
-    if re.search(r"[^aeiou]y$", words):
-        return words[:-1] + "ies"
-    if re.search(r"(?:s|x|z|ch|sh)$", words):
-        return words + "es"
-    return words + "s"
+    """The table a model class is stored in unless it sets `__tablename__`: Rails' convention
+    (`ActiveSupport::Inflector#tableize`, through the `inflection` port): the class name in
+    snake_case with its last word pluralized by English rules, irregular and uncountable
+    words included. `Order` -> `orders`, `OrderItem` -> `order_items`, `Category` ->
+    `categories`, `Person` -> `people`, `UserAnalytics` -> `user_analytics`,
+    `AnalyticsUserData` -> `analytics_user_data`, `HTTPRequest` -> `http_requests`."""
+    return inflection.tableize(class_name)
 
 
 # -- the model ---------------------------------------------------------------------------------
 
 
 class ActiveRecord:
-    """Base class of models: set `__connection__` (and optionally `__tablename__`).
+    """Base class of models: set `__connection__`, and `__tablename__` where the table is not
+    named by Rails' convention (`table_name_for`: `Person` -> `people`).
 
     Optimistic locking: when the table has a column named `__lock_column__` ("lock_version"
     unless set; None turns it off), a new row gets 0, every `save()` increments it with
