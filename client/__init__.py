@@ -19,6 +19,7 @@ from ._errors import (
     TransactionError,
     TwoPhaseNotSupported,
     TwostepError,
+    UnknownColumn,
     UnsupportedValue,
 )
 from ._expressions import F
@@ -50,6 +51,7 @@ __all__ = [
     "TransactionError",
     "TwoPhaseNotSupported",
     "TwostepError",
+    "UnknownColumn",
     "UnsupportedValue",
     "get_connection",
     "global_transaction",

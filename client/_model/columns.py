@@ -1,6 +1,7 @@
 """The rules a query and a record both apply to a model's table, as its connection described
-it (`TableInfo`): which column names exist, how a value is bound (the type contract), which
-columns are the keys, and which is the lock_version column."""
+it (`TableInfo`): which field names a model has and the column each names, how a value is
+bound (the type contract), which columns are the keys, and which is the lock_version column.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._dialects import Dialect, TableInfo
-from .._errors import ConfigurationError, UnsupportedValue
+from .._errors import ConfigurationError, UnknownColumn, UnsupportedValue
 from .._expressions import Expression
 from .._types import to_db
 
@@ -19,6 +20,7 @@ __all__ = [
     "lock_column",
     "quote_column",
     "require_key",
+    "to_columns",
     "unknown_column",
     "upsert_keys",
     "without_empty_key",
@@ -42,8 +44,8 @@ def bind_value(model: type, table: TableInfo, dialect: Dialect, column: str, val
     return to_db(dialect.name, ctype, value, model=model.__name__, column=column)
 
 
-def unknown_column(model: type, table: TableInfo, name: str) -> AttributeError:
-    return AttributeError(
+def unknown_column(model: type, table: TableInfo, name: str) -> UnknownColumn:
+    return UnknownColumn(
         f"{model.__name__} has no column {name!r} "
         f"(table {table.name!r} has: {', '.join(table.columns)})"
     )
@@ -53,6 +55,15 @@ def check_column(model: type, table: TableInfo, name: str) -> str:
     if name not in table.columns:
         raise unknown_column(model, table, name)
     return name
+
+
+def to_columns(model: type, table: TableInfo, fields: Mapping[Any, Any]) -> dict[str, Any]:
+    """A row given by field name (keyword arguments, or a dict), as column -> value; a key
+    that is not a field raises `UnknownColumn`, one that is not a string TypeError."""
+    for name in fields:
+        if not isinstance(name, str):
+            raise TypeError(f"{model.__name__}: field names are strings, not {name!r}")
+    return {check_column(model, table, name): value for name, value in fields.items()}
 
 
 def require_key(model: type, table: TableInfo, action: str) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from .columns import (
     lock_column,
     quote_column,
     require_key,
+    to_columns,
     upsert_keys,
     without_empty_key,
 )
@@ -256,27 +257,51 @@ class Query(Generic[M]):
         record.save()
         return record
 
-    def insert_or_update(self, *, conflict_keys: Sequence[str] | None = None, **fields: Any) -> M:
+    def insert_or_update(
+        self,
+        row: Mapping[str, Any] | None = None,
+        /,
+        *,
+        conflict_keys: Sequence[str] | None = None,
+        **fields: Any,
+    ) -> M:
         """INSERT the row, or UPDATE its other columns where it conflicts on `conflict_keys`
-        (default: the primary key). `conflict_keys` must be the primary key or a unique key
-        of the table, else `ConfigurationError` (MySQL would insert a duplicate where the
-        others raise); MySQL matches any unique key. Returns it as an instance, with a
-        generated key read back where the database can say it. Runs no hooks.
+        (default: the primary key). The row is a dict or keyword fields, not both:
+        `insert_or_update({"user_id": 1, "visits": 3}, conflict_keys=["user_id"])` is
+        `insert_or_update(user_id=1, visits=3, conflict_keys=["user_id"])`. Neither, both,
+        a row that is not a mapping or a key that is not a string raise TypeError; an
+        unknown field `UnknownColumn` (a TypeError too).
+
+        `conflict_keys` must be the primary key or a unique key of the table, else
+        `ConfigurationError` (MySQL would insert a duplicate where the others raise); MySQL
+        matches any unique key. Returns it as an instance, with a generated key read back
+        where the database can say it. Runs no hooks.
 
         With a lock_version column, a new row gets 0 and an existing one is incremented; the
         instance carries the new version on PostgreSQL and SQLite, and none on MySQL (which
         cannot say whether it inserted or updated): reload it there before `save()`."""
+        if row is None and not fields:
+            raise TypeError(
+                "insert_or_update() takes the row as a dict or as keyword fields; it got neither"
+            )
+        if row is not None and fields:
+            raise TypeError(
+                "insert_or_update() takes the row as a dict or as keyword fields, not both "
+                f"(keywords given: {', '.join(fields)}); put them all in the dict"
+            )
+        if row is not None and not isinstance(row, Mapping):
+            raise TypeError(f"insert_or_update() takes the row as a dict, not {type(row).__name__}")
         connection, table = self._resolve()
         dialect = connection.dialect
         model = self.model
-        fields = without_empty_key(table, fields)
+        fields = without_empty_key(table, to_columns(model, table, fields if row is None else row))
         if not fields:
             raise ValueError("insert_or_update() needs at least one column value")
         keys = upsert_keys(model, table, conflict_keys)
         lock = lock_column(model.__lock_column__, table)
         if lock is not None and fields.get(lock) is None:
             fields[lock] = 0  # a new row's version; an existing row's is incremented
-        columns = [check_column(model, table, c) for c in fields]
+        columns = list(fields)
         params = [bind_value(model, table, dialect, c, v) for c, v in fields.items()]
         missing = [c for c in table.primary_key if c not in fields]
         read_back = key_to_read_back(dialect, table, missing)

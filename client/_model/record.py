@@ -177,9 +177,15 @@ class ActiveRecord:
 
     @classmethod
     def insert_or_update(
-        cls: type[M], *, conflict_keys: Sequence[str] | None = None, **fields: Any
+        cls: type[M],
+        row: Mapping[str, Any] | None = None,
+        /,
+        *,
+        conflict_keys: Sequence[str] | None = None,
+        **fields: Any,
     ) -> M:
-        return Query(cls).insert_or_update(conflict_keys=conflict_keys, **fields)
+        """`Query.insert_or_update`: the row as a dict or as keyword fields."""
+        return Query(cls).insert_or_update(row, conflict_keys=conflict_keys, **fields)
 
     @classmethod
     def bulk_insert_or_update(
