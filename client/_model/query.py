@@ -377,8 +377,11 @@ class Query(Generic[M]):
         (the second returns 0 when the balance is short). A literal in an expression must fit
         the column it is assigned to, as if assigned alone. A lock_version column is
         incremented in the same statement (unless given), so instances loaded before go
-        stale. Runs no hooks and changes no loaded instance. Without conditions it updates
-        every row. order_by(), limit(), select() and for_update() are refused here."""
+        stale. Runs no hooks (`before_save`, `after_save`) and changes no loaded instance.
+        Without conditions it updates every row: `Model.query().update(...)` says so.
+        order_by(), limit(), select() and for_update() are refused here. Runs where any
+        statement of the model runs (`Connection.run`): on the branch inside
+        `global_transaction()`, in `Transaction(conn)`, else on its own (autocommit)."""
         if not values:
             raise ValueError("update() needs at least one column=value")
         self._refuse_shape("update()")
@@ -423,9 +426,11 @@ class Query(Generic[M]):
         return result.rowcount
 
     def delete(self) -> int:
-        """DELETE every row the conditions match, in one statement, and return how many.
-        Runs no hooks (`after_destroy`) and checks no lock_version. Without conditions it
-        deletes every row. order_by(), limit(), select() and for_update() are refused here."""
+        """DELETE every row the conditions match, in one statement with bound parameters, and
+        return how many (an int). Runs no hooks (`before_destroy`, `after_destroy`) and
+        checks no lock_version. Without conditions it deletes every row:
+        `Model.query().delete()` says so. order_by(), limit(), select() and for_update()
+        are refused here. Runs inside the active transaction, as `update()` does."""
         self._refuse_shape("delete()")
         connection, table = self._resolve()
         dialect = connection.dialect
