@@ -21,9 +21,11 @@ Choices a user may trip on:
 - `where(col=[...])` (list, tuple or set) means `col IN (...)`, except that on a JSON or
   PostgreSQL array column a list is one value; `where(col=None)` means `IS NULL`.
 - `save()` on a loaded row UPDATEs only the columns assigned since it was loaded or saved.
-- Hooks (`after_save`, `after_destroy`) run right after the statement, inside whatever
-  transaction is active, not after its commit. Upserts, `Query.update()` and
-  `Query.delete()` run no hooks.
+- Hooks (`before_save`, `after_save`, `before_destroy`, `after_destroy`) run around the
+  statement inside the active transaction, not after its commit; outside any, a model with
+  hooks writes in a local `Transaction` of its own, so a hook that raises rolls the write
+  back (and a hook that writes to another connection there needs `global_transaction()`).
+  Upserts, `Query.update()` and `Query.delete()` run no hooks.
 - Values follow one type contract on every dialect (`_types`, README "Types"): a value its
   column would store changed is refused with `UnsupportedValue` before anything is sent.
 - Concurrent read-change-save loses updates unless the row is locked (`for_update()`),

@@ -5,6 +5,7 @@ connection a model uses, its rows as instances, and an instance's own writes: `s
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from types import MappingProxyType
@@ -12,9 +13,10 @@ from typing import Any, ClassVar, TypeVar
 
 import inflection
 
-from .._connections import Connection, get_connection
+from .._connections import Connection, current_scope, get_connection
 from .._dialects import StatementResult, TableInfo, validate_identifier, validate_table_name
 from .._errors import ConfigurationError, StaleObjectError, UnsupportedValue
+from .._transaction import Transaction
 from .._types import loader
 from ..tpc.xid import validate_resource_name
 from .columns import (
@@ -48,6 +50,9 @@ def table_name_for(class_name: str) -> str:
     return inflection.tableize(class_name)
 
 
+_HOOKS = ("before_save", "after_save", "before_destroy", "after_destroy")
+
+
 # -- the model ---------------------------------------------------------------------------------
 
 
@@ -64,6 +69,7 @@ class ActiveRecord:
     __connection__: ClassVar[str | None] = None
     __tablename__: ClassVar[str] = ""
     __lock_column__: ClassVar[str | None] = "lock_version"
+    _has_hooks: ClassVar[bool] = False  # a hook is overridden: writes take a transaction
 
     _values: dict[str, Any]  # column -> value, in the order they were set or loaded
     _columns: frozenset[str]  # names that read as columns (the table's, and a raw query's)
@@ -81,6 +87,9 @@ class ActiveRecord:
             validate_resource_name(cls.__connection__)
         if cls.__lock_column__ is not None:
             validate_identifier(cls.__lock_column__, "lock column")
+        cls._has_hooks = any(
+            getattr(cls, hook) is not getattr(ActiveRecord, hook) for hook in _HOOKS
+        )
 
     def __init__(self, **fields: Any):
         connection = type(self)._connection()
@@ -321,15 +330,37 @@ class ActiveRecord:
 
     def save(self: M) -> M:
         """INSERT a new row (reading a generated key back), or UPDATE the assigned columns of a
-        loaded one by its primary key; then `after_save()`."""
+        loaded one by its primary key; `before_save()` first and `after_save()` last, all in
+        one transaction (`_hooked_write`): an exception in a hook rolls the row back."""
         connection = self._bound_connection()
         table = type(self)._table(connection)
-        if self._persisted:
-            self._update(connection, table)
-        else:
-            self._insert(connection, table)
-        self.after_save()
+        with self._hooked_write(connection):
+            self.before_save()
+            if self._persisted:
+                self._update(connection, table)
+            else:
+                self._insert(connection, table)
+            self.after_save()
         return self
+
+    @contextlib.contextmanager
+    def _hooked_write(self, connection: Connection) -> Iterator[None]:
+        """The transaction a write and its hooks share: the active one (`Transaction`,
+        `global_transaction()`), else, for a model with hooks, a local `Transaction` on
+        `connection`. When that one rolls back, this instance is put back as it was before,
+        so that saving it again writes the row again."""
+        # A model without hooks writes one statement: it needs no transaction of its own, and
+        # is spared the round trips of one.
+        if not type(self)._has_hooks or current_scope() is not None:
+            yield
+            return
+        state = {name: copy.copy(value) for name, value in vars(self).items()}
+        try:
+            with Transaction(connection):
+                yield
+        except BaseException:
+            vars(self).update(state)
+            raise
 
     def _insert(self, connection: Connection, table: TableInfo) -> None:
         model = type(self)
@@ -434,29 +465,43 @@ class ActiveRecord:
 
     def delete(self) -> None:
         """DELETE the row by its primary key (and, with a lock column, its version: a row
-        changed since raises `StaleObjectError`); then `after_destroy()`. Saving it again
-        inserts it anew."""
+        changed since raises `StaleObjectError`); `before_destroy()` first and
+        `after_destroy()` last, in one transaction as for `save()`. Saving it again inserts
+        it anew."""
         if not self._persisted:
             raise ValueError(f"this {type(self).__name__} was never saved, so it cannot be deleted")
         connection = self._bound_connection()
         table = type(self)._table(connection)
-        where, params, version = self._where_row(connection, table, "delete()")
-        result = connection.run(
-            f"DELETE FROM {connection.dialect.quote_table(table.name)} WHERE {where}",
-            params,
-            origin=type(self).__name__,
-        )
-        lock = lock_column(type(self).__lock_column__, table)
-        if lock is not None and version is not None and result.rowcount == 0:
-            raise self._stale(table, "delete()", lock, version)
-        self._persisted = False
-        self._changed = set(self._values)
-        self.after_destroy()
+        with self._hooked_write(connection):
+            self.before_destroy()
+            where, params, version = self._where_row(connection, table, "delete()")
+            result = connection.run(
+                f"DELETE FROM {connection.dialect.quote_table(table.name)} WHERE {where}",
+                params,
+                origin=type(self).__name__,
+            )
+            lock = lock_column(type(self).__lock_column__, table)
+            if lock is not None and version is not None and result.rowcount == 0:
+                raise self._stale(table, "delete()", lock, version)
+            self._persisted = False
+            self._changed = set(self._values)
+            self.after_destroy()
 
     # -- hooks ---------------------------------------------------------------------------------
+    # Instance methods a model overrides. Each runs inside the transaction of its write (see
+    # `save()`), so an exception it raises rolls the write back; statements it runs on the
+    # model's connection belong to that transaction. Upserts and set-based writes run none.
+
+    def before_save(self) -> None:
+        """Called by `save()` (and `create()`) before the INSERT or UPDATE; a column it
+        assigns is written by that statement."""
 
     def after_save(self) -> None:
-        """Called after every successful `save()` (and `create()`); override it."""
+        """Called after the INSERT or UPDATE of every `save()` (and `create()`), before the
+        transaction ends: the row is readable on the model's connection."""
+
+    def before_destroy(self) -> None:
+        """Called by `delete()` before the DELETE."""
 
     def after_destroy(self) -> None:
-        """Called after a successful `delete()`; override it."""
+        """Called after the DELETE of `delete()`, before the transaction ends."""
