@@ -24,11 +24,12 @@ from ._errors import (
 )
 from ._expressions import F
 from ._global import GlobalTransaction, global_transaction
-from ._model import ActiveRecord, Query
+from ._model import ActiveRecord, Column, Query
 from ._transaction import Transaction
 
 __all__ = [
     "ActiveRecord",
+    "Column",
     "ConfigurationError",
     "Connection",
     "ConnectionManager",

@@ -32,7 +32,10 @@ Choices a user may trip on:
   the change is computed by the database (`Query.update(n=F("n") + 1)`), or the table has a
   `lock_version` column: then `save()` and `delete()` check it and raise `StaleObjectError`.
 - A column named like a model method (`count`, `save`, ...) is set through the constructor and
-  read through `to_dict()`: attribute access finds the method.
+  read through `to_dict()`: attribute access finds the method. Or give it another field name:
+  `counted = Column("count")`.
+- A `Column("db_name")` field (legacy schemas) is that column's only name in the model API;
+  SQL text (`where("db_name = ?")`, `raw_query()`) uses the column's own name.
 
 Modules: `record` (`ActiveRecord`: models, their instances, save and delete, lock_version,
 hooks), `query` (`Query`: building, running and rendering queries), `columns` (the column,
@@ -42,7 +45,8 @@ reverse. The rest of the client imports from this package.
 
 from __future__ import annotations
 
+from .columns import Column
 from .query import Query
 from .record import ActiveRecord, table_name_for
 
-__all__ = ["ActiveRecord", "Query", "table_name_for"]
+__all__ = ["ActiveRecord", "Column", "Query", "table_name_for"]

@@ -16,6 +16,7 @@ from .._transaction import Transaction
 from .._types import Kind
 from ..tpc.xid import validate_resource_name
 from .columns import (
+    attribute_of,
     bind_value,
     check_column,
     key_to_read_back,
@@ -191,7 +192,7 @@ class Query(Generic[M]):
         query = self
         if not query.ordering:
             _, table = self._resolve()
-            query = query.order_by(*table.primary_key)
+            query = query.order_by(*(attribute_of(self.model, c) for c in table.primary_key))
         rows = query.limit(1).all()
         return rows[0] if rows else None
 
@@ -222,10 +223,11 @@ class Query(Generic[M]):
             raise ValueError("batch() walks the rows in primary key order; drop order_by()")
         connection, table = self._resolve()
         key = require_key(self.model, table, "batch()")
-        query = replace(self, connection_name=connection.name).order_by(*key)
+        fields = tuple(attribute_of(self.model, c) for c in key)
+        query = replace(self, connection_name=connection.name).order_by(*fields)
         if query.columns is not None:
             query = replace(
-                query, columns=query.columns + tuple(c for c in key if c not in query.columns)
+                query, columns=query.columns + tuple(f for f in fields if f not in query.columns)
             )
         remaining = self.row_limit
         page = query
@@ -253,7 +255,7 @@ class Query(Generic[M]):
     def create(self, **fields: Any) -> M:
         """Build an instance on this query's connection and INSERT it."""
         connection, table = self._resolve()
-        record = self.model._new(connection, table, fields)
+        record = self.model._new(connection, table, to_columns(self.model, table, fields))
         record.save()
         return record
 
@@ -329,24 +331,25 @@ class Query(Generic[M]):
         connection, table = self._resolve()
         dialect = connection.dialect
         model = self.model
-        values = [model._row_fields(r) for r in rows]
-        if not values:
+        given = [model._row_fields(r) for r in rows]
+        if not given:
             return 0
-        if not values[0]:
+        if not given[0]:
             raise ValueError("bulk_insert_or_update() needs at least one column value")
-        for number, row in enumerate(values):
-            if row.keys() != values[0].keys():
+        for number, row in enumerate(given):
+            if row.keys() != given[0].keys():
                 raise ValueError(
                     f"every row needs the same columns: row {number} has {sorted(row)}, "
-                    f"row 0 has {sorted(values[0])}"
+                    f"row 0 has {sorted(given[0])}"
                 )
+        values = [to_columns(model, table, row) for row in given]
         keys = upsert_keys(model, table, conflict_keys)
         lock = lock_column(model.__lock_column__, table)
         if lock is not None:
             for row in values:
                 if row.get(lock) is None:
                     row[lock] = 0
-        columns = [check_column(model, table, c) for c in values[0]]
+        columns = list(values[0])
         # Every value is checked before the first statement is sent.
         bound = [[bind_value(model, table, dialect, c, row[c]) for c in columns] for row in values]
         per_statement = max(1, min(_BULK_ROWS, _BULK_VALUES // len(columns)))
@@ -394,9 +397,10 @@ class Query(Generic[M]):
 
         sets: list[str] = []
         params: list[Any] = []
+        values = to_columns(model, table, values)
         for column, value in values.items():
             if isinstance(value, Expression):
-                kind = table.type_of(check_column(model, table, column)).kind
+                kind = table.type_of(column).kind
                 if isinstance(value, Arithmetic) and kind not in _NUMERIC:
                     raise UnsupportedValue(
                         f"{model.__name__}.{column} ({table.type_of(column).declared}): "
@@ -412,7 +416,7 @@ class Query(Generic[M]):
                 )
             else:
                 sql, more = "?", [bind_value(model, table, dialect, column, value)]
-            sets.append(f"{column_sql(column)} = {sql}")
+            sets.append(f"{dialect.quote(column)} = {sql}")
             params.extend(more)
         lock = lock_column(model.__lock_column__, table)
         if lock is not None and lock not in values:

@@ -15,16 +15,19 @@ import inflection
 
 from .._connections import Connection, current_scope, get_connection
 from .._dialects import StatementResult, TableInfo, validate_identifier, validate_table_name
-from .._errors import ConfigurationError, StaleObjectError, UnsupportedValue
+from .._errors import ConfigurationError, StaleObjectError, UnknownColumn, UnsupportedValue
 from .._transaction import Transaction
 from .._types import loader
 from ..tpc.xid import validate_resource_name
 from .columns import (
+    Column,
+    attribute_of,
     bind_value,
+    check_aliases,
     key_to_read_back,
     lock_column,
     require_key,
-    unknown_column,
+    to_columns,
     without_empty_key,
 )
 from .query import Query
@@ -70,10 +73,13 @@ class ActiveRecord:
     __tablename__: ClassVar[str] = ""
     __lock_column__: ClassVar[str | None] = "lock_version"
     _has_hooks: ClassVar[bool] = False  # a hook is overridden: writes take a transaction
+    # The `Column` fields: field -> column, and back; other fields are named as their columns.
+    _aliases: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    _aliased: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     _values: dict[str, Any]  # column -> value, in the order they were set or loaded
-    _columns: frozenset[str]  # names that read as columns (the table's, and a raw query's)
-    _changed: set[str]  # assigned since loaded or saved
+    _columns: frozenset[str]  # columns that read as fields (the table's, and a raw query's)
+    _changed: set[str]  # columns assigned since loaded or saved
     _persisted: bool  # the row exists in the database (loaded or saved)
     _key: tuple[Any, ...]  # the primary key the row had when loaded or saved
     _connection_name: str | None  # where the row lives; None for a new instance
@@ -90,11 +96,34 @@ class ActiveRecord:
         cls._has_hooks = any(
             getattr(cls, hook) is not getattr(ActiveRecord, hook) for hook in _HOOKS
         )
+        cls._collect_aliases()
+
+    @classmethod
+    def _collect_aliases(cls) -> None:
+        aliases: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):  # a subclass may redefine or drop a parent's
+            for attribute, value in vars(klass).items():
+                if isinstance(value, Column):
+                    aliases[attribute] = value.name
+                else:
+                    aliases.pop(attribute, None)
+        for attribute in aliases:
+            if attribute.startswith("_") or hasattr(ActiveRecord, attribute):
+                raise ConfigurationError(
+                    f"{cls.__name__}.{attribute} = Column(...): a field may not start with '_' "
+                    "or take the name of an ActiveRecord method or attribute"
+                )
+        aliased = {column: attribute for attribute, column in aliases.items()}
+        if len(aliased) < len(aliases):
+            raise ConfigurationError(f"{cls.__name__} maps one column to two fields: {aliases}")
+        cls._aliases = MappingProxyType(aliases)
+        cls._aliased = MappingProxyType(aliased)
 
     def __init__(self, **fields: Any):
         connection = type(self)._connection()
-        self._start(type(self)._table(connection), fields, persisted=False, connection=None)
-        self._changed = set(fields)
+        table = type(self)._table(connection)
+        self._start(table, to_columns(type(self), table, fields), persisted=False, connection=None)
+        self._changed = set(self._values)
 
     # -- connection and table ------------------------------------------------------------------
 
@@ -115,7 +144,9 @@ class ActiveRecord:
     def _table(cls, connection: Connection) -> TableInfo:
         if cls is ActiveRecord:
             raise TypeError("ActiveRecord is a base class: query a model that subclasses it")
-        return connection.table(cls.__tablename__)
+        table = connection.table(cls.__tablename__)
+        check_aliases(cls, table)
+        return table
 
     @classmethod
     @contextlib.contextmanager
@@ -211,6 +242,7 @@ class ActiveRecord:
     def _new(
         cls: type[M], connection: Connection, table: TableInfo, fields: Mapping[str, Any]
     ) -> M:
+        """A new instance of `fields` (by column name, checked by the caller)."""
         record = cls.__new__(cls)
         record._start(table, fields, persisted=False, connection=connection.name)
         record._changed = set(fields)
@@ -266,7 +298,7 @@ class ActiveRecord:
 
     @classmethod
     def _row_fields(cls, row: Mapping[str, Any] | ActiveRecord) -> dict[str, Any]:
-        """A row given to `bulk_insert_or_update`, as column -> value."""
+        """A row given to `bulk_insert_or_update`, by field name."""
         return row.to_dict() if isinstance(row, ActiveRecord) else dict(row)
 
     def _start(
@@ -279,9 +311,6 @@ class ActiveRecord:
         extra: Sequence[str] = (),
     ) -> None:
         known = frozenset(table.columns).union(extra)
-        for name in fields:
-            if name not in known:
-                raise unknown_column(type(self), table, name)
         self._values = dict(fields)
         self._columns = known
         self._changed = set()
@@ -291,8 +320,11 @@ class ActiveRecord:
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: a column, or an honest AttributeError.
+        # (A `Column` field is read by the descriptor; its column's own name is no field.)
         if name.startswith("_"):
             raise AttributeError(name)
+        if name in type(self)._aliased:
+            raise self._no_column(name)
         values = self._values
         if name in values:
             return values[name]
@@ -303,25 +335,32 @@ class ActiveRecord:
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_"):
             object.__setattr__(self, name, value)
-        elif name in self._columns:
-            self._values[name] = value
-            self._changed.add(name)
-        elif hasattr(type(self), name):  # a property or attribute the model class defines
+            return
+        model = type(self)
+        column = model._aliases.get(name)
+        if column is None and name in self._columns and name not in model._aliased:
+            column = name
+        if column is not None:
+            self._values[column] = value
+            self._changed.add(column)
+        elif hasattr(model, name):  # a property or attribute the model class defines
             object.__setattr__(self, name, value)
         else:
             raise self._no_column(name)
 
-    def _no_column(self, name: str) -> AttributeError:
-        columns = ", ".join(sorted(self._columns))
-        return AttributeError(f"{type(self).__name__} has no column {name!r} (columns: {columns})")
+    def _no_column(self, name: str) -> UnknownColumn:
+        fields = ", ".join(sorted(attribute_of(type(self), c) for c in self._columns))
+        return UnknownColumn(f"{type(self).__name__} has no column {name!r} (columns: {fields})")
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
         return f"{type(self).__name__}({fields})"
 
     def to_dict(self) -> dict[str, Any]:
-        """The values this instance holds (set, loaded or read back), by column name."""
-        return dict(self._values)
+        """The values this instance holds (set, loaded or read back), by field name (a
+        `Column` field by its own name, not its column's)."""
+        aliased = type(self)._aliased
+        return {aliased.get(column, column): value for column, value in self._values.items()}
 
     def _bound_connection(self) -> Connection:
         if self._connection_name is not None:
