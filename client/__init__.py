@@ -19,15 +19,17 @@ from ._errors import (
     TransactionError,
     TwoPhaseNotSupported,
     TwostepError,
+    UnknownColumn,
     UnsupportedValue,
 )
 from ._expressions import F
 from ._global import GlobalTransaction, global_transaction
-from ._model import ActiveRecord, Query
+from ._model import ActiveRecord, Column, Query
 from ._transaction import Transaction
 
 __all__ = [
     "ActiveRecord",
+    "Column",
     "ConfigurationError",
     "Connection",
     "ConnectionManager",
@@ -50,6 +52,7 @@ __all__ = [
     "TransactionError",
     "TwoPhaseNotSupported",
     "TwostepError",
+    "UnknownColumn",
     "UnsupportedValue",
     "get_connection",
     "global_transaction",

@@ -31,6 +31,7 @@ __all__ = [
     "TransactionError",
     "TwoPhaseNotSupported",
     "TwostepError",
+    "UnknownColumn",
     "UnsupportedValue",
     "is_connection_failure",
     "translate_driver_errors",
@@ -83,6 +84,13 @@ class UnsupportedValue(TwostepError, ValueError):
         super().__init__(message)
         self.model = model
         self.column = column
+
+
+class UnknownColumn(TwostepError, AttributeError, TypeError):
+    """A field name that is not a column of the model's table (nor a field alias); nothing
+    was sent. An AttributeError where an attribute is read or assigned, and a TypeError
+    where a call is given such a field (as Python's own for an unexpected keyword): it is
+    both, so either `except` catches it."""
 
 
 class StaleObjectError(TwostepError):

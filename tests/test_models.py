@@ -20,11 +20,9 @@ from twostep.client import (
     Connection,
     ConnectionManager,
     DatabaseError,
-    InvalidIdentifier,
     get_connection,
 )
 from twostep.client._connections import activate
-from twostep.client._model import table_name_for
 from twostep.client._transaction import Transaction
 from twostep.testing import DIALECTS, fresh_config
 
@@ -105,36 +103,6 @@ def archive(request: pytest.FixtureRequest, tmp_path: Any) -> Connection:
 
 def seed(n: int = 5) -> list[Gadget]:
     return [Gadget.create(name=f"g{i}", price=i * 10) for i in range(1, n + 1)]
-
-
-# -- naming ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("class_name", "table"),
-    [
-        ("Order", "orders"),
-        ("OrderItem", "order_items"),
-        ("Category", "categories"),
-        ("Address", "addresses"),
-        ("Box", "boxes"),
-        ("Match", "matches"),
-        ("Day", "days"),
-        ("HTTPRequest", "http_requests"),
-        ("Invoice2Line", "invoice2_lines"),
-    ],
-)
-def test_table_name_is_the_snake_case_plural_of_the_class_name(class_name: str, table: str) -> None:
-    assert table_name_for(class_name) == table
-
-
-def test_explicit_tablename_wins_and_a_bad_one_is_refused_at_class_definition() -> None:
-    assert HookedGadget.__tablename__ == "gadgets"
-    assert OrderItem.__tablename__ == "order_items"
-    with pytest.raises(InvalidIdentifier):
-
-        class Bad(ActiveRecord):
-            __tablename__ = "gadgets; DROP TABLE gadgets"
 
 
 # -- CRUD --------------------------------------------------------------------------------------

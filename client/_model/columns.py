@@ -1,28 +1,79 @@
 """The rules a query and a record both apply to a model's table, as its connection described
-it (`TableInfo`): which column names exist, how a value is bound (the type contract), which
-columns are the keys, and which is the lock_version column."""
+it (`TableInfo`): which field names a model has and the column each names, how a value is
+bound (the type contract), which columns are the keys, and which is the lock_version column.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._dialects import Dialect, TableInfo
-from .._errors import ConfigurationError, UnsupportedValue
+from .._dialects import Dialect, TableInfo, validate_identifier
+from .._errors import ConfigurationError, UnknownColumn, UnsupportedValue
 from .._expressions import Expression
 from .._types import to_db
 
 __all__ = [
+    "Column",
+    "attribute_of",
     "bind_value",
+    "check_aliases",
     "check_column",
     "key_to_read_back",
     "lock_column",
     "quote_column",
     "require_key",
+    "to_columns",
     "unknown_column",
     "upsert_keys",
     "without_empty_key",
 ]
+
+
+class Column:
+    """A field whose column has another name in the table (a legacy schema):
+
+        class LegacyUser(ActiveRecord):
+            email = Column("email_address")
+
+    `email` is then that column's only name in the model's API: the constructor, attributes,
+    `to_dict()`, `where()`, `order_by()`, `select()`, `update()` and `F()`, upserts and their
+    `conflict_keys`; SQL text (`where("email_address = ?", ...)`, `raw_query()`) names the
+    column itself. Type and keys come from the table as for any column. A column the table
+    lacks, or a field that would hide another of its columns, raises `ConfigurationError`
+    at the model's first use; a field named like an ActiveRecord method, when defined."""
+
+    def __init__(self, name: str):
+        self.name = validate_identifier(name, "column name")
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return instance._values.get(self.name)
+
+    def __repr__(self) -> str:
+        return f"Column({self.name!r})"
+
+
+def check_aliases(model: type, table: TableInfo) -> None:
+    """Every `Column` of `model` names a column of its table and hides none."""
+    for attribute, column in model._aliases.items():
+        if column not in table.columns:
+            raise ConfigurationError(
+                f"{model.__name__}.{attribute} = Column({column!r}): table {table.name!r} "
+                f"has no column {column!r} (it has: {', '.join(table.columns)})"
+            )
+        if attribute in table.columns and attribute not in model._aliased:
+            raise ConfigurationError(
+                f"{model.__name__}.{attribute} = Column({column!r}) hides column "
+                f"{attribute!r} of table {table.name!r}: name the field otherwise, or map "
+                f"{attribute!r} to a field too"
+            )
+
+
+def attribute_of(model: type, column: str) -> str:
+    """The field name of a column of `model`'s table."""
+    return model._aliased.get(column, column)
 
 
 def quote_column(dialect: Dialect, table: TableInfo, model: type, name: str) -> str:
@@ -42,17 +93,32 @@ def bind_value(model: type, table: TableInfo, dialect: Dialect, column: str, val
     return to_db(dialect.name, ctype, value, model=model.__name__, column=column)
 
 
-def unknown_column(model: type, table: TableInfo, name: str) -> AttributeError:
-    return AttributeError(
-        f"{model.__name__} has no column {name!r} "
-        f"(table {table.name!r} has: {', '.join(table.columns)})"
+def unknown_column(model: type, table: TableInfo, name: str) -> UnknownColumn:
+    fields = (
+        c if c not in model._aliased else f"{model._aliased[c]} (column {c})" for c in table.columns
+    )
+    return UnknownColumn(
+        f"{model.__name__} has no column {name!r} (table {table.name!r} has: {', '.join(fields)})"
     )
 
 
 def check_column(model: type, table: TableInfo, name: str) -> str:
-    if name not in table.columns:
+    """The column a field name of `model` stores in (its `Column` alias, else itself)."""
+    column = model._aliases.get(name)
+    if column is None and name not in model._aliased:  # else: a column known by its field
+        column = name
+    if column not in table.columns:
         raise unknown_column(model, table, name)
-    return name
+    return column
+
+
+def to_columns(model: type, table: TableInfo, fields: Mapping[Any, Any]) -> dict[str, Any]:
+    """A row given by field name (keyword arguments, or a dict), as column -> value; a key
+    that is not a field raises `UnknownColumn`, one that is not a string TypeError."""
+    for name in fields:
+        if not isinstance(name, str):
+            raise TypeError(f"{model.__name__}: field names are strings, not {name!r}")
+    return {check_column(model, table, name): value for name, value in fields.items()}
 
 
 def require_key(model: type, table: TableInfo, action: str) -> tuple[str, ...]:

@@ -16,12 +16,14 @@ from .._transaction import Transaction
 from .._types import Kind
 from ..tpc.xid import validate_resource_name
 from .columns import (
+    attribute_of,
     bind_value,
     check_column,
     key_to_read_back,
     lock_column,
     quote_column,
     require_key,
+    to_columns,
     upsert_keys,
     without_empty_key,
 )
@@ -190,7 +192,7 @@ class Query(Generic[M]):
         query = self
         if not query.ordering:
             _, table = self._resolve()
-            query = query.order_by(*table.primary_key)
+            query = query.order_by(*(attribute_of(self.model, c) for c in table.primary_key))
         rows = query.limit(1).all()
         return rows[0] if rows else None
 
@@ -221,10 +223,11 @@ class Query(Generic[M]):
             raise ValueError("batch() walks the rows in primary key order; drop order_by()")
         connection, table = self._resolve()
         key = require_key(self.model, table, "batch()")
-        query = replace(self, connection_name=connection.name).order_by(*key)
+        fields = tuple(attribute_of(self.model, c) for c in key)
+        query = replace(self, connection_name=connection.name).order_by(*fields)
         if query.columns is not None:
             query = replace(
-                query, columns=query.columns + tuple(c for c in key if c not in query.columns)
+                query, columns=query.columns + tuple(f for f in fields if f not in query.columns)
             )
         remaining = self.row_limit
         page = query
@@ -252,31 +255,55 @@ class Query(Generic[M]):
     def create(self, **fields: Any) -> M:
         """Build an instance on this query's connection and INSERT it."""
         connection, table = self._resolve()
-        record = self.model._new(connection, table, fields)
+        record = self.model._new(connection, table, to_columns(self.model, table, fields))
         record.save()
         return record
 
-    def insert_or_update(self, *, conflict_keys: Sequence[str] | None = None, **fields: Any) -> M:
+    def insert_or_update(
+        self,
+        row: Mapping[str, Any] | None = None,
+        /,
+        *,
+        conflict_keys: Sequence[str] | None = None,
+        **fields: Any,
+    ) -> M:
         """INSERT the row, or UPDATE its other columns where it conflicts on `conflict_keys`
-        (default: the primary key). `conflict_keys` must be the primary key or a unique key
-        of the table, else `ConfigurationError` (MySQL would insert a duplicate where the
-        others raise); MySQL matches any unique key. Returns it as an instance, with a
-        generated key read back where the database can say it. Runs no hooks.
+        (default: the primary key). The row is a dict or keyword fields, not both:
+        `insert_or_update({"user_id": 1, "visits": 3}, conflict_keys=["user_id"])` is
+        `insert_or_update(user_id=1, visits=3, conflict_keys=["user_id"])`. Neither, both,
+        a row that is not a mapping or a key that is not a string raise TypeError; an
+        unknown field `UnknownColumn` (a TypeError too).
+
+        `conflict_keys` must be the primary key or a unique key of the table, else
+        `ConfigurationError` (MySQL would insert a duplicate where the others raise); MySQL
+        matches any unique key. Returns it as an instance, with a generated key read back
+        where the database can say it. Runs no hooks.
 
         With a lock_version column, a new row gets 0 and an existing one is incremented; the
         instance carries the new version on PostgreSQL and SQLite, and none on MySQL (which
         cannot say whether it inserted or updated): reload it there before `save()`."""
+        if row is None and not fields:
+            raise TypeError(
+                "insert_or_update() takes the row as a dict or as keyword fields; it got neither"
+            )
+        if row is not None and fields:
+            raise TypeError(
+                "insert_or_update() takes the row as a dict or as keyword fields, not both "
+                f"(keywords given: {', '.join(fields)}); put them all in the dict"
+            )
+        if row is not None and not isinstance(row, Mapping):
+            raise TypeError(f"insert_or_update() takes the row as a dict, not {type(row).__name__}")
         connection, table = self._resolve()
         dialect = connection.dialect
         model = self.model
-        fields = without_empty_key(table, fields)
+        fields = without_empty_key(table, to_columns(model, table, fields if row is None else row))
         if not fields:
             raise ValueError("insert_or_update() needs at least one column value")
         keys = upsert_keys(model, table, conflict_keys)
         lock = lock_column(model.__lock_column__, table)
         if lock is not None and fields.get(lock) is None:
             fields[lock] = 0  # a new row's version; an existing row's is incremented
-        columns = [check_column(model, table, c) for c in fields]
+        columns = list(fields)
         params = [bind_value(model, table, dialect, c, v) for c, v in fields.items()]
         missing = [c for c in table.primary_key if c not in fields]
         read_back = key_to_read_back(dialect, table, missing)
@@ -304,24 +331,25 @@ class Query(Generic[M]):
         connection, table = self._resolve()
         dialect = connection.dialect
         model = self.model
-        values = [model._row_fields(r) for r in rows]
-        if not values:
+        given = [model._row_fields(r) for r in rows]
+        if not given:
             return 0
-        if not values[0]:
+        if not given[0]:
             raise ValueError("bulk_insert_or_update() needs at least one column value")
-        for number, row in enumerate(values):
-            if row.keys() != values[0].keys():
+        for number, row in enumerate(given):
+            if row.keys() != given[0].keys():
                 raise ValueError(
                     f"every row needs the same columns: row {number} has {sorted(row)}, "
-                    f"row 0 has {sorted(values[0])}"
+                    f"row 0 has {sorted(given[0])}"
                 )
+        values = [to_columns(model, table, row) for row in given]
         keys = upsert_keys(model, table, conflict_keys)
         lock = lock_column(model.__lock_column__, table)
         if lock is not None:
             for row in values:
                 if row.get(lock) is None:
                     row[lock] = 0
-        columns = [check_column(model, table, c) for c in values[0]]
+        columns = list(values[0])
         # Every value is checked before the first statement is sent.
         bound = [[bind_value(model, table, dialect, c, row[c]) for c in columns] for row in values]
         per_statement = max(1, min(_BULK_ROWS, _BULK_VALUES // len(columns)))
@@ -352,8 +380,11 @@ class Query(Generic[M]):
         (the second returns 0 when the balance is short). A literal in an expression must fit
         the column it is assigned to, as if assigned alone. A lock_version column is
         incremented in the same statement (unless given), so instances loaded before go
-        stale. Runs no hooks and changes no loaded instance. Without conditions it updates
-        every row. order_by(), limit(), select() and for_update() are refused here."""
+        stale. Runs no hooks (`before_save`, `after_save`) and changes no loaded instance.
+        Without conditions it updates every row: `Model.query().update(...)` says so.
+        order_by(), limit(), select() and for_update() are refused here. Runs where any
+        statement of the model runs (`Connection.run`): on the branch inside
+        `global_transaction()`, in `Transaction(conn)`, else on its own (autocommit)."""
         if not values:
             raise ValueError("update() needs at least one column=value")
         self._refuse_shape("update()")
@@ -366,9 +397,10 @@ class Query(Generic[M]):
 
         sets: list[str] = []
         params: list[Any] = []
+        values = to_columns(model, table, values)
         for column, value in values.items():
             if isinstance(value, Expression):
-                kind = table.type_of(check_column(model, table, column)).kind
+                kind = table.type_of(column).kind
                 if isinstance(value, Arithmetic) and kind not in _NUMERIC:
                     raise UnsupportedValue(
                         f"{model.__name__}.{column} ({table.type_of(column).declared}): "
@@ -384,7 +416,7 @@ class Query(Generic[M]):
                 )
             else:
                 sql, more = "?", [bind_value(model, table, dialect, column, value)]
-            sets.append(f"{column_sql(column)} = {sql}")
+            sets.append(f"{dialect.quote(column)} = {sql}")
             params.extend(more)
         lock = lock_column(model.__lock_column__, table)
         if lock is not None and lock not in values:
@@ -398,9 +430,11 @@ class Query(Generic[M]):
         return result.rowcount
 
     def delete(self) -> int:
-        """DELETE every row the conditions match, in one statement, and return how many.
-        Runs no hooks (`after_destroy`) and checks no lock_version. Without conditions it
-        deletes every row. order_by(), limit(), select() and for_update() are refused here."""
+        """DELETE every row the conditions match, in one statement with bound parameters, and
+        return how many (an int). Runs no hooks (`before_destroy`, `after_destroy`) and
+        checks no lock_version. Without conditions it deletes every row:
+        `Model.query().delete()` says so. order_by(), limit(), select() and for_update()
+        are refused here. Runs inside the active transaction, as `update()` does."""
         self._refuse_shape("delete()")
         connection, table = self._resolve()
         dialect = connection.dialect

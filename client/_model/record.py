@@ -5,23 +5,29 @@ connection a model uses, its rows as instances, and an instance's own writes: `s
 from __future__ import annotations
 
 import contextlib
-import re
+import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
-from .._connections import Connection, get_connection
+import inflection
+
+from .._connections import Connection, current_scope, get_connection
 from .._dialects import StatementResult, TableInfo, validate_identifier, validate_table_name
-from .._errors import ConfigurationError, StaleObjectError, UnsupportedValue
+from .._errors import ConfigurationError, StaleObjectError, UnknownColumn, UnsupportedValue
+from .._transaction import Transaction
 from .._types import loader
 from ..tpc.xid import validate_resource_name
 from .columns import (
+    Column,
+    attribute_of,
     bind_value,
+    check_aliases,
     key_to_read_back,
     lock_column,
     require_key,
-    unknown_column,
+    to_columns,
     without_empty_key,
 )
 from .query import Query
@@ -38,20 +44,24 @@ _bindings: ContextVar[Mapping[type, str]] = ContextVar(
 
 
 def table_name_for(class_name: str) -> str:
-    """`Order` -> `orders`, `OrderItem` -> `order_items`, `Category` -> `categories`."""
-    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", class_name).lower()
-    if re.search(r"[^aeiou]y$", words):
-        return words[:-1] + "ies"
-    if re.search(r"(?:s|x|z|ch|sh)$", words):
-        return words + "es"
-    return words + "s"
+    """The table a model class is stored in unless it sets `__tablename__`: Rails' convention
+    (`ActiveSupport::Inflector#tableize`, through the `inflection` port): the class name in
+    snake_case with its last word pluralized by English rules, irregular and uncountable
+    words included. `Order` -> `orders`, `OrderItem` -> `order_items`, `Category` ->
+    `categories`, `Person` -> `people`, `UserAnalytics` -> `user_analytics`,
+    `AnalyticsUserData` -> `analytics_user_data`, `HTTPRequest` -> `http_requests`."""
+    return inflection.tableize(class_name)
+
+
+_HOOKS = ("before_save", "after_save", "before_destroy", "after_destroy")
 
 
 # -- the model ---------------------------------------------------------------------------------
 
 
 class ActiveRecord:
-    """Base class of models: set `__connection__` (and optionally `__tablename__`).
+    """Base class of models: set `__connection__`, and `__tablename__` where the table is not
+    named by Rails' convention (`table_name_for`: `Person` -> `people`).
 
     Optimistic locking: when the table has a column named `__lock_column__` ("lock_version"
     unless set; None turns it off), a new row gets 0, every `save()` increments it with
@@ -62,10 +72,14 @@ class ActiveRecord:
     __connection__: ClassVar[str | None] = None
     __tablename__: ClassVar[str] = ""
     __lock_column__: ClassVar[str | None] = "lock_version"
+    _has_hooks: ClassVar[bool] = False  # a hook is overridden: writes take a transaction
+    # The `Column` fields: field -> column, and back; other fields are named as their columns.
+    _aliases: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    _aliased: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     _values: dict[str, Any]  # column -> value, in the order they were set or loaded
-    _columns: frozenset[str]  # names that read as columns (the table's, and a raw query's)
-    _changed: set[str]  # assigned since loaded or saved
+    _columns: frozenset[str]  # columns that read as fields (the table's, and a raw query's)
+    _changed: set[str]  # columns assigned since loaded or saved
     _persisted: bool  # the row exists in the database (loaded or saved)
     _key: tuple[Any, ...]  # the primary key the row had when loaded or saved
     _connection_name: str | None  # where the row lives; None for a new instance
@@ -79,11 +93,37 @@ class ActiveRecord:
             validate_resource_name(cls.__connection__)
         if cls.__lock_column__ is not None:
             validate_identifier(cls.__lock_column__, "lock column")
+        cls._has_hooks = any(
+            getattr(cls, hook) is not getattr(ActiveRecord, hook) for hook in _HOOKS
+        )
+        cls._collect_aliases()
+
+    @classmethod
+    def _collect_aliases(cls) -> None:
+        aliases: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):  # a subclass may redefine or drop a parent's
+            for attribute, value in vars(klass).items():
+                if isinstance(value, Column):
+                    aliases[attribute] = value.name
+                else:
+                    aliases.pop(attribute, None)
+        for attribute in aliases:
+            if attribute.startswith("_") or hasattr(ActiveRecord, attribute):
+                raise ConfigurationError(
+                    f"{cls.__name__}.{attribute} = Column(...): a field may not start with '_' "
+                    "or take the name of an ActiveRecord method or attribute"
+                )
+        aliased = {column: attribute for attribute, column in aliases.items()}
+        if len(aliased) < len(aliases):
+            raise ConfigurationError(f"{cls.__name__} maps one column to two fields: {aliases}")
+        cls._aliases = MappingProxyType(aliases)
+        cls._aliased = MappingProxyType(aliased)
 
     def __init__(self, **fields: Any):
         connection = type(self)._connection()
-        self._start(type(self)._table(connection), fields, persisted=False, connection=None)
-        self._changed = set(fields)
+        table = type(self)._table(connection)
+        self._start(table, to_columns(type(self), table, fields), persisted=False, connection=None)
+        self._changed = set(self._values)
 
     # -- connection and table ------------------------------------------------------------------
 
@@ -104,7 +144,9 @@ class ActiveRecord:
     def _table(cls, connection: Connection) -> TableInfo:
         if cls is ActiveRecord:
             raise TypeError("ActiveRecord is a base class: query a model that subclasses it")
-        return connection.table(cls.__tablename__)
+        table = connection.table(cls.__tablename__)
+        check_aliases(cls, table)
+        return table
 
     @classmethod
     @contextlib.contextmanager
@@ -175,9 +217,15 @@ class ActiveRecord:
 
     @classmethod
     def insert_or_update(
-        cls: type[M], *, conflict_keys: Sequence[str] | None = None, **fields: Any
+        cls: type[M],
+        row: Mapping[str, Any] | None = None,
+        /,
+        *,
+        conflict_keys: Sequence[str] | None = None,
+        **fields: Any,
     ) -> M:
-        return Query(cls).insert_or_update(conflict_keys=conflict_keys, **fields)
+        """`Query.insert_or_update`: the row as a dict or as keyword fields."""
+        return Query(cls).insert_or_update(row, conflict_keys=conflict_keys, **fields)
 
     @classmethod
     def bulk_insert_or_update(
@@ -194,6 +242,7 @@ class ActiveRecord:
     def _new(
         cls: type[M], connection: Connection, table: TableInfo, fields: Mapping[str, Any]
     ) -> M:
+        """A new instance of `fields` (by column name, checked by the caller)."""
         record = cls.__new__(cls)
         record._start(table, fields, persisted=False, connection=connection.name)
         record._changed = set(fields)
@@ -249,7 +298,7 @@ class ActiveRecord:
 
     @classmethod
     def _row_fields(cls, row: Mapping[str, Any] | ActiveRecord) -> dict[str, Any]:
-        """A row given to `bulk_insert_or_update`, as column -> value."""
+        """A row given to `bulk_insert_or_update`, by field name."""
         return row.to_dict() if isinstance(row, ActiveRecord) else dict(row)
 
     def _start(
@@ -262,9 +311,6 @@ class ActiveRecord:
         extra: Sequence[str] = (),
     ) -> None:
         known = frozenset(table.columns).union(extra)
-        for name in fields:
-            if name not in known:
-                raise unknown_column(type(self), table, name)
         self._values = dict(fields)
         self._columns = known
         self._changed = set()
@@ -274,8 +320,11 @@ class ActiveRecord:
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: a column, or an honest AttributeError.
+        # (A `Column` field is read by the descriptor; its column's own name is no field.)
         if name.startswith("_"):
             raise AttributeError(name)
+        if name in type(self)._aliased:
+            raise self._no_column(name)
         values = self._values
         if name in values:
             return values[name]
@@ -286,25 +335,32 @@ class ActiveRecord:
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_"):
             object.__setattr__(self, name, value)
-        elif name in self._columns:
-            self._values[name] = value
-            self._changed.add(name)
-        elif hasattr(type(self), name):  # a property or attribute the model class defines
+            return
+        model = type(self)
+        column = model._aliases.get(name)
+        if column is None and name in self._columns and name not in model._aliased:
+            column = name
+        if column is not None:
+            self._values[column] = value
+            self._changed.add(column)
+        elif hasattr(model, name):  # a property or attribute the model class defines
             object.__setattr__(self, name, value)
         else:
             raise self._no_column(name)
 
-    def _no_column(self, name: str) -> AttributeError:
-        columns = ", ".join(sorted(self._columns))
-        return AttributeError(f"{type(self).__name__} has no column {name!r} (columns: {columns})")
+    def _no_column(self, name: str) -> UnknownColumn:
+        fields = ", ".join(sorted(attribute_of(type(self), c) for c in self._columns))
+        return UnknownColumn(f"{type(self).__name__} has no column {name!r} (columns: {fields})")
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
         return f"{type(self).__name__}({fields})"
 
     def to_dict(self) -> dict[str, Any]:
-        """The values this instance holds (set, loaded or read back), by column name."""
-        return dict(self._values)
+        """The values this instance holds (set, loaded or read back), by field name (a
+        `Column` field by its own name, not its column's)."""
+        aliased = type(self)._aliased
+        return {aliased.get(column, column): value for column, value in self._values.items()}
 
     def _bound_connection(self) -> Connection:
         if self._connection_name is not None:
@@ -313,15 +369,37 @@ class ActiveRecord:
 
     def save(self: M) -> M:
         """INSERT a new row (reading a generated key back), or UPDATE the assigned columns of a
-        loaded one by its primary key; then `after_save()`."""
+        loaded one by its primary key; `before_save()` first and `after_save()` last, all in
+        one transaction (`_hooked_write`): an exception in a hook rolls the row back."""
         connection = self._bound_connection()
         table = type(self)._table(connection)
-        if self._persisted:
-            self._update(connection, table)
-        else:
-            self._insert(connection, table)
-        self.after_save()
+        with self._hooked_write(connection):
+            self.before_save()
+            if self._persisted:
+                self._update(connection, table)
+            else:
+                self._insert(connection, table)
+            self.after_save()
         return self
+
+    @contextlib.contextmanager
+    def _hooked_write(self, connection: Connection) -> Iterator[None]:
+        """The transaction a write and its hooks share: the active one (`Transaction`,
+        `global_transaction()`), else, for a model with hooks, a local `Transaction` on
+        `connection`. When that one rolls back, this instance is put back as it was before,
+        so that saving it again writes the row again."""
+        # A model without hooks writes one statement: it needs no transaction of its own, and
+        # is spared the round trips of one.
+        if not type(self)._has_hooks or current_scope() is not None:
+            yield
+            return
+        state = {name: copy.copy(value) for name, value in vars(self).items()}
+        try:
+            with Transaction(connection):
+                yield
+        except BaseException:
+            vars(self).update(state)
+            raise
 
     def _insert(self, connection: Connection, table: TableInfo) -> None:
         model = type(self)
@@ -426,29 +504,43 @@ class ActiveRecord:
 
     def delete(self) -> None:
         """DELETE the row by its primary key (and, with a lock column, its version: a row
-        changed since raises `StaleObjectError`); then `after_destroy()`. Saving it again
-        inserts it anew."""
+        changed since raises `StaleObjectError`); `before_destroy()` first and
+        `after_destroy()` last, in one transaction as for `save()`. Saving it again inserts
+        it anew."""
         if not self._persisted:
             raise ValueError(f"this {type(self).__name__} was never saved, so it cannot be deleted")
         connection = self._bound_connection()
         table = type(self)._table(connection)
-        where, params, version = self._where_row(connection, table, "delete()")
-        result = connection.run(
-            f"DELETE FROM {connection.dialect.quote_table(table.name)} WHERE {where}",
-            params,
-            origin=type(self).__name__,
-        )
-        lock = lock_column(type(self).__lock_column__, table)
-        if lock is not None and version is not None and result.rowcount == 0:
-            raise self._stale(table, "delete()", lock, version)
-        self._persisted = False
-        self._changed = set(self._values)
-        self.after_destroy()
+        with self._hooked_write(connection):
+            self.before_destroy()
+            where, params, version = self._where_row(connection, table, "delete()")
+            result = connection.run(
+                f"DELETE FROM {connection.dialect.quote_table(table.name)} WHERE {where}",
+                params,
+                origin=type(self).__name__,
+            )
+            lock = lock_column(type(self).__lock_column__, table)
+            if lock is not None and version is not None and result.rowcount == 0:
+                raise self._stale(table, "delete()", lock, version)
+            self._persisted = False
+            self._changed = set(self._values)
+            self.after_destroy()
 
     # -- hooks ---------------------------------------------------------------------------------
+    # Instance methods a model overrides. Each runs inside the transaction of its write (see
+    # `save()`), so an exception it raises rolls the write back; statements it runs on the
+    # model's connection belong to that transaction. Upserts and set-based writes run none.
+
+    def before_save(self) -> None:
+        """Called by `save()` (and `create()`) before the INSERT or UPDATE; a column it
+        assigns is written by that statement."""
 
     def after_save(self) -> None:
-        """Called after every successful `save()` (and `create()`); override it."""
+        """Called after the INSERT or UPDATE of every `save()` (and `create()`), before the
+        transaction ends: the row is readable on the model's connection."""
+
+    def before_destroy(self) -> None:
+        """Called by `delete()` before the DELETE."""
 
     def after_destroy(self) -> None:
-        """Called after a successful `delete()`; override it."""
+        """Called after the DELETE of `delete()`, before the transaction ends."""
