@@ -226,8 +226,9 @@ def list_(ctx: _Context, state: str | None, older_than: int | None, limit: int) 
     request = _pb.ListTransactionsRequest(
         states=states, incomplete_only=incomplete, older_than_s=older_than or 0, limit=limit
     )
+    metadata = ctx.metadata()  # listing is for admins: it shows every client's transactions
     with _rpc(ctx):
-        reply = ctx.coordinator.ListTransactions(request, timeout=_RPC_TIMEOUT)
+        reply = ctx.coordinator.ListTransactions(request, metadata=metadata, timeout=_RPC_TIMEOUT)
     ctx.emit(reply, lambda r: ctx.console.print(_transactions_table(r.transactions)))
 
 

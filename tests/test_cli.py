@@ -46,18 +46,24 @@ def begin_and_commit(address: str) -> str:
 
 def test_list_shows_committing_transactions_as_json_and_as_a_table(run, coordinator):
     gtrid = begin_and_commit(coordinator.address)
-    result = run("--coordinator", coordinator.address, "--json", "list", "--state", "committing")
+    admin = ("--token-file", str(coordinator.data_dir / "admin-token"))  # listing is for admins
+    result = run(
+        "--coordinator", coordinator.address, *admin, "--json", "list", "--state", "committing"
+    )
     assert result.exit_code == 0, result.output
     listed = json.loads(result.output)["transactions"]
     assert [(t["gtrid"], t["state"]) for t in listed] == [(gtrid, "TRANSACTION_STATE_COMMITTED")]
-    table = run("--coordinator", coordinator.address, "list")
+    table = run("--coordinator", coordinator.address, *admin, "list")
     assert table.exit_code == 0
     assert "COMMITTED" in table.output and "orders" in table.output
 
 
 def test_older_than_filters_out_young_transactions(run, coordinator):
     begin_and_commit(coordinator.address)
-    result = run("--coordinator", coordinator.address, "--json", "list", "--older-than", "1h")
+    admin = ("--token-file", str(coordinator.data_dir / "admin-token"))
+    result = run(
+        "--coordinator", coordinator.address, *admin, "--json", "list", "--older-than", "1h"
+    )
     assert result.exit_code == 0
     assert json.loads(result.output).get("transactions", []) == []
 
@@ -86,7 +92,7 @@ def test_resolve_needs_an_outcome_and_a_reason(run):
 
 
 def test_unreachable_coordinator_exits_3(run):
-    result = CliRunner().invoke(cli, ["--coordinator", "127.0.0.1:9", "list"])
+    result = CliRunner().invoke(cli, ["--coordinator", "127.0.0.1:9", "--token", "t", "list"])
     assert result.exit_code == 3
     assert "UNAVAILABLE" in result.output
 
