@@ -29,6 +29,8 @@ from twostep.v1 import admin_pb2_grpc as _admin_grpc
 from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
+from ._channel import ChannelConfig
+from ._errors import ConfigurationError
 from .tpc.xid import parse_gtrid, validate_resource_name
 
 __all__ = ["main"]
@@ -66,16 +68,21 @@ def _duration(text: str) -> int:
 
 
 class _Context:
-    def __init__(self, address: str, token: str | None, as_json: bool):
+    def __init__(
+        self, address: str, token: str | None, as_json: bool, tls: ChannelConfig | None = None
+    ):
         self.address = address
         self.token = token
         self.as_json = as_json
-        self.channel = grpc.insecure_channel(address)
+        self.tls = tls or ChannelConfig()
+        self.channel = self.tls.open(address)
         self.coordinator = _pb_grpc.CoordinatorStub(self.channel)
         self.admin = _admin_grpc.AdminStub(self.channel)
         self.console = Console()
 
     def metadata(self) -> list[tuple[str, str]]:
+        if not self.token and self.tls.cert_file is not None:
+            return []  # mutual TLS: the certificate may be an admin's (tls_admin_names)
         if not self.token:
             _fail(
                 EXIT_UNAUTHENTICATED,
@@ -168,12 +175,44 @@ def _transactions_table(transactions: Any) -> Table:
     "admin-token).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option(
+    "--tls-ca",
+    envvar="TWOSTEP_COORDINATOR_CA",
+    type=click.Path(dir_okay=False),
+    help="PEM CA of the coordinator's certificate: speak TLS. Env: TWOSTEP_COORDINATOR_CA.",
+)
+@click.option(
+    "--tls-cert",
+    envvar="TWOSTEP_COORDINATOR_CERT",
+    type=click.Path(dir_okay=False),
+    help="PEM client certificate (mutual TLS); an admin's needs no token. "
+    "Env: TWOSTEP_COORDINATOR_CERT.",
+)
+@click.option(
+    "--tls-key",
+    envvar="TWOSTEP_COORDINATOR_KEY",
+    type=click.Path(dir_okay=False),
+    help="PEM private key of --tls-cert. Env: TWOSTEP_COORDINATOR_KEY.",
+)
 @click.pass_context
 def cli(
-    ctx: click.Context, coordinator: str, token: str | None, token_file: str | None, as_json: bool
+    ctx: click.Context,
+    coordinator: str,
+    token: str | None,
+    token_file: str | None,
+    as_json: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """See and resolve in-doubt twostep transactions."""
-    ctx.obj = _Context(coordinator, _read_token(token, token_file), as_json)
+    try:
+        tls = ChannelConfig(*(Path(p) if p else None for p in (tls_ca, tls_cert, tls_key)))
+        ctx.obj = _Context(coordinator, _read_token(token, token_file), as_json, tls)
+    except ValueError as exc:
+        raise click.UsageError(f"--tls-cert / --tls-key: {exc}") from None
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @cli.command()

@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from twostep.client import ConfigurationError as ClientConfigurationError
 from twostep.client import InvalidIdentifier
 from twostep.client.tpc import LOCAL_CLUSTER, validate_cluster_id
 
@@ -608,6 +609,8 @@ class _HealthCheck(argparse.Action):
         except grpc.RpcError as exc:
             code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
             parser.exit(1, f"{parser.prog}: health check of {address}: {code}\n")
+        except ClientConfigurationError as exc:
+            parser.exit(1, f"{parser.prog}: health check of {address}: {exc}\n")
         print(status)
         parser.exit(0 if status == "SERVING" else 1)
 
