@@ -1,6 +1,7 @@
 """twostep's client library: named connections, ActiveRecord models, and atomic commits
 across PostgreSQL and MySQL/MariaDB with `global_transaction()`."""
 
+from ._channel import ChannelConfig
 from ._connections import Connection, ConnectionManager, get_connection
 from ._errors import (
     ConfigurationError,
@@ -29,6 +30,7 @@ from ._transaction import Transaction
 
 __all__ = [
     "ActiveRecord",
+    "ChannelConfig",
     "Column",
     "ConfigurationError",
     "Connection",

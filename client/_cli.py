@@ -28,6 +28,7 @@ from twostep.v1 import admin_pb2 as _admin
 from twostep.v1 import admin_pb2_grpc as _admin_grpc
 from twostep.v1 import coordinator_pb2 as _pb
 
+from ._channel import ChannelConfig
 from .tpc.xid import parse_gtrid, validate_resource_name
 from .txn_states import GROUPS, TxnState
 
@@ -129,11 +130,14 @@ class _Token:
 
 
 class _Context:
-    def __init__(self, address: str, token: _Token, as_json: bool):
+    def __init__(
+        self, address: str, token: _Token, as_json: bool, tls: ChannelConfig | None = None
+    ):
         self.address = address
         self.token = token
         self.as_json = as_json
-        self.channel = grpc.insecure_channel(address)
+        self.tls = tls or ChannelConfig()
+        self.channel = self.tls.open(address)
         self.admin = _admin_grpc.AdminStub(self.channel)
         self.console = Console()
 
@@ -358,15 +362,47 @@ def _exit_codes() -> str:
     f"Env: {_ENVVARS['data_dir']}.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option(
+    "--tls-ca",
+    envvar="TWOSTEP_COORDINATOR_CA",
+    type=click.Path(dir_okay=False),
+    help="PEM CA of the coordinator's certificate: speak TLS. Env: TWOSTEP_COORDINATOR_CA.",
+)
+@click.option(
+    "--tls-cert",
+    envvar="TWOSTEP_COORDINATOR_CERT",
+    type=click.Path(dir_okay=False),
+    help="PEM client certificate (mutual TLS); an admin's needs no token. "
+    "Env: TWOSTEP_COORDINATOR_CERT.",
+)
+@click.option(
+    "--tls-key",
+    envvar="TWOSTEP_COORDINATOR_KEY",
+    type=click.Path(dir_okay=False),
+    help="PEM private key of --tls-cert. Env: TWOSTEP_COORDINATOR_KEY.",
+)
 @click.pass_context
-def cli(ctx: click.Context, coordinator: str, as_json: bool, **_token_options: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    coordinator: str,
+    as_json: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    **_token_options: str | None,
+) -> None:
     """See and end in-doubt twostep transactions, through the coordinator's Admin service.
 
     Every command needs the admin token: the first of --token, --token-file, --data-dir
     given, else the first of their environment variables set, else
-    ./twostep-data/admin-token.
+    ./twostep-data/admin-token; or, under mutual TLS, an admin's client certificate
+    (--tls-cert, --tls-key).
     """
-    ctx.obj = _Context(coordinator, _find_token(ctx), as_json)
+    try:
+        tls = ChannelConfig(*(Path(p) if p else None for p in (tls_ca, tls_cert, tls_key)))
+    except ValueError as exc:
+        raise click.UsageError(f"--tls-cert / --tls-key: {exc}") from None
+    ctx.obj = _Context(coordinator, _find_token(ctx), as_json, tls)
 
 
 @cli.command()

@@ -31,6 +31,7 @@ from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from . import _fork
+from ._channel import ChannelConfig
 from ._commit_batch import CommitBatch
 from ._errors import CoordinatorUnavailable
 
@@ -109,9 +110,12 @@ class Decided:
 
 
 class CoordinatorClient:
-    def __init__(self, address: str):
+    def __init__(self, address: str, config: ChannelConfig | None = None):
+        """`config`: TLS and the client token (default: none, plain text)."""
         self.address = address
-        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        config = config or ChannelConfig()
+        self._metadata = config.metadata()  # the client token, on every call
+        self._channel = config.open(address, options=_CHANNEL_OPTIONS)
         self._health = _health_pb2_grpc.HealthStub(self._channel)
         self._stub = _pb_grpc.CoordinatorStub(self._channel)
         self._commits = CommitBatch(self._send_commits)
@@ -141,7 +145,10 @@ class CoordinatorClient:
             asked = time.time()
             try:
                 reply = self._stub.Describe(
-                    _pb.DescribeRequest(), timeout=rpc_timeout, wait_for_ready=True
+                    _pb.DescribeRequest(),
+                    metadata=self._metadata,
+                    timeout=rpc_timeout,
+                    wait_for_ready=True,
                 )
             except grpc.RpcError as exc:
                 raise CoordinatorUnavailable(
@@ -211,7 +218,9 @@ class CoordinatorClient:
 
     def _send_commits(self, items: Sequence[_pb.CommitItem], timeout: float) -> _pb.CommitResponse:
         request = _pb.CommitRequest(transactions=list(items))
-        return self._stub.Commit(request, timeout=timeout, wait_for_ready=True)
+        return self._stub.Commit(
+            request, metadata=self._metadata, timeout=timeout, wait_for_ready=True
+        )
 
     # -- best effort, batched in the background ---------------------------------------------
 
@@ -245,9 +254,11 @@ class CoordinatorClient:
             aborts = [i for i in batch if isinstance(i, _pb.AbortItem)]
             try:
                 if aborts:
-                    self._stub.Abort(_pb.AbortRequest(transactions=aborts), timeout=5)
+                    request = _pb.AbortRequest(transactions=aborts)
+                    self._stub.Abort(request, metadata=self._metadata, timeout=5)
                 if acks:
-                    self._stub.Ack(_pb.AckRequest(transactions=acks), timeout=5)
+                    request = _pb.AckRequest(transactions=acks)
+                    self._stub.Ack(request, metadata=self._metadata, timeout=5)
             except grpc.RpcError as exc:
                 # Presumed abort and recovery make both messages redundant: drop, don't block.
                 log.info(
@@ -269,7 +280,7 @@ def _decided(decision: _pb.Decision) -> Decided | None:
     return None  # ACTIVE, UNSPECIFIED, unknown numbers: no decision
 
 
-_clients: dict[str, CoordinatorClient] = {}
+_clients: dict[tuple[str, ChannelConfig], CoordinatorClient] = {}
 _clients_lock = threading.Lock()  # guards _clients
 
 
@@ -281,10 +292,13 @@ def _forget_clients() -> None:
     _clients, _clients_lock = {}, threading.Lock()
 
 
-def client_for(address: str) -> CoordinatorClient:
-    """The process-wide client of one coordinator address (channels are costly to build)."""
+def client_for(address: str, config: ChannelConfig | None = None) -> CoordinatorClient:
+    """The process-wide client of one coordinator address and channel config (channels are
+    costly to build); `config` defaults to `ChannelConfig.from_env()`. `ConfigurationError`
+    if a TLS file cannot be read."""
+    key = (address, config or ChannelConfig.from_env())
     with _clients_lock:
-        client = _clients.get(address)
+        client = _clients.get(key)
         if client is None:
-            client = _clients[address] = CoordinatorClient(address)
+            client = _clients[key] = CoordinatorClient(*key)
         return client

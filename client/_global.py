@@ -41,6 +41,7 @@ import grpc
 
 from . import _fork
 from ._branches import Branch, end_reader, on_each, prepare, rollback_all
+from ._channel import ChannelConfig
 from ._connections import Connection, activate, current_scope
 from ._coordinator_client import (
     REFUSED_UNDECIDED,
@@ -79,8 +80,9 @@ _OUTCOME_PATIENCE = 10.0  # after the deadline, how long to keep asking for a lo
 class GlobalTransaction:
     """The state of one `global_transaction()` block; `gtrid` names it to the admin CLI."""
 
-    def __init__(self, coordinator: str, timeout: float):
+    def __init__(self, coordinator: str, timeout: float, channel: ChannelConfig | None = None):
         self.coordinator = coordinator
+        self.channel = channel  # TLS and the client token; None: from the environment
         self.timeout = check_timeout(timeout)
         self._pid = os.getpid()  # a forked child may not use or end it (_fork.check_owner)
         self._deadline = time.monotonic() + timeout
@@ -99,7 +101,7 @@ class GlobalTransaction:
         return self._gtrid
 
     def _client(self) -> CoordinatorClient:
-        return client_for(self.coordinator)
+        return client_for(self.coordinator, self.channel)
 
     def _remaining(self) -> float:
         return self._deadline - time.monotonic()
@@ -442,19 +444,22 @@ def _ms(seconds: float) -> int:
 
 @contextlib.contextmanager
 def global_transaction(
-    coordinator: str | None = None, timeout: float = 30.0
+    coordinator: str | None = None, timeout: float = 30.0, channel: ChannelConfig | None = None
 ) -> Iterator[GlobalTransaction]:
     """Run the block as one atomic transaction across every database it touches.
 
     `coordinator` defaults to $TWOSTEP_COORDINATOR or 127.0.0.1:50051; `timeout` (seconds)
     bounds the whole transaction and every lock wait in it (the coordinator may grant less:
-    its `max_timeout`). Nested blocks join the outer one (their arguments are ignored); an
+    its `max_timeout`); `channel` (TLS files, the client token) defaults to
+    `ChannelConfig.from_env()` (TWOSTEP_COORDINATOR_CA / _CERT / _KEY, TWOSTEP_CLIENT_TOKEN).
+    Nested blocks join the outer one (their arguments are ignored); an
     exception escaping a nested block dooms the outer one.
 
     Raises `TransactionAborted` (nothing committed), `CoordinatorUnavailable` (nothing
     committed), `OutcomeUnknown` (Commit sent, answer lost: look up `.gtrid`),
     `PhaseTwoIncomplete` (committed, some branches not yet), `HeuristicOutcome`,
-    `TwoPhaseNotSupported` (SQLite), `ValueError` for a bad timeout, and, for statements,
+    `TwoPhaseNotSupported` (SQLite), `ValueError` for a bad timeout, `ConfigurationError` for
+    an unreadable TLS or token file, and, for statements,
     `DatabaseError`, `StatementRefused`, `TransactionEnded` and `PoolTimeout` (every session
     of a connection busy: the block is rolled back, nothing of that statement was sent).
     """
@@ -469,7 +474,7 @@ def global_transaction(
     if outer is not None:
         raise TwostepError("global_transaction() cannot start inside a local Transaction")
     address = coordinator or os.environ.get("TWOSTEP_COORDINATOR") or DEFAULT_COORDINATOR
-    gtx = GlobalTransaction(address, timeout)
+    gtx = GlobalTransaction(address, timeout, channel)
     with activate(gtx):
         try:
             yield gtx

@@ -1,10 +1,9 @@
 """The Admin gRPC service: what is in doubt, and how an operator ends it (admin.proto).
 
-Every call needs `authorization: Bearer <admin token>` metadata; anything else is answered
-UNAUTHENTICATED before the request is looked at. The token comes from the settings
+Who may call it is `_callers`' business (the admin token, or a client certificate with an admin
+name; every call is in the audit trail). The admin token comes from the settings
 (`admin_token`, `admin_token_file`, env `TWOSTEP_ADMIN_TOKEN`); without one, a random token is
-generated at first start into `<data_dir>/admin-token` (mode 0600) and reused afterwards. It
-is compared in constant time (digests of equal length) and never logged.
+generated at first start into `<data_dir>/admin-token` (mode 0600) and reused afterwards.
 
 Handlers stay thin: the rules live in the decision log (`resolve`) and in recovery (scans,
 finishing branches); `_service._answering` turns `BadRequest` into INVALID_ARGUMENT and
@@ -14,16 +13,12 @@ holds no mutable state.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import hmac
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import grpc
 
@@ -35,6 +30,7 @@ from twostep.v1 import admin_pb2_grpc as _admin_pb_grpc
 from twostep.v1 import coordinator_pb2 as _pb
 
 from . import _inspect, _wire
+from ._callers import current_caller, read_token_file
 from ._config import ConfigError, Settings
 from ._registry import ResourceRegistry
 from ._service import _answering
@@ -53,9 +49,6 @@ ADMIN_TOKEN_FILE_NAME = "admin-token"
 UNREACHABLE_RESOURCE_KEY = "twostep-unreachable-resource"
 MAX_REPORTED_ACTIONS = 1000  # actions in one reply; the rest are counted in omitted_actions
 _PASS_WAIT_S = 60.0  # how long Recover / Resolve wait for a pass already running
-_MIN_TOKEN_CHARS = 16
-
-_Reply = TypeVar("_Reply")
 
 
 def _now_ms() -> int:
@@ -76,12 +69,12 @@ def load_admin_token(settings: Settings) -> tuple[str, Path | None]:
     if settings.admin_token_file is not None:
         path = settings.admin_token_file
         try:
-            return _read_token(path), path.resolve()
+            return read_token_file(path, "admin_token_file"), path.resolve()
         except FileNotFoundError:
             raise ConfigError(f"admin_token_file {path} does not exist") from None
     path = Path(settings.data_dir) / ADMIN_TOKEN_FILE_NAME
     try:
-        return _read_token(path), path.resolve()
+        return read_token_file(path, "admin_token_file"), path.resolve()
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +82,7 @@ def load_admin_token(settings: Settings) -> tuple[str, Path | None]:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process made it meanwhile: use that one
-        return _read_token(path), path.resolve()
+        return read_token_file(path, "admin_token_file"), path.resolve()
     try:
         os.write(fd, (token + "\n").encode())
         os.fsync(fd)
@@ -103,55 +96,6 @@ def load_admin_token(settings: Settings) -> tuple[str, Path | None]:
     return token, path.resolve()  # the start line names the file
 
 
-def _read_token(path: Path) -> str:
-    try:
-        text = path.read_text()
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError) as exc:
-        why = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError(f"cannot read the admin token file {path}: {why}") from None
-    token = text.strip()
-    if len(token) < _MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
-        raise ConfigError(
-            f"admin token file {path}: the token must be at least {_MIN_TOKEN_CHARS} printable "
-            "characters without spaces"
-        )
-    if mode & 0o077:
-        log.warning(
-            "the admin token file is readable by others; chmod 600 it",
-            extra={"admin_token_file": path, "mode": oct(mode & 0o777)},
-        )
-    return token
-
-
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
-
-
-def _authorized(
-    handler: Callable[[Any, Any, grpc.ServicerContext], _Reply],
-) -> Callable[[Any, Any, grpc.ServicerContext], _Reply]:
-    """Checks the admin token, then runs the handler with the usual error boundary."""
-    answering = _answering(handler)
-
-    @functools.wraps(handler)
-    def call(self: AdminServicer, request: Any, context: grpc.ServicerContext) -> _Reply:
-        if not self._token_matches(context):
-            log.warning(
-                "admin call refused: missing or wrong token",
-                extra={"rpc": handler.__name__, "peer": context.peer()},
-            )
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "Admin calls need the admin token as 'authorization: Bearer <token>' metadata",
-            )
-        return answering(self, request, context)
-
-    return call
-
-
 # -- the service -------------------------------------------------------------------------------
 
 
@@ -163,29 +107,16 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
         registry: ResourceRegistry,
         *,
         cluster_id: str,
-        token: str,
         clock: Callable[[], int] = _now_ms,
     ):
         self._log = decision_log
         self._recovery = recovery
         self._registry = registry
         self._cluster = cluster_id
-        self._token_digest = _digest(token)
         self._clock = clock
         self._view = TxnView(decision_log, recovery)
 
-    def _token_matches(self, context: grpc.ServicerContext) -> bool:
-        for key, value in context.invocation_metadata():
-            if key != "authorization" or not isinstance(value, str):
-                continue
-            scheme, _, presented = value.strip().partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(
-                _digest(presented.strip()), self._token_digest
-            ):
-                return True
-        return False
-
-    @_authorized
+    @_answering
     def Status(
         self, request: _admin_pb.StatusRequest, context: grpc.ServicerContext
     ) -> _admin_pb.StatusResponse:
@@ -213,7 +144,7 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
             recovery_counters=self._recovery.counters(),
         )
 
-    @_authorized
+    @_answering
     def ListTransactions(
         self, request: _admin_pb.AdminListRequest, context: grpc.ServicerContext
     ) -> _admin_pb.AdminListResponse:
@@ -225,7 +156,7 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
         listed = self._view.list(request.state, cutoff, limit)
         return _admin_pb.AdminListResponse(transactions=[_listed_to_pb(t) for t in listed])
 
-    @_authorized
+    @_answering
     def ShowTransaction(
         self, request: _admin_pb.ShowTransactionRequest, context: grpc.ServicerContext
     ) -> _admin_pb.TransactionDetail:
@@ -289,7 +220,7 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
         resource.connection.release(session)
         return "prepared" if prepared else "not prepared"
 
-    @_authorized
+    @_answering
     def ScanResource(
         self, request: _admin_pb.ScanResourceRequest, context: grpc.ServicerContext
     ) -> _admin_pb.ScanResourceResponse:
@@ -342,7 +273,7 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
             scanned.logged_state = _STATES[record.state]
         return scanned
 
-    @_authorized
+    @_answering
     def Recover(
         self, request: _admin_pb.RecoverRequest, context: grpc.ServicerContext
     ) -> _admin_pb.RecoveryReport:
@@ -356,12 +287,12 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
             )
         return _report_to_pb(report)
 
-    @_authorized
+    @_answering
     def Resolve(
         self, request: _admin_pb.ResolveRequest, context: grpc.ServicerContext
     ) -> _admin_pb.ResolveResponse:
         info = _wire.gtrid_of(request.gtrid, self._cluster)
-        who = context.peer()
+        who = f"{context.peer()} ({current_caller().name})"
         verb = "commit" if request.commit else "abort"
         reason = request.reason.strip()
         problem = ""

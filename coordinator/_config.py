@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from twostep.client import ConfigurationError as ClientConfigurationError
 from twostep.client import InvalidIdentifier
 from twostep.client.tpc import LOCAL_CLUSTER, validate_cluster_id
 
@@ -85,6 +86,20 @@ class Settings:
     #: `admin_token_file`, else a token generated into `data_dir/admin-token`.
     admin_token: str = field(default="", repr=False)
     admin_token_file: Path | None = None
+    #: TLS on the gRPC port: the server's certificate chain and key (PEM), both or neither.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: Set: mutual TLS, every caller presents a certificate signed by this CA (PEM).
+    tls_client_ca_file: Path | None = None
+    #: Client certificate names (subject CN or a SAN) that are admins (`_callers`).
+    tls_admin_names: tuple[str, ...] = ()
+    #: The token Coordinator calls may send instead of a client certificate (file key or
+    #: environment only); empty: see `client_token_file`.
+    client_token: str = field(default="", repr=False)
+    client_token_file: Path | None = None
+    #: Plain text or unauthenticated callers on a non-loopback address (`_callers`).
+    allow_insecure: bool = False
+    max_message_bytes: int = 16 * 1024 * 1024  # 1000 transactions of 64 branches fit
     resources: tuple[ResourceConfig, ...] = ()
 
 
@@ -172,14 +187,28 @@ def _boolean(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _token(value: Any) -> str:
-    # Never echo the value: the message names the rule only.
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("expected a non-empty string") from None
-    token = value.strip()
-    if len(token) < 16 or not token.isprintable() or any(c.isspace() for c in token):
-        raise ValueError("an admin token is at least 16 printable characters without spaces")
-    return token
+def _token(kind: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        # Never echo the value: the message names the rule only.
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("expected a non-empty string") from None
+        token = value.strip()
+        if len(token) < 16 or not token.isprintable() or any(c.isspace() for c in token):
+            raise ValueError(f"{kind} token is at least 16 printable characters without spaces")
+        return token
+
+    return parse
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A TOML list of strings, or one comma-separated string (environment, flag)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a list of names, or names separated by commas")
+    names = tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
+    if not names or any(not n.isprintable() for n in names):
+        raise ValueError("expected at least one name of printable characters")
+    return names
 
 
 def _bounded_int(low: int, high: int) -> Callable[[Any], int]:
@@ -353,7 +382,7 @@ _SETTINGS = (
         metavar="TOKEN",
         help="the token itself, as an alternative to admin_token_file; a file key or the "
         "environment only, never a flag (a flag shows in the process list)",
-        parse=_token,
+        parse=_token("an admin"),
     ),
     _Setting(
         name="admin_token_file",
@@ -366,6 +395,90 @@ _SETTINGS = (
         "never a flag) a token is generated at first start into DATA_DIR/admin-token "
         "(mode 0600) and the start line says where",
         parse=_path,
+    ),
+    _Setting(
+        name="tls_cert_file",
+        key="tls_cert_file",
+        flag="--tls-cert-file",
+        env="TWOSTEP_TLS_CERT_FILE",
+        metavar="FILE",
+        help="PEM certificate chain of the gRPC port: set with tls_key_file, the port speaks "
+        "TLS only; checked at start (unreadable, not PEM, or not the key's: exit 2)",
+        parse=_path,
+    ),
+    _Setting(
+        name="tls_key_file",
+        key="tls_key_file",
+        flag="--tls-key-file",
+        env="TWOSTEP_TLS_KEY_FILE",
+        metavar="FILE",
+        help="PEM private key of tls_cert_file (unencrypted; mode 0600)",
+        parse=_path,
+    ),
+    _Setting(
+        name="tls_client_ca_file",
+        key="tls_client_ca_file",
+        flag="--tls-client-ca-file",
+        env="TWOSTEP_TLS_CLIENT_CA_FILE",
+        metavar="FILE",
+        help="PEM CA certificate(s) of the callers: set, TLS is mutual, a caller without a "
+        "certificate signed by one of them is refused in the handshake, and every such "
+        "certificate may make Coordinator calls (needs tls_cert_file)",
+        parse=_path,
+    ),
+    _Setting(
+        name="tls_admin_names",
+        key="tls_admin_names",
+        flag="--tls-admin-names",
+        env="TWOSTEP_TLS_ADMIN_NAMES",
+        metavar="NAME,...",
+        help="client certificate names that are admins (Admin calls, ListTransactions): a "
+        "certificate from tls_client_ca_file whose subject common name or any subject "
+        "alternative name (DNS, URI, e-mail, IP) is one of these; a list in the file",
+        parse=_names,
+    ),
+    _Setting(
+        name="client_token",
+        key="client_token",
+        flag=None,
+        env="TWOSTEP_CLIENT_TOKEN",
+        metavar="TOKEN",
+        help="the token itself, as an alternative to client_token_file; a file key or the "
+        "environment only, never a flag",
+        parse=_token("a client"),
+    ),
+    _Setting(
+        name="client_token_file",
+        key="client_token_file",
+        flag="--client-token-file",
+        env="TWOSTEP_CLIENT_TOKEN_FILE",
+        metavar="FILE",
+        help="file holding the token that Coordinator calls (Begin, Commit, Abort, Ack, "
+        "GetTransaction, Describe) must send as 'authorization: Bearer TOKEN' unless they "
+        "present a client certificate (mutual TLS); unset, together with client_token and "
+        "tls_client_ca_file: every caller may make them (loopback or allow_insecure only)",
+        parse=_path,
+    ),
+    _Setting(
+        name="allow_insecure",
+        key="allow_insecure",
+        flag="--allow-insecure",
+        env="TWOSTEP_ALLOW_INSECURE",
+        metavar="true|false",
+        help="listen on a non-loopback address without TLS, or without caller credentials "
+        "(no client_token, no tls_client_ca_file); without it the coordinator refuses to "
+        "start so (exit 2), with it every start logs a warning",
+        parse=_boolean,
+    ),
+    _Setting(
+        name="max_message_bytes",
+        key="max_message_bytes",
+        flag="--max-message-bytes",
+        env="TWOSTEP_MAX_MESSAGE_BYTES",
+        metavar="BYTES",
+        help="largest request the gRPC port accepts; a larger one is answered "
+        "RESOURCE_EXHAUSTED unread",
+        parse=_bounded_int(1024, 1024 * 1024 * 1024),
     ),
 )
 
@@ -381,6 +494,14 @@ _DISPLAY_DEFAULTS = {
     "cluster_id": "DATA_DIR/cluster-id, generated",
     "admin_token": "unset (see admin_token_file)",
     "admin_token_file": "DATA_DIR/admin-token, generated",
+    "tls_cert_file": "unset (plain text)",
+    "tls_key_file": "unset",
+    "tls_client_ca_file": "unset (no client certificates)",
+    "tls_admin_names": "none",
+    "client_token": "unset (see client_token_file)",
+    "client_token_file": "unset",
+    "allow_insecure": "false",
+    "max_message_bytes": "16777216 (16 MiB)",
 }
 
 _DESCRIPTION = (
@@ -488,6 +609,8 @@ class _HealthCheck(argparse.Action):
         except grpc.RpcError as exc:
             code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
             parser.exit(1, f"{parser.prog}: health check of {address}: {code}\n")
+        except ClientConfigurationError as exc:
+            parser.exit(1, f"{parser.prog}: health check of {address}: {exc}\n")
         print(status)
         parser.exit(0 if status == "SERVING" else 1)
 
@@ -575,9 +698,10 @@ def load_settings(
         try:
             values[setting.name] = setting.parse(value)
         except (TypeError, ValueError) as exc:
-            shown = "(hidden)" if setting.name == "admin_token" else repr(value)
+            shown = "(hidden)" if setting.flag is None else repr(value)
             raise ConfigError(f"{source} = {shown}: {exc}") from None
     settings = Settings(**values, resources=resources)
+    _check_tls(settings)
     if settings.default_timeout_ms > settings.max_timeout_ms:
         raise ConfigError(
             f"default timeout ({settings.default_timeout_ms / 1000:g} s) is longer than the "
@@ -591,6 +715,16 @@ def load_settings(
             "pruned that early would answer a late duplicate Commit ABORTED"
         )
     return settings
+
+
+def _check_tls(settings: Settings) -> None:
+    """The TLS settings that only make sense together (the files are read by `_callers`)."""
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        raise ConfigError("tls_cert_file and tls_key_file are set together or not at all")
+    if settings.tls_client_ca_file is not None and settings.tls_cert_file is None:
+        raise ConfigError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+    if settings.tls_admin_names and settings.tls_client_ca_file is None:
+        raise ConfigError("tls_admin_names names client certificates: it needs tls_client_ca_file")
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], object | None]:

@@ -1,8 +1,10 @@
 """The coordinator's gRPC server: the Coordinator and Admin services, health, reflection.
 
 `CoordinatorServer(settings)` locks the data directory (`_datadir`), opens the decision log,
-settles the cluster id (the data directory's), loads or generates the admin token and builds
-the resource registry (no database is contacted yet); `start()` takes the cluster claim on
+settles the cluster id (the data directory's), loads or generates the admin token, reads the
+TLS files and the client token and checks who could reach it (`_callers`: `ConfigError` for
+a bad file or an exposed plain-text port), and builds the resource registry (no database is
+contacted yet); `start()` takes the cluster claim on
 every resource (`_claim`), binds the listen address, serves on a thread pool and starts the
 recovery loop (its first pass runs at once); `stop()` stops recovery, stops accepting, lets
 calls in flight finish, then writes what the log has queued, closes it and releases the
@@ -30,8 +32,9 @@ from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from ._admin import ADMIN_SERVICE_NAME, AdminServicer, load_admin_token
+from ._callers import CallerCheck, check_exposure, load_client_token, server_credentials
 from ._claim import ClusterClaims
-from ._config import Settings
+from ._config import ConfigError, Settings
 from ._datadir import DataDir
 from ._registry import ResourceRegistry
 from ._service import CoordinatorServicer
@@ -43,7 +46,6 @@ __all__ = ["SERVICE_NAME", "CoordinatorServer"]
 log = logging.getLogger("twostep.coordinator")
 
 SERVICE_NAME = _pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # twostep.v1.Coordinator
-_MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # 1000 transactions of 64 branches fit with room
 #: A claim session idle longer than this is ended by its database (so a coordinator whose host
 #: vanished does not keep its claim for hours); recovery passes keep it busy.
 _MIN_CLAIM_IDLE_TIMEOUT_S = 60
@@ -82,6 +84,15 @@ class CoordinatorServer:
             )
             self.settings = settings = replace(settings, cluster_id=cluster_id)
             self.admin_token, self.admin_token_file = load_admin_token(settings)
+            client_token = load_client_token(settings)
+            if client_token is not None and client_token == self.admin_token:
+                raise ConfigError("the client token must differ from the admin token")
+            self._credentials = server_credentials(settings)
+            mutual_tls = settings.tls_client_ca_file is not None
+            #: What is insecure about how it listens (logged as warnings at start).
+            self.exposure_warnings = check_exposure(
+                settings, callers_authenticated=client_token is not None or mutual_tls
+            )
             self.registry = ResourceRegistry(settings.resources)
             undo.pop_all()
         idle_timeout_s = max(_MIN_CLAIM_IDLE_TIMEOUT_S, 3 * settings.recovery_interval_ms // 1000)
@@ -103,10 +114,18 @@ class CoordinatorServer:
         self._health = _health.HealthServicer(experimental_non_blocking=True)
         self._server = grpc.server(
             ThreadPoolExecutor(settings.workers, thread_name_prefix="twostep-rpc"),
+            interceptors=[
+                CallerCheck(
+                    admin_token=self.admin_token,
+                    client_token=client_token,
+                    mutual_tls=mutual_tls,
+                    admin_names=settings.tls_admin_names,
+                )
+            ],
             options=[
                 # A second process on the same port must fail to start, not share the traffic.
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
             ],
         )
         servicer = CoordinatorServicer(
@@ -121,7 +140,6 @@ class CoordinatorServer:
             self.recovery,
             self.registry,
             cluster_id=settings.cluster_id,
-            token=self.admin_token,
             clock=clock,
         )
         _pb_grpc.add_CoordinatorServicer_to_server(servicer, self._server)
@@ -146,7 +164,10 @@ class CoordinatorServer:
             raise
         host, _, _ = self.settings.listen.rpartition(":")
         try:
-            port = self._server.add_insecure_port(self.settings.listen)
+            if self._credentials is None:
+                port = self._server.add_insecure_port(self.settings.listen)
+            else:
+                port = self._server.add_secure_port(self.settings.listen, self._credentials)
         except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
             port = 0
             error = exc
@@ -156,6 +177,8 @@ class CoordinatorServer:
             self._close()
             raise OSError(f"cannot listen on {self.settings.listen}: {error or 'bind failed'}")
         self.address = f"{host}:{port}"
+        for warning in self.exposure_warnings:
+            log.warning(warning, extra={"listen": self.address})
         self._server.start()
         for service in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             self._health.set(service, _health_pb2.HealthCheckResponse.SERVING)

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import grpc
 
+from twostep.client import ChannelConfig
 from twostep.v1 import admin_pb2 as _admin_pb
 from twostep.v1 import admin_pb2_grpc as _admin_grpc
 
@@ -30,11 +31,16 @@ class _Coordinator(Protocol):
 class Admin:
     """The coordinator's Admin service, with the token from its data dir."""
 
-    def __init__(self, coordinator: _Coordinator, token_file: Path | None = None):
+    def __init__(
+        self,
+        coordinator: _Coordinator,
+        token_file: Path | None = None,
+        channel: ChannelConfig | None = None,
+    ):
         token_path = token_file or coordinator.data_dir / "admin-token"
         token = token_path.read_text().strip()
         self._metadata = (("authorization", f"Bearer {token}"),)
-        self._channel = grpc.insecure_channel(coordinator.address)
+        self._channel: grpc.Channel = (channel or ChannelConfig()).open(coordinator.address)
         self._stub = _admin_grpc.AdminStub(self._channel)
 
     def recover(self, *, dry_run: bool = False, timeout: float = 30.0) -> _admin_pb.RecoveryReport:

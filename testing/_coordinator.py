@@ -2,7 +2,7 @@
 
     proc = CoordinatorProcess(tmp_path / "coord", failpoints="coordinator.after_decision_fsync")
     proc.start()                     # waits for the start line; picks a free port
-    channel = grpc.insecure_channel(proc.address)
+    channel = proc.channel.open(proc.address)  # plain text, or TLS when it was given one
     proc.wait_exit(10)               # e.g. after a failpoint killed it
     proc.restart(failpoints="")      # same data dir and port: the channel reconnects by itself
     proc.get(gtrid).state_name       # "COMMITTED" (a quick look through the process's own channel)
@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 
+from twostep.client import ChannelConfig
 from twostep.v1 import admin_pb2 as _admin_pb
 from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
@@ -83,13 +84,16 @@ class CoordinatorProcess:
         resources: Mapping[str, Mapping[str, Any]] | None = None,
         settings: Mapping[str, Any] | None = None,
         start_timeout: float = 20.0,
+        channel: ChannelConfig | None = None,
     ):
         """`env`: TWOSTEP_* variables; `failpoints`: TWOSTEP_FAILPOINTS (names, comma-separated,
         see twostep.client.tpc.failpoints); `args`: extra command-line flags; `resources`:
         participant databases by the names the application's connections use, each a client
         config (`pg_config`); `settings`: the config file's [coordinator] table (e.g.
         `{"recovery_grace_s": 0}`). `resources` and `settings` are written to a TOML file
-        beside the data dir (`<data_dir>.toml`) and passed with `--config`."""
+        beside the data dir (`<data_dir>.toml`) and passed with `--config`. `channel`: how
+        `get` and `admin` reach it when `settings` turn on TLS or caller credentials (the
+        CA, a client certificate, the client token)."""
         self.data_dir = Path(data_dir)
         #: TWOSTEP_* variables of the process (settings, failpoints). The test run's own
         #: TWOSTEP_* variables are not inherited, so a stray one cannot change a test.
@@ -103,6 +107,7 @@ class CoordinatorProcess:
             config.write_text(config_toml(settings or {}, resources or {}), encoding="utf-8")
             self.args += ["--config", str(config)]
         self.start_timeout = start_timeout
+        self.channel = channel or ChannelConfig()
         self.port: int | None = None  # chosen at the first start, kept by restarts
         self.start_line = ""
         self._proc: subprocess.Popen[bytes] | None = None
@@ -155,11 +160,13 @@ class CoordinatorProcess:
     def get(self, gtrid: str, timeout: float = 10.0) -> TransactionView | None:
         """GetTransaction (waiting for the process to be reachable); None when NOT_FOUND."""
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address)
+            self._channel = self.channel.open(self.address)
         stub = _pb_grpc.CoordinatorStub(self._channel)
         request = _pb.GetTransactionRequest(gtrid=gtrid)
         try:
-            t = stub.GetTransaction(request, timeout=timeout, wait_for_ready=True)
+            t = stub.GetTransaction(
+                request, metadata=self.channel.metadata(), timeout=timeout, wait_for_ready=True
+            )
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -190,7 +197,7 @@ class CoordinatorProcess:
 
     def admin(self) -> Admin:
         """A client of this process's Admin service (close it, or use it in a `with`)."""
-        return Admin(self)
+        return Admin(self, channel=self.channel)
 
     def recover(self, *, dry_run: bool = False) -> _admin_pb.RecoveryReport:
         """One recovery pass now (Admin.Recover); its report."""
@@ -411,7 +418,7 @@ def _toml_pairs(table: Mapping[str, Any]) -> list[str]:
 
 
 def _toml(value: Any) -> str:
-    """A TOML value: bool, int, float, str, or a mapping of them (an inline table)."""
+    """A TOML value: bool, int, float, str, or a list or a mapping of them (an inline table)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -422,4 +429,6 @@ def _toml(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, Mapping):
         return "{" + ", ".join(_toml_pairs(value)) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
     raise TypeError(f"cannot write {value!r} ({type(value).__name__}) to a coordinator config")

@@ -120,11 +120,18 @@ class Journal:
 class Worker:
     """One bank_worker.py process."""
 
-    def __init__(self, settings: dict[str, Any], failpoints: str, log_path: Path):
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        failpoints: str,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ):
+        """`env`: TWOSTEP_* variables of the process besides the failpoints (credentials)."""
         self.settings = settings
         self.failpoints = failpoints
         self.log_path = log_path
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TWOSTEP_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TWOSTEP_")} | (env or {})
         env["TWOSTEP_FAILPOINTS"] = failpoints
         with log_path.open("ab") as log:
             self._proc = subprocess.Popen(
@@ -264,8 +271,10 @@ class Bank:
         threads: int = 1,
         timeout: float = 5.0,
         seed: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> Worker:
-        """Start a client process that makes `transfers` transfers on each of `threads`."""
+        """Start a client process that makes `transfers` transfers on each of `threads`;
+        `env`: its TWOSTEP_* variables (e.g. TWOSTEP_CLIENT_TOKEN)."""
         number = len(self.workers)
         journal = self.directory / f"worker-{number}.journal"
         self._journals.append(journal)
@@ -281,7 +290,7 @@ class Bank:
             "tag": f"w{number}",
             "accounts": self.accounts,
         }
-        worker = Worker(settings, failpoints, self.directory / f"worker-{number}.log")
+        worker = Worker(settings, failpoints, self.directory / f"worker-{number}.log", env)
         self.workers.append(worker)
         return worker
 

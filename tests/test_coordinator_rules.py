@@ -79,7 +79,8 @@ class Coordinator:
 
     def list_gtrids(self, **filters: object) -> list[str]:
         request = pb.ListTransactionsRequest(**filters)
-        reply = self.stub.ListTransactions(request, timeout=RPC_TIMEOUT)
+        admin = (("authorization", f"Bearer {self.server.admin_token}"),)  # listing is for admins
+        reply = self.stub.ListTransactions(request, metadata=admin, timeout=RPC_TIMEOUT)
         return [t.gtrid for t in reply.transactions]
 
 

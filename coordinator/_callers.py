@@ -1,0 +1,400 @@
+"""Who may call what: TLS on the gRPC port, caller credentials, and the audit of admin calls.
+
+Three roles, each including the ones below it:
+- *admin*: sends the admin token (`authorization: Bearer <admin token>`), or presents a client
+  certificate (mutual TLS) whose subject common name or a subject alternative name is one of
+  `tls_admin_names`. May make every call.
+- *client*: sends the client token (`client_token` / `client_token_file`), or presents any
+  client certificate signed by `tls_client_ca_file` (the TLS handshake refuses the others).
+  When neither is configured every caller is a client, unauthenticated: the coordinator then
+  listens on loopback only, or with `allow_insecure` and a warning at every start.
+- *anonymous*: anyone else.
+
+The Coordinator service is for clients, but ListTransactions (it lists every transaction, the
+ACTIVE ones of other clients included) and the whole Admin service are for admins; health and
+reflection are open (a container's health check, tooling). `CallerCheck`, a server interceptor,
+applies this before any handler runs: a missing or unknown credential is answered
+UNAUTHENTICATED, a valid credential of too small a role PERMISSION_DENIED, and in both cases
+the handler never runs, so nothing changes. A token that was sent but is not one of ours is
+refused even when a certificate would do: a wrong credential is never ignored.
+
+Every call that needs the admin role is written to the audit trail, the log
+`twostep.coordinator.audit`, at INFO (allowed: the RPC, who by which credential, the peer, the
+status it ended with) or WARNING (refused); refused client calls are logged there too. Handlers
+see who is calling through `current_caller()` (e.g. Resolve keeps it in the decision's note).
+
+Tokens are compared in constant time (digests of equal length) and never logged.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import hashlib
+import hmac
+import ipaddress
+import logging
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from twostep.v1 import coordinator_pb2 as _pb
+
+from ._config import ConfigError, Settings
+
+__all__ = [
+    "Caller",
+    "CallerCheck",
+    "Role",
+    "check_exposure",
+    "current_caller",
+    "load_client_token",
+    "read_token_file",
+    "server_credentials",
+]
+
+audit = logging.getLogger("twostep.coordinator.audit")
+log = logging.getLogger("twostep.coordinator")
+
+_COORDINATOR = _pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
+_OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"})
+#: Coordinator methods only admins may call: ListTransactions shows other clients' gtrids.
+_ADMIN_ONLY = frozenset({f"/{_COORDINATOR}/ListTransactions"})
+MIN_TOKEN_CHARS = 16
+#: The auth-context properties that name a verified peer certificate (grpc core's names).
+_CERT_NAME_KEYS = (
+    "x509_common_name",
+    "x509_subject_alternative_name",
+    "peer_dns",
+    "peer_uri",
+    "peer_email",
+    "peer_ip",
+)
+
+
+class Role(enum.IntEnum):
+    ANONYMOUS = 0
+    CLIENT = 1
+    ADMIN = 2
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: their role, and how they proved it (for logs; never a secret)."""
+
+    role: Role
+    name: str  #: e.g. "admin token", "certificate CN=ops", "unauthenticated"
+    authenticated: bool  #: False for anonymous and for everyone in the open (dev) mode
+
+
+_UNKNOWN = Caller(Role.ANONYMOUS, "unknown", False)
+_current: contextvars.ContextVar[Caller] = contextvars.ContextVar("twostep_caller")
+
+
+def current_caller() -> Caller:
+    """The caller of the RPC being served on this thread (set by `CallerCheck`)."""
+    return _current.get(_UNKNOWN)
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+def read_token_file(path: Path, setting: str) -> str:
+    """The token in `path`, stripped. Raises `FileNotFoundError` if there is no such file and
+    `ConfigError` (naming `setting`) if it cannot be read or is not a usable token; warns when
+    others may read it."""
+    try:
+        text = path.read_text()
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"cannot read the {setting} {path}: {why}") from None
+    token = text.strip()
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigError(
+            f"{setting} {path}: the token must be at least {MIN_TOKEN_CHARS} printable "
+            "characters without spaces"
+        )
+    if mode & 0o077:
+        log.warning(
+            f"the {setting} is readable by others; chmod 600 it",
+            extra={setting: path, "mode": oct(mode & 0o777)},
+        )
+    return token
+
+
+def load_client_token(settings: Settings) -> str | None:
+    """The client token (`client_token`, else `client_token_file`), or None if unset.
+    Raises `ConfigError` for a missing or unusable file."""
+    if settings.client_token:
+        return settings.client_token
+    if settings.client_token_file is None:
+        return None
+    try:
+        return read_token_file(settings.client_token_file, "client_token_file")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"client_token_file {settings.client_token_file} does not exist"
+        ) from None
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The gRPC port's TLS credentials (None: plain text), mutual when `tls_client_ca_file` is
+    set. Reads and checks every file first: `ConfigError` naming the setting and the file if
+    one is missing, unreadable, not PEM, or the key is not the certificate's."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    cert = _read_pem(settings.tls_cert_file, "tls_cert_file")
+    key = _read_pem(settings.tls_key_file, "tls_key_file")
+    # grpc accepts any bytes here and fails only in each handshake: check with OpenSSL first.
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+            settings.tls_cert_file, settings.tls_key_file
+        )
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"tls_cert_file {settings.tls_cert_file} and tls_key_file {settings.tls_key_file}: "
+            f"not a certificate chain and its private key ({exc.reason or exc})"
+        ) from None
+    ca = None
+    if settings.tls_client_ca_file is not None:
+        ca = _read_pem(settings.tls_client_ca_file, "tls_client_ca_file")
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=ca.decode())
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(
+                f"tls_client_ca_file {settings.tls_client_ca_file}: not PEM CA certificates "
+                f"({getattr(exc, 'reason', None) or exc})"
+            ) from None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def _read_pem(path: Path, setting: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {setting} {path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{setting} {path} is not PEM (no '-----BEGIN' line)")
+    return data
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a HOST:PORT listen address is reachable from this host only."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve to any interface
+
+
+def check_exposure(settings: Settings, *, callers_authenticated: bool) -> list[str]:
+    """Warnings about who can reach the coordinator; `ConfigError` when it would listen on a
+    non-loopback address in plain text, or without caller credentials, and `allow_insecure`
+    is off."""
+    problems = []
+    if settings.tls_cert_file is None:
+        problems.append("without TLS (tokens and decisions cross the network in plain text)")
+    if not callers_authenticated:
+        problems.append(
+            "without caller credentials (no client_token, no tls_client_ca_file: anyone who "
+            "can reach the port may commit or abort any transaction)"
+        )
+    if not problems:
+        return []
+    if is_loopback(settings.listen):
+        if callers_authenticated:
+            return []
+        return [
+            "callers are not authenticated: any process on this host may commit or abort any "
+            "transaction (development mode; see the README's Security section)"
+        ]
+    if not settings.allow_insecure:
+        raise ConfigError(
+            f"refusing to listen on {settings.listen} {' and '.join(problems)}: set "
+            "tls_cert_file/tls_key_file and client_token or tls_client_ca_file (README, "
+            "'Security'), listen on a loopback address, or set allow_insecure = true"
+        )
+    return [f"INSECURE (allow_insecure): listening on {settings.listen} {' and '.join(problems)}"]
+
+
+# -- the check on every call -------------------------------------------------------------------
+
+
+class CallerCheck(grpc.ServerInterceptor):
+    """Identifies the caller of every RPC and refuses what their role may not call."""
+
+    def __init__(
+        self,
+        *,
+        admin_token: str,
+        client_token: str | None,
+        mutual_tls: bool,
+        admin_names: Sequence[str],
+    ):
+        self._admin_digest = _digest(admin_token)
+        self._client_digest = _digest(client_token) if client_token else None
+        self._mutual_tls = mutual_tls
+        self._admin_names = frozenset(admin_names)
+        #: No client credential configured: every caller is a client (loopback / insecure).
+        self._open = client_token is None and not mutual_tls
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        service = method.split("/")[1] if method.count("/") == 2 else ""
+        if handler is None or service in _OPEN_SERVICES:
+            return handler
+        # Default deny: anything but the Coordinator's client methods needs an admin.
+        client_call = service == _COORDINATOR and method not in _ADMIN_ONLY
+        needs = Role.CLIENT if client_call else Role.ADMIN
+        behavior = handler.unary_unary
+        if behavior is None:  # our services have unary methods only
+            return None
+        return grpc.unary_unary_rpc_method_handler(
+            self._checked(behavior, method.rpartition("/")[2], needs),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _checked(
+        self, behavior: Callable[[Any, grpc.ServicerContext], Any], rpc: str, needs: Role
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            caller = self.identify(context)
+            if caller.role < needs:
+                self._refuse(context, caller, rpc, needs)
+            token = _current.set(caller)
+            try:
+                reply = behavior(request, context)
+            except BaseException:
+                if needs is Role.ADMIN:
+                    self._audit(context, caller, rpc, failed=True)
+                raise
+            finally:
+                _current.reset(token)
+            if needs is Role.ADMIN:
+                self._audit(context, caller, rpc, failed=False)
+            return reply
+
+        return call
+
+    def identify(self, context: grpc.ServicerContext) -> Caller:
+        """The caller of this call, from its token and its verified certificate."""
+        by_token = self._token_role(context.invocation_metadata() or ())
+        if by_token is Role.ANONYMOUS:
+            return Caller(Role.ANONYMOUS, "wrong token", False)
+        by_cert, cert_name = self._cert_role(context)
+        if by_token is None and by_cert is None:
+            if self._open:
+                return Caller(Role.CLIENT, "unauthenticated", False)
+            return Caller(Role.ANONYMOUS, "no credentials", False)
+        token_role = by_token or Role.ANONYMOUS
+        cert_role = by_cert or Role.ANONYMOUS
+        if token_role >= cert_role:
+            return Caller(token_role, f"{token_role.name.lower()} token", True)
+        return Caller(cert_role, cert_name, True)
+
+    def _token_role(self, metadata: Sequence[tuple[str, Any]]) -> Role | None:
+        """The best role a sent token gives; None if none was sent, ANONYMOUS if every token
+        sent is wrong."""
+        sent = [v for k, v in metadata if k == "authorization"]
+        if not sent:
+            return None
+        best = Role.ANONYMOUS
+        for value in sent:
+            if not isinstance(value, str):
+                continue
+            scheme, _, presented = value.strip().partition(" ")
+            if scheme.lower() != "bearer":
+                continue
+            digest = _digest(presented.strip())
+            if hmac.compare_digest(digest, self._admin_digest):
+                best = Role.ADMIN
+            elif self._client_digest is not None and hmac.compare_digest(
+                digest, self._client_digest
+            ):
+                best = max(best, Role.CLIENT)
+        return best
+
+    def _cert_role(self, context: grpc.ServicerContext) -> tuple[Role | None, str]:
+        """The role a verified client certificate gives (None without one) and its name."""
+        if not self._mutual_tls:
+            return None, ""
+        properties = context.auth_context()
+        if properties.get("transport_security_type") != [b"ssl"]:
+            return None, ""
+        names = {
+            raw.decode(errors="replace")
+            for key in _CERT_NAME_KEYS
+            for raw in properties.get(key, ())
+        }
+        if not names:  # a handshake without a client certificate cannot succeed under mTLS
+            return None, ""
+        common = [v.decode(errors="replace") for v in properties.get("x509_common_name", ())]
+        shown = f"certificate CN={common[0]}" if common else f"certificate {sorted(names)[0]}"
+        return (Role.ADMIN if names & self._admin_names else Role.CLIENT), shown
+
+    def _refuse(self, context: grpc.ServicerContext, caller: Caller, rpc: str, needs: Role) -> None:
+        audit.warning(
+            "call refused",
+            extra={
+                "rpc": rpc,
+                "caller": caller.name,
+                "needs": needs.name.lower(),
+                "peer": context.peer(),
+            },
+        )
+        if caller.authenticated:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{rpc} is for admins: send the admin token as 'authorization: Bearer <token>' "
+                "or use a client certificate named in the coordinator's tls_admin_names",
+            )
+        if needs is Role.ADMIN:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "Admin calls need the admin token as 'authorization: Bearer <token>' metadata, "
+                "or a client certificate named in tls_admin_names"
+                + (
+                    " (the token sent is not the admin token)"
+                    if caller.name == "wrong token"
+                    else ""
+                ),
+            )
+        context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "this coordinator needs credentials: a client certificate (mutual TLS) or the "
+            "client token as 'authorization: Bearer <token>'"
+            + (" (the token sent is not one it accepts)" if caller.name == "wrong token" else ""),
+        )
+
+    @staticmethod
+    def _audit(context: grpc.ServicerContext, caller: Caller, rpc: str, *, failed: bool) -> None:
+        code = context.code()
+        status = code.name if isinstance(code, grpc.StatusCode) else ("ERROR" if failed else "OK")
+        audit.info(
+            "admin call",
+            extra={"rpc": rpc, "caller": caller.name, "peer": context.peer(), "status": status},
+        )
