@@ -1,0 +1,73 @@
+"""The tables the sync helpers keep their state in, as DDL per dialect, and the pieces of SQL
+and error codes that differ by dialect (`Connection.dialect.name`: postgresql, mysql, sqlite).
+
+Each helper creates its own table with `create_table()` (`CREATE TABLE IF NOT EXISTS`), or an
+application's migrations create it from `ddl()`; the helpers read and write it through an
+ActiveRecord model bound at run time (`Model.using(connection)`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from twostep.client import Connection, DatabaseError, get_connection
+
+__all__ = ["create_table", "ddl", "is_duplicate_key"]
+
+# Column types by dialect, for the shapes the helpers store: a short text key, JSON text, an
+# instant (aware datetime: timestamptz / TIMESTAMP(6) / TIMESTAMPTZ, README "Types"),
+# an auto-incremented 64-bit key.
+_TYPES: Mapping[str, Mapping[str, str]] = {
+    "postgresql": {
+        "key": "VARCHAR(191)",
+        "text": "TEXT",
+        "instant": "TIMESTAMPTZ(6)",
+        "serial": "BIGSERIAL PRIMARY KEY",
+        "engine": "",
+    },
+    "mysql": {
+        "key": "VARCHAR(191)",  # 191 characters of utf8mb4 fit InnoDB's 767-byte index prefix
+        "text": "LONGTEXT",
+        "instant": "TIMESTAMP(6) NULL",  # NULL: else MariaDB gives it a default and ON UPDATE
+        "serial": "BIGINT AUTO_INCREMENT PRIMARY KEY",
+        "engine": " ENGINE=InnoDB",
+    },
+    "sqlite": {
+        "key": "VARCHAR(191)",
+        "text": "TEXT",
+        "instant": "TIMESTAMPTZ",
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "engine": "",
+    },
+}
+
+# What each driver reports for a duplicate primary or unique key.
+_DUPLICATE_CODES = frozenset(
+    {"23505", "1062", "SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"}
+)
+
+
+def ddl(connection: Connection, table: str, columns: Mapping[str, str], extra: str = "") -> str:
+    """`CREATE TABLE IF NOT EXISTS` for `columns` (name -> a shape of `_TYPES` or a
+    `{shape}` template such as "{key} NOT NULL"), quoted for the connection's dialect.
+    `extra` is appended inside the parentheses (e.g. a unique key)."""
+    dialect = connection.dialect
+    types = _TYPES[dialect.name]
+    parts = [f"{dialect.quote(name)} {shape.format_map(types)}" for name, shape in columns.items()]
+    if extra:
+        parts.append(extra)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {dialect.quote_table(table)} ({', '.join(parts)})"
+        f"{types['engine']}"
+    )
+
+
+def create_table(connection: str, table: str, columns: Mapping[str, str], extra: str = "") -> None:
+    """Run `ddl()` on the named connection (outside any transaction: MariaDB refuses DDL in
+    an XA branch)."""
+    conn = get_connection(connection)
+    conn.execute(ddl(conn, table, columns, extra))
+
+
+def is_duplicate_key(error: DatabaseError) -> bool:
+    """The statement failed on a duplicate primary or unique key."""
+    return error.code in _DUPLICATE_CODES
