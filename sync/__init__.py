@@ -7,9 +7,27 @@ database in sync" says what each guarantees and what it does not):
   high-water mark, a batch at a time, with idempotent upserts; resumable after a crash.
 - `Mirrored`: real-time sync through hooks: a model's `save()` and `delete()` write its copy
   in another database inside the same `global_transaction()`.
+- `Outbox`, `OutboxRelay`, `Publisher`, `Event`: the transactional outbox: events written in
+  the source row's local transaction, relayed to a broker with confirms (at least once);
+  `apply_once` (with `ProcessedEvent`) applies each event id once on the consuming side.
+  `twostep.sync.rabbitmq` has the RabbitMQ publisher and consumer (needs pika: the
+  `rabbitmq` extra).
 """
 
 from ._batch import BatchSync, Position, SyncLog
+from ._events import Event, ProcessedEvent, apply_once
 from ._mirror import Mirrored
+from ._outbox import Outbox, OutboxRelay, Publisher
 
-__all__ = ["BatchSync", "Mirrored", "Position", "SyncLog"]
+__all__ = [
+    "BatchSync",
+    "Event",
+    "Mirrored",
+    "Outbox",
+    "OutboxRelay",
+    "Position",
+    "ProcessedEvent",
+    "Publisher",
+    "SyncLog",
+    "apply_once",
+]

@@ -27,7 +27,8 @@ _TYPES: Mapping[str, Mapping[str, str]] = {
     "mysql": {
         "key": "VARCHAR(191)",  # 191 characters of utf8mb4 fit InnoDB's 767-byte index prefix
         "text": "LONGTEXT",
-        "instant": "TIMESTAMP(6) NULL",  # NULL: else MariaDB gives it a default and ON UPDATE
+        # explicit_defaults_for_timestamp is on (MariaDB 10.10+, MySQL 8): no hidden default
+        "instant": "TIMESTAMP(6)",
         "serial": "BIGINT AUTO_INCREMENT PRIMARY KEY",
         "engine": " ENGINE=InnoDB",
     },
