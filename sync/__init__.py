@@ -12,22 +12,31 @@ database in sync" says what each guarantees and what it does not):
   `apply_once` (with `ProcessedEvent`) applies each event id once on the consuming side.
   `twostep.sync.rabbitmq` has the RabbitMQ publisher and consumer (needs pika: the
   `rabbitmq` extra).
+- `TaskQueue`, `TaskWorker`, `PendingTask`, `Task`, `Backoff`: pending tasks and
+  compensating actions: a task table, workers that claim with SKIP LOCKED, retries with
+  exponential backoff, `failed` after N attempts, visible to operators.
 """
 
 from ._batch import BatchSync, Position, SyncLog
 from ._events import Event, ProcessedEvent, apply_once
 from ._mirror import Mirrored
 from ._outbox import Outbox, OutboxRelay, Publisher
+from ._tasks import Backoff, PendingTask, Task, TaskQueue, TaskWorker
 
 __all__ = [
+    "Backoff",
     "BatchSync",
     "Event",
     "Mirrored",
     "Outbox",
     "OutboxRelay",
+    "PendingTask",
     "Position",
     "ProcessedEvent",
     "Publisher",
     "SyncLog",
+    "Task",
+    "TaskQueue",
+    "TaskWorker",
     "apply_once",
 ]

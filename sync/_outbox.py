@@ -64,6 +64,8 @@ class Outbox:
                 "created_at": "{instant} NOT NULL",
                 "published_at": "{instant} NULL",
             },
+            # What the relay looks for: the unpublished events, in seq order.
+            indexes={"outbox_events_unpublished": ("published_at", "seq")},
         )
 
     def add(self, topic: str, payload: Mapping[str, Any], *, event_id: str | None = None) -> Event:

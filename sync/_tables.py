@@ -1,9 +1,9 @@
 """The tables the sync helpers keep their state in, as DDL per dialect, and the pieces of SQL
 and error codes that differ by dialect (`Connection.dialect.name`: postgresql, mysql, sqlite).
 
-Each helper creates its own table with `create_table()` (`CREATE TABLE IF NOT EXISTS`), or an
-application's migrations create it from `ddl()`; the helpers read and write it through an
-ActiveRecord model bound at run time (`Model.using(connection)`)."""
+Each helper's `create_table()` creates its table (`CREATE TABLE IF NOT EXISTS`, and the index
+its polling query needs); the helpers read and write it through an ActiveRecord model bound at
+run time (`Model.using(connection)`)."""
 
 from __future__ import annotations
 
@@ -47,26 +47,37 @@ _DUPLICATE_CODES = frozenset(
 )
 
 
-def ddl(connection: Connection, table: str, columns: Mapping[str, str], extra: str = "") -> str:
-    """`CREATE TABLE IF NOT EXISTS` for `columns` (name -> a shape of `_TYPES` or a
-    `{shape}` template such as "{key} NOT NULL"), quoted for the connection's dialect.
-    `extra` is appended inside the parentheses (e.g. a unique key)."""
+def ddl(connection: Connection, table: str, columns: Mapping[str, str]) -> str:
+    """`CREATE TABLE IF NOT EXISTS` for `columns` (name -> SQL type, where `{key}`, `{text}`,
+    `{instant}` and `{serial}` stand for the dialect's), quoted for the connection's
+    dialect."""
     dialect = connection.dialect
     types = _TYPES[dialect.name]
     parts = [f"{dialect.quote(name)} {shape.format_map(types)}" for name, shape in columns.items()]
-    if extra:
-        parts.append(extra)
     return (
         f"CREATE TABLE IF NOT EXISTS {dialect.quote_table(table)} ({', '.join(parts)})"
         f"{types['engine']}"
     )
 
 
-def create_table(connection: str, table: str, columns: Mapping[str, str], extra: str = "") -> None:
-    """Run `ddl()` on the named connection (outside any transaction: MariaDB refuses DDL in
-    an XA branch)."""
+def create_table(
+    connection: str,
+    table: str,
+    columns: Mapping[str, str],
+    *,
+    indexes: Mapping[str, tuple[str, ...]] | None = None,
+) -> None:
+    """Run `ddl()` on the named connection, then `CREATE INDEX IF NOT EXISTS` for each of
+    `indexes` (name -> columns); outside any transaction (MariaDB refuses DDL in an XA
+    branch)."""
     conn = get_connection(connection)
-    conn.execute(ddl(conn, table, columns, extra))
+    conn.execute(ddl(conn, table, columns))
+    quote = conn.dialect.quote
+    for name, indexed in (indexes or {}).items():
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {conn.dialect.quote_table(table)}"
+            f" ({', '.join(map(quote, indexed))})"
+        )
 
 
 def is_duplicate_key(error: DatabaseError) -> bool:
