@@ -127,9 +127,9 @@ class RabbitMQConsumer(_Connected):
         handled. Ends when `stop` is set (checked at least every second) or, with `idle_s`,
         once no message came for that many seconds. An exception from `handle` propagates
         unacknowledged, after closing the connection, which returns the message (and those
-        prefetched) to the queue. A message
-        without a message_id or type, or whose body is not a JSON object, raises ValueError
-        (and goes back to the queue likewise)."""
+        prefetched) to the queue. A message that is not an outbox event (no message_id or
+        type, or a body that is not a JSON object) is rejected without requeue (dead-lettered
+        where the queue has a dead-letter exchange) and raises ValueError."""
         channel = self._open()
         handled = 0
         wait = 1.0 if idle_s is None else min(idle_s, 1.0)
@@ -144,12 +144,19 @@ class RabbitMQConsumer(_Connected):
                         break
                     continue
                 quiet = 0.0
-                if not properties.message_id or not properties.type:
+                try:
+                    if not properties.message_id or not properties.type:
+                        raise ValueError("it has no message_id or type")
+                    event = Event.from_body(properties.type, properties.message_id, body)
+                except (ValueError, TypeError) as exc:
+                    # Redelivering it would fail the same way for ever: reject it (to the
+                    # queue's dead-letter exchange, if it has one) and say so.
+                    channel.basic_nack(method.delivery_tag, requeue=False)
                     raise ValueError(
-                        f"message {method.delivery_tag} on {self.queue!r} has no message_id "
-                        "or type: not an outbox event"
-                    )
-                handle(Event.from_body(properties.type, properties.message_id, body))
+                        f"a message on {self.queue!r} is not an outbox event ({exc}); it was "
+                        "rejected without requeue"
+                    ) from exc
+                handle(event)
                 channel.basic_ack(method.delivery_tag)
                 handled += 1
         except BaseException:

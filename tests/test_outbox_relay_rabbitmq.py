@@ -179,3 +179,27 @@ def test_a_relay_killed_between_confirm_and_mark_loses_no_event_and_duplicates_a
     assert outcomes.count(False) == 5
     assert applied() == list(range(1, 31))  # every event once: none lost, none twice
     assert ProcessedEvent.using("analytics").count() == 30
+
+
+def test_a_failing_apply_leaves_its_event_on_the_queue_and_a_foreign_message_is_rejected(
+    configs: dict[str, dict[str, Any]], broker: str
+) -> None:
+    save_users(range(1, 3))
+    with RabbitMQPublisher(BROKER, broker) as publisher:
+        OutboxRelay(Outbox("users"), publisher).relay_all()
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("the analytics database is down")
+
+    with RabbitMQConsumer(BROKER, broker, prefetch=1) as consumer:
+        with pytest.raises(RuntimeError):
+            consumer.consume(broken, idle_s=0.5)
+    assert queued(broker) == 2  # nothing acknowledged
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER))
+    connection.channel().basic_publish(broker, "x", b"not json")  # no id, no type
+    connection.close()
+    with RabbitMQConsumer(BROKER, broker) as consumer:
+        with pytest.raises(ValueError, match="not an outbox event"):
+            consumer.consume(apply, idle_s=0.5)  # the two events first, then the foreign one
+    assert applied() == [1, 2]
+    assert queued(broker) == 0  # rejected, not redelivered for ever
