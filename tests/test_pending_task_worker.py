@@ -148,6 +148,9 @@ def test_a_worker_killed_mid_task_loses_its_claim_and_another_finishes_the_task_
     assert run.killed, run.describe()
     [task] = queue.tasks()
     assert (task.status, task.attempts) == ("running", 1)
+    # The child claimed by the real clock, some time after this one was made (a slow spawn
+    # under load took over a second): catch up, so that 31 s from here is past its claim.
+    clock.now = datetime.now(UTC)
     other = TaskWorker(queue, {"record": record_then_die}, name="other")
     assert other.run_once() is None  # the dead worker's claim still holds
     clock.advance(31)
