@@ -11,6 +11,7 @@ prometheus-client's own parser until recovery has seen it all, then checked valu
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -32,6 +33,15 @@ from test_recovery import (  # noqa: F401
 
 from twostep.client import get_connection, global_transaction
 from twostep.coordinator._metrics import EXPORTED, PREFIX
+from twostep.coordinator.log import (
+    LOG_FILE_NAME,
+    Ack,
+    Begun,
+    Proposal,
+    SqliteDecisionLog,
+    State,
+    sqlite_statements,
+)
 from twostep.testing import CoordinatorProcess
 from twostep.v1 import coordinator_pb2 as pb
 
@@ -197,3 +207,24 @@ def test_a_coordinator_serves_no_metrics_unless_asked(coordinator):
     assert "metrics=off" in coordinator.start_line
     with pytest.raises(RuntimeError, match="serves no metrics"):
         _ = coordinator.metrics_address
+
+
+def test_the_counts_each_pass_refreshes_read_only_the_logs_incomplete_rows(tmp_path):
+    log = SqliteDecisionLog(tmp_path)
+    try:
+        log.record_begun([Begun(f"g{i}", i, 10**13) for i in range(3)])
+        log.decide([Proposal("g0", commit=True, minted=False, fallback_deadline_ms=10**13)])
+        log.record_acks([Ack("g0")])
+        log.flush()
+        assert log.summary(incomplete_only=True) == {(State.ACTIVE, False): 2}
+        assert log.summary() == {(State.ACTIVE, False): 2, (State.COMMITTED, True): 1}
+    finally:
+        log.close()
+    db = sqlite3.connect(tmp_path / LOG_FILE_NAME)
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    sqlite_statements.summary(db, incomplete_only=True)
+    (query,) = statements
+    plan = " ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {query}"))
+    assert "USING INDEX global_transactions_incomplete" in plan, plan
+    db.close()
