@@ -404,7 +404,9 @@ class GlobalTransaction:
             branch.ended = True
             if isinstance(outcome, Exception):
                 log.error(
-                    "COMMIT PREPARED failed", extra={"xid": str(branch.xid)}, exc_info=outcome
+                    "COMMIT PREPARED failed",
+                    extra={"gtrid": gtrid, "xid": str(branch.xid)},
+                    exc_info=outcome,
                 )
                 release_session(branch, discard=True)  # closed: the coordinator can finish it
         pending = [

@@ -1,16 +1,17 @@
 """`twostep-coordinator` (also `python -m twostep.coordinator`): run the coordinator.
 
 Reads the settings (`--help`), starts the server, logs one INFO line naming the listen address,
-the decision log, the cluster id, the registered resources and the file that holds the admin
-token (`admin_token_file=`; `admin_token=configured` when it is set directly, never the token),
-and serves until SIGTERM or SIGINT; then stops recovery and accepting, lets calls in flight
-finish and closes the log. The last line, "coordinator stopped", counts the log's work since
-the start: `log_requests=` (writes queued), `log_items=` (rows), `log_batches=` (SQLite
-transactions committed), `log_fsyncs=` (those committed with an fsync: what the benchmark's
-fsyncs per decision divides), `log_failed_batches=`. Exit status 2: invalid settings (a
-configured cluster id the data directory does not hold included); 1: could not start
-(address in use, unusable data directory, another coordinator running on the data
-directory, or another live coordinator holding this cluster id's claim on a registered resource).
+the decision log, the cluster id, the registered resources, the file that holds the admin token
+(`admin_token_file=`; `admin_token=configured` when it is set directly, never the token) and the
+metrics endpoint (`metrics=HOST:PORT`, or `off`), and serves until SIGTERM or SIGINT; then stops
+recovery and accepting, lets calls in flight finish and closes the log. The last line,
+"coordinator stopped", counts the log's work since the start: `log_requests=` (writes queued),
+`log_items=` (rows), `log_batches=` (SQLite transactions committed), `log_fsyncs=` (those
+committed with an fsync: what the benchmark's fsyncs per decision divides),
+`log_failed_batches=`. Exit status 2: invalid settings (a configured cluster id the data
+directory does not hold included); 1: could not start (address in use, unusable data directory,
+another coordinator running on the data directory, or another live coordinator holding this
+cluster id's claim on a registered resource).
 
 `--health-check HOST:PORT` (the container's health check) and `--print-config-reference`
 (docs/config.md) do their one thing and exit without starting anything.
@@ -31,7 +32,7 @@ from twostep.client.tpc.failpoints import armed
 from ._claim import ClaimConflict
 from ._config import ConfigError, load_settings
 from ._datadir import DataDirInUse
-from ._logfmt import configure_logging
+from ._log_format import configure_logging
 from ._server import CoordinatorServer
 from .log import LogUnavailable
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"twostep-coordinator: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if armed():
         failpoints = ",".join(sorted(armed()))
         log.warning(
@@ -91,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "cluster": server.settings.cluster_id,
             "decision_log": server.log_path,
             "resources": ",".join(server.registry.names()) or "none",
+            "metrics": server.metrics_address or "off",
             **token_where,
         },
     )

@@ -77,6 +77,9 @@ class Settings:
     max_batch: int = 1000
     workers: int = 32
     log_level: str = "INFO"
+    log_format: str = "logfmt"
+    #: Empty: no metrics endpoint.
+    metrics_listen: str = ""
     recovery_interval_ms: int = 5_000
     recovery_grace_ms: int = 10_000
     kill_grace_ms: int = 30_000
@@ -135,6 +138,23 @@ def _listen(value: Any) -> str:
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
         raise ValueError("an IPv6 host goes in brackets, e.g. [::1]:50051")
     return text
+
+
+def _listen_or_off(value: Any) -> str:
+    """ "" or "off": off (returned as ""); else a `_listen` address."""
+    if isinstance(value, str) and value.strip().lower() in {"", "off"}:
+        return ""
+    return _listen(value)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value).lower()
+        if text not in choices:
+            raise ValueError(f"expected {' or '.join(choices)}")
+        return text
+
+    return parse
 
 
 def _cluster(value: Any) -> str:
@@ -320,8 +340,32 @@ _SETTINGS = (
         flag="--log-level",
         env="TWOSTEP_LOG_LEVEL",
         metavar="LEVEL",
-        help="DEBUG, INFO, WARNING or ERROR (logs are key=value lines on stderr)",
+        help="DEBUG, INFO, WARNING or ERROR (logs go to stderr, see log_format)",
         parse=_log_level,
+    ),
+    _Setting(
+        name="log_format",
+        key="log_format",
+        flag="--log-format",
+        env="TWOSTEP_LOG_FORMAT",
+        metavar="logfmt|json",
+        help="logfmt: one key=value line per record; json: one JSON object per line (keys "
+        "ts, level, logger, msg, then the record's own, e.g. gtrid on every line about a "
+        "transaction)",
+        parse=_choice("logfmt", "json"),
+    ),
+    _Setting(
+        name="metrics_listen",
+        key="metrics_listen",
+        flag="--metrics-listen",
+        env="TWOSTEP_METRICS_LISTEN",
+        metavar="HOST:PORT|off",
+        help="address of the Prometheus metrics endpoint (HTTP, GET /metrics; names in the "
+        "README, 'Metrics and logs'); port 0 picks a free port (the start line names it). Off "
+        "by default: a fixed port would keep a second coordinator on the host from starting, "
+        "and nobody gets an HTTP port they did not ask for (the container image turns it on "
+        "at 0.0.0.0:9464)",
+        parse=_listen_or_off,
     ),
     _Setting(
         name="recovery_interval_ms",
@@ -486,6 +530,7 @@ _DISPLAY_DEFAULTS = {
     "default_timeout_ms": "30",
     "max_timeout_ms": "300",
     "data_dir": "./twostep-data",
+    "metrics_listen": "off",
     "recovery_interval_ms": "5",
     "recovery_grace_ms": "10",
     "kill_grace_ms": "30",

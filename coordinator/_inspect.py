@@ -8,6 +8,10 @@ second copy of them. The queries here never finish a branch; they answer what th
     Every prepared xid the resource shows, foreign ones included, as the database shows it
     (for ScanResource), and on PostgreSQL each one's transaction id as a 64-bit xid8, the
     evidence `BranchOps.ended_as` needs later (for orphans, whose client never reported it).
+`pg_prepared_summary(resource, session)`
+    PostgreSQL: the server's prepared transactions as a whole, for the metrics: how many of
+    max_prepared_transactions are taken, and how old the oldest is, in seconds and in
+    transaction ids (a prepared transaction holds the vacuum horizon back until it ends).
 `session_holds_transaction(session, thread_id)` and `kill_session(session, thread_id)`
     (MySQL/MariaDB) A prepared branch attached to a live session cannot be finished from
     another one (XAER_NOTA while XA RECOVER lists it). The session the client reported is
@@ -25,8 +29,10 @@ from twostep.client.tpc import FORMAT_ID, Xid, translate_driver_errors
 from ._registry import Resource
 
 __all__ = [
+    "PgPrepared",
     "RawXid",
     "kill_session",
+    "pg_prepared_summary",
     "prepared_xids",
     "session_holds_transaction",
 ]
@@ -46,6 +52,35 @@ SELECT p.gid,
  WHERE p.database = current_database()
  ORDER BY p.prepared
 """
+
+# Server-wide, like max_prepared_transactions itself: every database's prepared transactions
+# take a slot, and pin the horizon. clock_timestamp(): now() would be the session's
+# transaction start. age(xid) counts from the next transaction id, as VACUUM does.
+_PG_PREPARED_SUMMARY = """
+SELECT current_setting('max_prepared_transactions')::int,
+       count(*),
+       COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(prepared)), 0)::float8,
+       COALESCE(max(age(transaction)), 0)
+  FROM pg_prepared_xacts
+"""
+
+
+@dataclass(frozen=True)
+class PgPrepared:
+    """PostgreSQL: the server's prepared transactions (every database, every user of two-phase
+    commit) as one query saw them."""
+
+    max_prepared: int  # max_prepared_transactions
+    prepared: int  # how many are prepared now
+    oldest_age_s: float  # since the oldest was prepared (pg_prepared_xacts.prepared); 0: none
+    oldest_xid_age: int  # age(transaction) of the oldest, in transaction ids; 0: none
+
+
+def pg_prepared_summary(resource: Resource, session: Any) -> PgPrepared:
+    """PostgreSQL only: the server's prepared transactions as a whole (`PgPrepared`)."""
+    with translate_driver_errors(resource.name):
+        max_prepared, prepared, age_s, xid_age = session.execute(_PG_PREPARED_SUMMARY).fetchone()
+    return PgPrepared(int(max_prepared), int(prepared), float(age_s), int(xid_age))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ every resource (`_claim`), binds the listen address, serves on a thread pool and
 recovery loop (its first pass runs at once); `stop()` stops recovery, stops accepting, lets
 calls in flight finish, then writes what the log has queued, closes it and releases the
 claims and the data directory; `log_counters()` says how many writes and fsyncs the log
-made. Used by `__main__` and, in-process, by the tests.
+made. `metrics` (`_metrics`) are refreshed by every recovery pass and served over HTTP on
+`metrics_listen` from `start()`. Used by `__main__` and, in-process, by the tests.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ from ._callers import CallerCheck, check_exposure, load_client_token, server_cre
 from ._claim import ClusterClaims
 from ._config import ConfigError, Settings
 from ._datadir import DataDir
+from ._metrics import Metrics
 from ._registry import ResourceRegistry
 from ._service import CoordinatorServicer
+from ._txn_view import TxnView
 from .log import DecisionLog, SqliteDecisionLog
-from .recovery import Recovery
+from .recovery import Recovery, Report
 
 __all__ = ["SERVICE_NAME", "CoordinatorServer"]
 
@@ -97,6 +100,7 @@ class CoordinatorServer:
             undo.pop_all()
         idle_timeout_s = max(_MIN_CLAIM_IDLE_TIMEOUT_S, 3 * settings.recovery_interval_ms // 1000)
         self.claims = ClusterClaims(self.registry, cluster_id, idle_timeout_s=idle_timeout_s)
+        self.metrics = Metrics()
         self.recovery = Recovery(
             self.decision_log,
             self.registry,
@@ -108,9 +112,12 @@ class CoordinatorServer:
             claims=self.claims,
             retention_ms=settings.retention_ms,
             clock=clock,
+            on_report=self._observe_pass,
         )
+        self._txn_view = TxnView(self.decision_log, self.recovery)
         self._run_recovery = run_recovery
         self.address = ""  # "host:port" once started, with the port actually bound
+        self.metrics_address = ""  # "host:port" of /metrics once started; "": off
         self._health = _health.HealthServicer(experimental_non_blocking=True)
         self._server = grpc.server(
             ThreadPoolExecutor(settings.workers, thread_name_prefix="twostep-rpc"),
@@ -134,6 +141,7 @@ class CoordinatorServer:
             default_timeout_ms=settings.default_timeout_ms,
             max_timeout_ms=settings.max_timeout_ms,
             clock=clock,
+            metrics=self.metrics,
         )
         admin = AdminServicer(
             self.decision_log,
@@ -159,6 +167,7 @@ class CoordinatorServer:
         `OSError` if it cannot bind; either way everything is closed again."""
         try:
             self.claims.claim_all()
+            self.metrics_address = self._serve_metrics()
         except BaseException:
             self._close()
             raise
@@ -194,7 +203,21 @@ class CoordinatorServer:
         self._server.stop(grace).wait()
         self._close()
 
+    def _serve_metrics(self) -> str:
+        listen = self.settings.metrics_listen
+        if not listen:
+            return ""
+        try:
+            return self.metrics.serve(listen)
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
+
+    def _observe_pass(self, report: Report) -> None:
+        """Recovery's `on_report`: the metrics of the pass, and the counts right after it."""
+        self.metrics.recovery_pass(report, self._txn_view.counts(incomplete_only=True))
+
     def _close(self) -> None:
+        self.metrics.close()
         self.decision_log.close()
         self.claims.close()
         self.registry.close()

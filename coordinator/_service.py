@@ -27,6 +27,7 @@ from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from . import _wire
+from ._metrics import Metrics
 from .log import Begun, DecisionLog, LogUnavailable
 
 __all__ = ["CoordinatorServicer"]
@@ -70,8 +71,10 @@ class CoordinatorServicer(_pb_grpc.CoordinatorServicer):
         default_timeout_ms: int,
         max_timeout_ms: int,
         clock: Callable[[], int] = _now_ms,
+        metrics: Metrics,
     ):
         self._log = decision_log
+        self._metrics = metrics
         self._cluster = cluster_id
         self._default_timeout_ms = default_timeout_ms
         self._max_timeout_ms = max_timeout_ms
@@ -108,13 +111,16 @@ class CoordinatorServicer(_pb_grpc.CoordinatorServicer):
     def Commit(
         self, request: _pb.CommitRequest, context: grpc.ServicerContext
     ) -> _pb.CommitResponse:
-        latest = self._clock() + self._max_timeout_ms + _MINTED_SLACK_MS
-        decisions = self._log.decide(_wire.commit_proposals(request, self._cluster, latest))
+        with self._metrics.commit_seconds.time():
+            latest = self._clock() + self._max_timeout_ms + _MINTED_SLACK_MS
+            decisions = self._log.decide(_wire.commit_proposals(request, self._cluster, latest))
+        self._metrics.decided(decisions)
         return _pb.CommitResponse(decisions=[_wire.decision_to_pb(d) for d in decisions])
 
     @_answering
     def Abort(self, request: _pb.AbortRequest, context: grpc.ServicerContext) -> _pb.AbortResponse:
         decisions = self._log.decide(_wire.abort_proposals(request, self._cluster))
+        self._metrics.decided(decisions)
         return _pb.AbortResponse(decisions=[_wire.decision_to_pb(d) for d in decisions])
 
     @_answering

@@ -12,7 +12,8 @@ process can finish what a crashed client left: `proc.settle()` runs recovery pas
 nothing of its cluster is prepared. `coordinator_processes(base_dir)` makes processes and
 stops every one at exit; the pytest plugin's `coordinator_factory` / `coordinator` fixtures
 are built on it. `atexit` kills any still alive when the interpreter ends. The process's
-stderr (logfmt lines) is kept in `output`, for failure messages.
+stderr (logfmt or JSON lines, as its `log_format` says) is kept in `output`, for failure
+messages.
 """
 
 from __future__ import annotations
@@ -49,9 +50,8 @@ __all__ = [
     "coordinator_processes",
 ]
 
-_START_LINE = re.compile(r'msg="coordinator started" .*\blisten=(?P<listen>\S+)')
-_LOG_PATH = re.compile(r'\bdecision_log=(?P<path>"(?:[^"\\]|\\.)*"|\S+)')
-_CLUSTER = re.compile(r"\bcluster=(?P<cluster>\S+)")
+_STARTED = "coordinator started"
+_LOGFMT_PAIR = re.compile(r'(?P<key>\w+)=(?P<value>"(?:[^"\\]|\\.)*"|\S*)')
 _FAILPOINTS = "TWOSTEP_FAILPOINTS"
 
 # Every process started here, for the atexit safety net (a test that forgot to stop one).
@@ -128,21 +128,27 @@ class CoordinatorProcess:
     @property
     def log_path(self) -> Path:
         """The decision log file, as the start line names it."""
-        match = _LOG_PATH.search(self.start_line)
-        if match is None:
-            raise RuntimeError(f"no decision_log= in the start line {self.start_line!r}")
-        value = match["path"]
-        if value.startswith('"'):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        return Path(value)
+        return Path(self._started_with("decision_log"))
 
     @property
     def cluster_id(self) -> str:
         """The cluster id the running (or last running) process named in its start line."""
-        match = _CLUSTER.search(self.start_line)
-        if match is None:
-            raise RuntimeError(f"no cluster= in the start line {self.start_line!r}")
-        return match["cluster"]
+        return self._started_with("cluster")
+
+    @property
+    def metrics_address(self) -> str:
+        """The `HOST:PORT` of its metrics endpoint (GET /metrics), as the start line names
+        it; `RuntimeError` if it serves none (`metrics_listen` is off by default)."""
+        address = self._started_with("metrics")
+        if address == "off":
+            raise RuntimeError("the coordinator serves no metrics: set metrics_listen")
+        return address
+
+    def _started_with(self, key: str) -> str:
+        fields = _start_fields(self.start_line)
+        if fields is None or key not in fields:
+            raise RuntimeError(f"no {key} in the start line {self.start_line!r}")
+        return fields[key]
 
     @property
     def output(self) -> str:
@@ -360,12 +366,30 @@ class CoordinatorProcess:
             line = raw.decode(errors="replace")
             with self._lines_lock:
                 self._lines.append(line)
-            match = _START_LINE.search(line)
-            if match and proc is self._proc:
-                self.port = int(match["listen"].rpartition(":")[2])
+            fields = _start_fields(line)
+            if fields is not None and proc is self._proc:
+                self.port = int(fields["listen"].rpartition(":")[2])
                 self.start_line = line.strip()
                 self._started.set()
         proc.stderr.close()
+
+
+def _start_fields(line: str) -> dict[str, str] | None:
+    """The keys and values of the start line (logfmt or JSON); None for another line."""
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None
+        fields = {key: str(value) for key, value in record.items()}
+    else:
+        fields = {
+            m["key"]: re.sub(r"\\(.)", r"\1", m["value"][1:-1])
+            if m["value"].startswith('"')
+            else m["value"]
+            for m in _LOGFMT_PAIR.finditer(line)
+        }
+    return fields if fields.get("msg") == _STARTED else None
 
 
 @atexit.register

@@ -7,7 +7,10 @@ its HEALTHCHECK command answers SERVING; compose.yaml is validated against the c
 specification's JSON schema (the copy check-jsonschema ships), the manifests against
 Kubernetes' (kubernetes-validate); and every file's ports, probes, data directory, secrets and
 settings are read through the coordinator's own config schema (`load_settings`,
-`describe_settings`), never a second copy of it.
+`describe_settings`), never a second copy of it. The Prometheus alert rules and the Grafana
+dashboard are parsed (YAML, JSON, every query as PromQL) and may name only metrics the
+coordinator exports (`_metrics.EXPORTED`, which tests/test_metrics.py checks against a real
+scrape) or Prometheus' own `up`.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
 from twostep.coordinator import CONFIG_ENV, ConfigError, Settings, describe_settings, load_settings
+from twostep.coordinator._metrics import EXPORTED
 from twostep.testing import config_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,11 +155,13 @@ def test_the_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_image_listens_on_every_interface_on_its_exposed_port_and_keeps_data_on_its_volume():
+def test_the_image_listens_on_every_interface_on_its_exposed_ports_and_keeps_data_on_its_volume():
     image = read_image()
     settings = load_settings(image.command[1:], environ=image.env)
-    assert host_of(settings.listen) in {"0.0.0.0", "[::]"}  # the container's loopback is private
-    assert image.exposed == [port_of(settings.listen)]
+    # The container's loopback is private: the gRPC port and the metrics endpoint face out.
+    assert host_of(settings.listen) in {"0.0.0.0", "[::]"}
+    assert host_of(settings.metrics_listen) in {"0.0.0.0", "[::]"}
+    assert image.exposed == [port_of(settings.listen), port_of(settings.metrics_listen)]
     assert str(settings.data_dir) in image.volumes
     assert image.workdir == str(settings.data_dir)
 
@@ -331,8 +338,8 @@ def test_compose_coordinator_port_volume_and_health_check_agree_with_its_setting
     compose, settings = compose_settings(tmp_path)
     service = compose["services"]["coordinator"]
     assert twostep_envs(service["environment"]) <= SETTING_ENVS
-    port = port_of(settings.listen)
-    assert [p.rpartition(":")[2] for p in service["ports"]] == [str(port)]
+    ports = [port_of(settings.listen), port_of(settings.metrics_listen)]
+    assert [p.rpartition(":")[2] for p in service["ports"]] == [str(p) for p in ports]
     mounts = dict(v.split(":", 1)[::-1] for v in service["volumes"])
     assert mounts[str(settings.data_dir)] in compose["volumes"]  # a named volume
     assert service["healthcheck"]["test"] == ["CMD", *read_image().healthcheck]
@@ -443,12 +450,18 @@ def test_the_single_replicas_port_probes_and_service_agree_with_its_settings(tmp
     container = pod["container"]
     assert twostep_envs({e["name"]: e["value"] for e in container["env"]}) <= SETTING_ENVS
     port = port_of(settings.listen)
-    (grpc_port,) = container["ports"]
-    assert grpc_port["containerPort"] == port
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container_ports == {"grpc": port, "metrics": port_of(settings.metrics_listen)}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == port
-    (service_port,) = manifests["Service"]["spec"]["ports"]
-    assert service_port["targetPort"] in (grpc_port["name"], port)
+    service_ports = {p["name"]: p for p in manifests["Service"]["spec"]["ports"]}
+    assert set(service_ports) == set(container_ports)
+    for name, service_port in service_ports.items():
+        assert service_port["targetPort"] in (name, container_ports[name])
+    annotations = manifests["StatefulSet"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(container_ports["metrics"])
+    assert annotations["prometheus.io/path"] == "/metrics"
     assert manifests["Service"]["spec"]["clusterIP"] == "None"  # headless
     assert (
         manifests["StatefulSet"]["spec"]["serviceName"] == manifests["Service"]["metadata"]["name"]
@@ -478,3 +491,94 @@ def test_the_single_replica_runs_as_the_images_non_root_user(tmp_path: Path):
     assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid))
     assert context["fsGroup"] == int(gid)  # the volume is writable by the image's group
     assert pod["container"]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+# -- Prometheus alert rules and the Grafana dashboard -------------------------------------------
+
+#: What Prometheus itself adds to every scrape target (not the coordinator's to export).
+PROMETHEUS_OWN = {"up"}
+#: Grafana's interval variable, which PromQL does not know: any valid duration stands for it.
+GRAFANA_RATE_INTERVAL = "$__rate_interval"
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names an expression selects; `ValueError` if it is not valid PromQL."""
+    names: set[str] = set()
+    nodes: list[Any] = [promql_parser.parse(expr.replace(GRAFANA_RATE_INTERVAL, "5m"))]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, promql_parser.VectorSelector):
+            matchers = node.matchers.matchers
+            names |= (
+                {node.name} if node.name else {m.value for m in matchers if m.name == "__name__"}
+            )
+        for child in ("lhs", "rhs", "expr", "param", "vector_selector"):
+            if getattr(node, child, None) is not None:
+                nodes.append(getattr(node, child))
+        nodes.extend(getattr(node, "args", None) or [])
+    return names
+
+
+def test_metric_names_are_read_from_a_parsed_expression_and_bad_promql_is_refused():
+    expr = 'sum by (le) (rate(twostep_commit_seconds_bucket{job="x"}[5m])) / on() up'
+    assert metric_names(expr) == {"twostep_commit_seconds_bucket", "up"}
+    assert metric_names("time() - max(twostep_recovery_last_pass_timestamp_seconds)") == {
+        "twostep_recovery_last_pass_timestamp_seconds"
+    }
+    with pytest.raises(ValueError):
+        metric_names("sum(rate(twostep_decisions_total[5m])")
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    (document,) = read_yaml_documents(DEPLOY / "prometheus" / "alerts.yaml")
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def test_the_alert_rules_are_well_formed_and_use_only_exported_metrics():
+    (document,) = read_yaml_documents(DEPLOY / "prometheus" / "alerts.yaml")
+    assert [set(group) for group in document["groups"]] == [{"name", "rules"}]
+    rules = alert_rules()
+    names = [rule["alert"] for rule in rules]
+    assert len(set(names)) == len(names)
+    used: set[str] = set()
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert re.fullmatch(r"Twostep[A-Z][A-Za-z]+", rule["alert"])
+        assert re.fullmatch(r"\d+[smh]", rule.get("for", "0s")), rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        used |= metric_names(rule["expr"])
+    assert used - PROMETHEUS_OWN <= EXPORTED, used - PROMETHEUS_OWN - EXPORTED
+
+
+def test_alert_rules_cover_in_doubt_old_branches_pg_headroom_heuristics_and_a_down_coordinator():
+    by_metric: dict[str, list[str]] = {}
+    for rule in alert_rules():
+        for name in metric_names(rule["expr"]):
+            by_metric.setdefault(name, []).append(rule["alert"])
+    for needed in (
+        "up",
+        "twostep_in_doubt_transactions",
+        "twostep_oldest_prepared_branch_age_seconds",
+        "twostep_pg_prepared_transactions_headroom",
+        "twostep_pg_oldest_prepared_xid_age",
+        "twostep_heuristic_outcomes_total",
+    ):
+        assert needed in by_metric, needed
+
+
+def test_the_grafana_dashboard_is_json_whose_queries_use_only_exported_metrics():
+    dashboard = json.loads((DEPLOY / "grafana" / "twostep-dashboard.json").read_text("utf-8"))
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    used: set[str] = set()
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used |= metric_names(target["expr"])
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            used |= set(re.findall(r"label_values\((\w+)", variable["query"]))
+    assert used - PROMETHEUS_OWN <= EXPORTED, used - PROMETHEUS_OWN - EXPORTED
+    # Every metric the coordinator exports is on the dashboard (a histogram by its buckets).
+    assert {n for n in EXPORTED if not n.endswith(("_sum", "_count"))} <= used

@@ -99,7 +99,12 @@ def finish_prepared(
             log.log(
                 logging.DEBUG if quiet else logging.ERROR,
                 "branch left prepared",
-                extra={"xid": str(branch.xid), "commit": commit, "why": why},
+                extra={
+                    "gtrid": branch.xid.gtrid,
+                    "xid": str(branch.xid),
+                    "commit": commit,
+                    "why": why,
+                },
             )
             release_session(branch, discard=True)
             return Ended.STILL_PREPARED

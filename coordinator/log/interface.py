@@ -161,11 +161,13 @@ class Proposal:
 
 @dataclass(frozen=True)
 class Decision:
-    """The decision in force for a gtrid after a `Proposal`: never ACTIVE."""
+    """The decision in force for a gtrid after a `Proposal`: never ACTIVE. `taken`: this call
+    took it (False: an earlier one had, e.g. a duplicate Commit), so each is counted once."""
 
     gtrid: str
     state: State
     reason: str
+    taken: bool
 
 
 @dataclass(frozen=True)
@@ -287,8 +289,10 @@ class DecisionLog(Protocol):
         """The notes about `gtrid`, oldest first."""
         ...
 
-    def summary(self) -> dict[tuple[State, bool], int]:
-        """How many transactions there are per (state, completed)."""
+    def summary(self, *, incomplete_only: bool = False) -> dict[tuple[State, bool], int]:
+        """How many transactions there are per (state, completed); `incomplete_only`: only
+        those whose phase 2 is not acknowledged (cheap: what is in flight or in doubt, not
+        every finished row kept for `retention`)."""
         ...
 
     def newest_gtrid(self) -> str | None:

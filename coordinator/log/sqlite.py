@@ -185,9 +185,9 @@ class SqliteDecisionLog:
         (deleted,) = self._wait(_Request(prune=(completed_before_ms, limit), done=Future()))
         return deleted  # type: ignore[no-any-return]
 
-    def summary(self) -> dict[tuple[State, bool], int]:
+    def summary(self, *, incomplete_only: bool = False) -> dict[tuple[State, bool], int]:
         with self._reader() as db:
-            return sql.summary(db)
+            return sql.summary(db, incomplete_only=incomplete_only)
 
     def _wait(self, request: _Request) -> list[Any]:
         assert request.done is not None

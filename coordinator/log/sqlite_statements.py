@@ -207,10 +207,11 @@ def decide(db: sqlite3.Connection, proposal: Proposal, now: int) -> Decision:
     else:
         params.update(reason=proposal.reason or interface.ABORTED_BY_CLIENT)
         rows = db.execute(_DECIDE_ABORT, params).fetchall()
-    if not rows:  # decided before: that decision stands
+    taken = bool(rows)
+    if not taken:  # decided before: that decision stands
         rows = db.execute(_DECISION_OF, (proposal.gtrid,)).fetchall()
     ((state, reason),) = rows
-    return Decision(proposal.gtrid, State(state), reason)
+    return Decision(proposal.gtrid, State(state), reason, taken)
 
 
 def resolve(db: sqlite3.Connection, resolution: Resolution, now: int) -> Resolved:
@@ -238,10 +239,10 @@ def resolve(db: sqlite3.Connection, resolution: Resolution, now: int) -> Resolve
     if refusal:
         decision = None
         if previous is not None and previous is not State.ACTIVE:
-            decision = Decision(r.gtrid, previous, row[1])
+            decision = Decision(r.gtrid, previous, row[1], taken=False)
     elif previous is wanted:
         db.execute("UPDATE global_transactions SET completed_ms = NULL WHERE gtrid = ?", (r.gtrid,))
-        decision = Decision(r.gtrid, wanted, row[1])
+        decision = Decision(r.gtrid, wanted, row[1], taken=False)
     else:
         reason = f"{interface.RESOLVED_BY_OPERATOR}: {r.reason}"
         stored = _branches(row[2]) if row else []
@@ -262,7 +263,7 @@ def resolve(db: sqlite3.Connection, resolution: Resolution, now: int) -> Resolve
                 "branches": _branches_json(merged),
             },
         )
-        decision = Decision(r.gtrid, wanted, reason)
+        decision = Decision(r.gtrid, wanted, reason, taken=True)
 
     verb = "commit" if r.commit else "abort"
     was = previous.value if previous else "unknown"
@@ -369,9 +370,17 @@ def newest_gtrid(db: sqlite3.Connection) -> str | None:
     return row[0] if row else None
 
 
-def summary(db: sqlite3.Connection) -> dict[tuple[State, bool], int]:
+def summary(db: sqlite3.Connection, *, incomplete_only: bool) -> dict[tuple[State, bool], int]:
+    # Incomplete only: the partial index of incomplete rows is all that is read (left to
+    # itself, the planner walks the whole table through the state index, for the GROUP BY).
+    where = (
+        " INDEXED BY global_transactions_incomplete WHERE completed_ms IS NULL"
+        if incomplete_only
+        else ""
+    )
     rows = db.execute(
-        "SELECT state, completed_ms IS NOT NULL, COUNT(*) FROM global_transactions GROUP BY 1, 2"
+        "SELECT state, completed_ms IS NOT NULL, COUNT(*) FROM global_transactions"
+        f"{where} GROUP BY 1, 2"
     ).fetchall()
     return {(State(state), bool(completed)): count for state, completed, count in rows}
 

@@ -12,6 +12,15 @@ One pass is scan, plan, act, report (docs/design.md, invariants 3 and 4):
 
 from .loop import Recovery
 from .plan import RECOVERY_ABORT_REASON
-from .report import Action, Report, ResourceState
+from .report import Action, Report, ResourceState, Scanned
+from .retention import EXPIRED_REASON
 
-__all__ = ["RECOVERY_ABORT_REASON", "Action", "Recovery", "Report", "ResourceState"]
+__all__ = [
+    "EXPIRED_REASON",
+    "RECOVERY_ABORT_REASON",
+    "Action",
+    "Recovery",
+    "Report",
+    "ResourceState",
+    "Scanned",
+]

@@ -168,6 +168,8 @@ class Actor:
                 report.actions.append(Action(decision.gtrid, "", DECIDE_ABORT, result))
                 continue
             self._status.count("decided_abort")
+            if decision.taken:
+                report.decisions.append(decision)
             action = Action(decision.gtrid, "", DECIDE_ABORT, DONE)
             self._line(action)
             report.actions.append(action)

@@ -11,7 +11,8 @@ without acting; Admin.Resolve settles one gtrid). One pass:
 3. Act (`act`): decide the orphans' ABORT, finish the branches, KILL a live MariaDB session
    that holds a branch past its deadline + kill grace, mark finished transactions completed.
 4. Keep the log bounded (`retention`): expire abandoned active transactions, prune old ones.
-5. Report (`report`): the pass's `Report`, counters, the resources' state, the log lines.
+5. Report (`report`): the pass's `Report`, counters, the resources' state, the log lines;
+   and `on_report` (the metrics) gets every report of a pass that acted.
 
 Nothing is ever dropped: a branch on an unregistered resource is reported blocked ("unknown
 resource") on every pass; errors are retried with backoff (doubling from the interval, at
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from .._claim import ClusterClaims
 from .._registry import Resource, ResourceRegistry
-from ..log import BranchRecord, DecisionLog, LogUnavailable
+from ..log import BranchRecord, Decision, DecisionLog, LogUnavailable, State
 from . import retention
 from .act import WORKERS_PER_RESOURCE, Actor
 from .memory import PassMemory
@@ -49,6 +50,7 @@ from .report import (
     ActionLog,
     Report,
     ResourceState,
+    Scanned,
     Status,
     log,
 )
@@ -80,8 +82,12 @@ class Recovery:
         retention_ms: int,
         clock: Callable[[], int] = _now_ms,
         workers_per_resource: int = WORKERS_PER_RESOURCE,
+        on_report: Callable[[Report], None] = lambda report: None,
     ):
+        """`on_report` is called with the report of every pass that acted (a dry run does
+        not; settling one gtrid does), after the pass."""
         self._log = decision_log
+        self._on_report = on_report
         self._registry = registry
         self._retention_ms = retention_ms
         self._cluster = cluster_id
@@ -189,6 +195,7 @@ class Recovery:
             self._pass_lock.release()
         if not dry_run:
             self._status.pass_done(report)
+            self._on_report(report)
         return report
 
     def settle(self, gtrid: str, wait: float | None = None) -> Report:
@@ -196,9 +203,11 @@ class Recovery:
         if not self._pass_lock.acquire(timeout=-1 if wait is None else wait):
             raise TimeoutError("a recovery pass is running")
         try:
-            return self._pass(dry_run=False, eager=True, only=gtrid)
+            report = self._pass(dry_run=False, eager=True, only=gtrid)
         finally:
             self._pass_lock.release()
+        self._on_report(report)
+        return report
 
     def find_branches(self, gtrid: str) -> tuple[list[BranchRecord], list[str]]:
         """The branches of `gtrid` listed prepared on registered resources; and scan errors."""
@@ -254,7 +263,7 @@ class Recovery:
         due, skipped = resources_due(self._registry.names(), self._memory.backoff, now, eager)
         report.errors += skipped
         resources = [r for r in self._registry if r.name in due]
-        listings, failed = self._scanner.scan(resources)
+        listings, failed, summaries = self._scanner.scan(resources)
         for resource in resources:
             name = resource.name
             if name in failed:
@@ -262,6 +271,7 @@ class Recovery:
                 report.errors.append(f"{name}: {why}")
                 report.actions.append(Action("", name, SCAN, f"failed: {why}"))
                 if remember:
+                    report.scans[name] = Scanned(name, reachable=False)
                     failures = self._memory.fail(name, now, self._interval_ms)
                     self._status.count("scan_errors")
                     self._set_state(resource, False, 0, why, now)
@@ -270,9 +280,12 @@ class Recovery:
                         extra={"resource": name, "failures": failures, "error": why},
                     )
             elif remember:
+                xids = listings[name].xids
                 self._memory.succeeded(name)
-                self._set_state(resource, True, len(listings[name].xids), "", now)
+                self._set_state(resource, True, len(xids), "", now)
                 self._memory.remember_txids(name, listings[name].pg_txids)
+                oldest = self._memory.listed(name, xids, now)
+                report.scans[name] = Scanned(name, True, len(xids), oldest, summaries.get(name))
         return listings
 
     def _set_state(
@@ -295,6 +308,8 @@ class Recovery:
                 self._lines.action(gtrid, "", EXPIRE, result)
             if result == DONE:
                 self._status.count("expired")
+                decision = Decision(gtrid, State.ABORTED, retention.EXPIRED_REASON, taken=True)
+                report.decisions.append(decision)
         if dry_run:
             return
         try:

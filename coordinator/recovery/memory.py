@@ -12,6 +12,9 @@
     PostgreSQL: the transaction id (xid8) of each branch a scan listed prepared, as
     (resource, xid) -> xid8, so that once the branch is gone its database can say how it
     ended (a heuristic outcome if not the decided way). At most `MAX_EVIDENCE`, oldest first out.
+`first_seen`
+    When a scan first listed each xid of this cluster still prepared on each resource (the
+    metrics' oldest prepared branch age); an xid no longer listed is forgotten.
 
 One `PassMemory` per `Recovery`, read and changed only under its pass lock (`loop`). Nothing
 here is durable, and nothing needs to be: after a restart, an orphan waits one more scan,
@@ -52,6 +55,7 @@ class PassMemory:
     suspects: frozenset[tuple[str, Xid]] = frozenset()
     backoff: dict[str, Backoff] = field(default_factory=dict)
     evidence: dict[tuple[str, Xid], int] = field(default_factory=dict)
+    first_seen: dict[str, dict[Xid, int]] = field(default_factory=dict)
 
     def fail(self, key: str, now_ms: int, interval_ms: int) -> int:
         """One more failure of `key`: back off; how many failures in a row now."""
@@ -78,6 +82,14 @@ class PassMemory:
             self.evidence[(resource, xid)] = txid
         while len(self.evidence) > MAX_EVIDENCE:
             del self.evidence[next(iter(self.evidence))]
+
+    def listed(self, resource: str, xids: Collection[Xid], now_ms: int) -> int | None:
+        """A scan of `resource` at `now_ms` listed `xids`: when the oldest of them was first
+        listed (None: `xids` is empty)."""
+        before = self.first_seen.get(resource, {})
+        seen = {xid: before.get(xid, now_ms) for xid in xids}
+        self.first_seen[resource] = seen
+        return min(seen.values(), default=None)
 
     def forget_txid(self, resource: str, xid: Xid) -> None:
         self.evidence.pop((resource, xid), None)

@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..log import BranchRecord
+from .._inspect import PgPrepared
+from ..log import BranchRecord, Decision
 
 __all__ = [
     "COMMIT",
@@ -34,6 +35,7 @@ __all__ = [
     "ActionLog",
     "Report",
     "ResourceState",
+    "Scanned",
     "Status",
     "iso",
     "log",
@@ -72,6 +74,19 @@ class Action:
     result: str  # done, planned, failed: why, blocked: why, heuristic: why, waiting: why
 
 
+@dataclass(frozen=True)
+class Scanned:
+    """What one scan of a resource measured (the metrics read it). `prepared`: this cluster's
+    branches listed; `oldest_seen_ms`: when this process's scans first listed the oldest of
+    them (None: none listed); `pg`: PostgreSQL, the server's prepared transactions."""
+
+    resource: str
+    reachable: bool
+    prepared: int = 0
+    oldest_seen_ms: int | None = None
+    pg: PgPrepared | None = None
+
+
 @dataclass
 class Report:
     """What one pass did; times are unix epoch milliseconds."""
@@ -83,6 +98,10 @@ class Report:
     errors: list[str] = field(default_factory=list)  # resources that could not be scanned
     #: gtrids with a branch that could not be finished in this pass (blocked or failed)
     in_doubt: set[str] = field(default_factory=set)
+    #: The resources scanned (not in a dry run), by name.
+    scans: dict[str, Scanned] = field(default_factory=dict)
+    #: The ABORT decisions the pass took (orphans, expired transactions).
+    decisions: list[Decision] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ layer uses), only once this coordinator's cluster claim on it is confirmed in th
 (`twostep.coordinator._claim`): a claim held by another coordinator is a scan error, and
 nothing on that resource is judged. Of what it lists, only the xids of this cluster are kept;
 on PostgreSQL each one's transaction id (xid8) too, the evidence for a heuristic check once
-the branch is gone (`twostep.coordinator._inspect`). Scans of several resources run at once.
+the branch is gone (`twostep.coordinator._inspect`), and the server's prepared transactions
+as a whole for the metrics (`_inspect.pg_prepared_summary`). Scans of several resources run
+at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import replace
 
 from .. import _inspect
 from .._claim import ClaimConflict, ClusterClaims
+from .._inspect import PgPrepared
 from .._registry import Resource
 from ..log import DecisionLog, ListQuery, State, TransactionRecord
 from .plan import Listing, is_ours
@@ -33,26 +36,34 @@ class Scanner:
         self._cluster = cluster_id
         self._pool = pool
 
-    def scan(self, resources: Sequence[Resource]) -> tuple[dict[str, Listing], dict[str, str]]:
-        """Scan `resources` in parallel: the listing of each one scanned, and why each other
-        one could not be (the driver's message, its password masked)."""
+    def scan(
+        self, resources: Sequence[Resource]
+    ) -> tuple[dict[str, Listing], dict[str, str], dict[str, PgPrepared]]:
+        """Scan `resources` in parallel: the listing of each one scanned, why each other one
+        could not be (the driver's message, its password masked), and each PostgreSQL one's
+        prepared transactions as a whole."""
         futures = {r.name: self._pool.submit(self._scan, r) for r in resources}
-        listings, failed = {}, {}
+        listings, failed, summaries = {}, {}, {}
         for resource in resources:
             try:
-                listings[resource.name] = futures[resource.name].result()
+                listings[resource.name], summary = futures[resource.name].result()
             except Exception as exc:
                 failed[resource.name] = resource.redact(exc)
-        return listings, failed
+                continue
+            if summary is not None:
+                summaries[resource.name] = summary
+        return listings, failed, summaries
 
-    def _scan(self, resource: Resource) -> Listing:
+    def _scan(self, resource: Resource) -> tuple[Listing, PgPrepared | None]:
         why = self._claims.check(resource)
         if why:
             raise ClaimConflict(why)
         session = resource.connection.acquire()
         try:
             xids = frozenset(x for x in resource.ops.recover(session) if is_ours(x, self._cluster))
-            txids = {}
+            txids, summary = {}, None
+            if resource.dialect == "postgresql":
+                summary = _inspect.pg_prepared_summary(resource, session)
             if resource.dialect == "postgresql" and xids:
                 for raw in _inspect.prepared_xids(resource, session):
                     if raw.xid in xids and raw.pg_txid:
@@ -61,7 +72,7 @@ class Scanner:
             resource.connection.release(session, discard=True)
             raise
         resource.connection.release(session)
-        return Listing(resource.name, xids, txids)
+        return Listing(resource.name, xids, txids), summary
 
 
 def decided_incomplete(
