@@ -16,6 +16,7 @@ testing kit. `run()` is the same without click.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import random
@@ -378,8 +379,8 @@ def _wait_with_everything_running(
         f"  mariadb -h {maria.host} -P {maria.port} -u {MariaDBServer.user} "
         f"-p{MariaDBServer.password} {DATABASE}",
         f"  twostep --coordinator {coordinator.address} --data-dir {coordinator.data_dir} status",
-        f"  client configs: {PG} = {pg.config(DATABASE)}",
-        f"                  {MARIA} = {maria.config(DATABASE)}",
+        f"  client configs: {PG} = {json.dumps(pg.config(DATABASE))}",
+        f"                  {MARIA} = {json.dumps(maria.config(DATABASE))}",
         f"Ctrl-C stops them and removes {base}.",
     ]
     for line in lines:

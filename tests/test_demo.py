@@ -3,13 +3,17 @@ SIGKILLed halfway), its exit codes, and that Ctrl-C leaves nothing running or on
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -67,10 +71,14 @@ def test_demo_survives_a_coordinator_kill_with_money_conserved_and_nothing_in_do
     assert processes_using(base) == []
 
 
-def test_ctrl_c_midway_stops_every_process_and_removes_the_files():
-    # Its own process group, like a terminal's foreground job: Ctrl-C reaches the group.
+@contextlib.contextmanager
+def demo_until(line_start: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """`twostep demo ARGS` running, with its output up to the line that starts with
+    `line_start`. In its own process group, like a terminal's foreground job, so that a
+    Ctrl-C (`os.killpg`) reaches the demo and the coordinator it started, as in a terminal.
+    Killed at the end if still running."""
     proc = subprocess.Popen(
-        [str(TWOSTEP), "demo", "--transfers", "5000"],
+        [str(TWOSTEP), "demo", *args],
         env=demo_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -81,19 +89,51 @@ def test_ctrl_c_midway_stops_every_process_and_removes_the_files():
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("running 5000 transfers"):
+            if line.startswith(line_start):
                 break
-        base = BASE_DIR.search("".join(lines))[1]
-        assert processes_using(base), "the servers and the coordinator should be running"
-        os.killpg(proc.pid, signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+        else:
+            proc.wait()
+            pytest.fail(f"exit {proc.returncode} before {line_start!r}:\n{''.join(lines)}")
+        yield proc, lines
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_ctrl_c_midway_stops_every_process_and_removes_the_files():
+    with demo_until("running 5000 transfers", "--transfers", "5000") as (proc, lines):
+        base = BASE_DIR.search("".join(lines))[1]
+        assert processes_using(base), "the servers and the coordinator should be running"
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
     output = "".join(lines) + rest
     assert proc.returncode == demo.EXIT_INTERRUPTED, output
     assert "interrupted: stopping everything" in output
+    assert not Path(base).exists()
+    assert processes_using(base) == []
+
+
+def test_keep_leaves_everything_running_as_printed_until_ctrl_c():
+    with demo_until("Ctrl-C stops them", "--transfers", "10", "--keep") as (proc, lines):
+        output = "".join(lines)
+        base = BASE_DIR.search(output)[1]
+        status = re.search(r"^  (twostep --coordinator .* status)$", output, re.MULTILINE)[1]
+        result = subprocess.run(
+            [str(TWOSTEP), *status.split()[1:]], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert "0 in-doubt" in result.stdout
+        configs = dict(re.findall(r"(demo_pg|demo_maria) = (\{.*\})$", output, re.MULTILINE))
+        committed = int(re.search(r"^10 transfers: (\d+) committed", output, re.MULTILINE)[1])
+        pg = json.loads(configs["demo_pg"])
+        with psycopg.connect(
+            host=pg["host"], port=pg["port"], dbname=pg["database"], user=pg["username"]
+        ) as conn:
+            assert conn.execute("SELECT count(*) FROM transfers").fetchone() == (committed,)
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output + rest
     assert not Path(base).exists()
     assert processes_using(base) == []
 
