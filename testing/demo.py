@@ -343,7 +343,7 @@ def _report(
         console.print(
             f"money conserved: {balances.pg} + {balances.maria} = {balances.total}", soft_wrap=True
         )
-    if not any("side only" in p or "two amounts" in p for p in problems):
+    if set(balances.pg_transfers) == set(balances.maria_transfers):
         console.print(f"every transfer is on both databases or on neither ({len(both)} on both)")
     *others, last = [s.value for s in TxnState if s in IN_DOUBT]
     words = f"{', '.join(others)} or {last}"

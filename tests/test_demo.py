@@ -146,6 +146,7 @@ def test_missing_server_binaries_are_named_with_the_packages_to_install(monkeypa
     text = " ".join(result.output.split())
     assert "PostgreSQL binaries missing" in text and "MariaDB binaries missing" in text
     assert "apt-get install postgresql-15 mariadb-server" in text
+    assert not Path(BASE_DIR.search(result.output)[1]).exists()
 
 
 @pytest.mark.parametrize(
