@@ -1,12 +1,14 @@
 """`twostep`: the admin CLI. See and resolve in-doubt transactions through the coordinator.
 
-Tables for people, `--json` for scripts. Every command is an Admin call and needs the admin
-token (`_find_token`). The exit codes are `ExitCode`, listed by `--help` and the README.
+Tables for people, `--json` for scripts. Every command of its own is an Admin call and needs the
+admin token (`_find_token`); installed packages may add commands (`ADDED_COMMANDS`: `demo`).
+The exit codes are `ExitCode`, listed by `--help` and the README.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib.metadata
 import json
 import re
 import sys
@@ -87,19 +89,22 @@ class _StrictCommand(click.Command):
     each other (`_Option.excludes`)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        _, _, order = self.make_parser(ctx).parse_args(args=list(args))
-        given = [
-            p for p in order if isinstance(p, click.Option) and p.expose_value and not p.multiple
-        ]
-        for i, param in enumerate(given):
-            for other in given[:i]:
-                if other is param:
-                    raise click.UsageError(f"{_flag(param)} is given twice", ctx)
-                if other.name == param.name or _excludes(other, param) or _excludes(param, other):
-                    raise click.UsageError(
-                        f"{_flag(other)} and {_flag(param)} cannot be used together", ctx
-                    )
+        _refuse_conflicts(self, ctx, args)
         return super().parse_args(ctx, args)
+
+
+def _refuse_conflicts(command: click.Command, ctx: click.Context, args: list[str]) -> None:
+    """`click.UsageError` if `args` give `command` an option twice or conflicting options."""
+    _, _, order = command.make_parser(ctx).parse_args(args=list(args))
+    given = [p for p in order if isinstance(p, click.Option) and p.expose_value and not p.multiple]
+    for i, param in enumerate(given):
+        for other in given[:i]:
+            if other is param:
+                raise click.UsageError(f"{_flag(param)} is given twice", ctx)
+            if other.name == param.name or _excludes(other, param) or _excludes(param, other):
+                raise click.UsageError(
+                    f"{_flag(other)} and {_flag(param)} cannot be used together", ctx
+                )
 
 
 def _excludes(option: click.Option, other: click.Option) -> bool:
@@ -111,7 +116,35 @@ def _flag(option: click.Option) -> str:
 
 
 class _StrictGroup(_StrictCommand, click.Group):
+    """Also runs the commands other installed packages add (`_added_commands`), under the
+    same parse rules."""
+
     command_class = _StrictCommand
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_added_commands()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        added = _added_commands().get(cmd_name)
+        return added.load() if command is None and added is not None else command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None and not isinstance(command, _StrictCommand):
+            _refuse_conflicts(command, click.Context(command, info_name=name, parent=ctx), rest)
+        return name, command, rest
+
+
+#: Entry points of this group name commands that other packages add to `twostep`: the
+#: client may not import them (twostep.testing adds `demo`; see [tool.importlinter]).
+ADDED_COMMANDS = "twostep.commands"
+
+
+def _added_commands() -> dict[str, importlib.metadata.EntryPoint]:
+    return {e.name: e for e in importlib.metadata.entry_points(group=ADDED_COMMANDS)}
 
 
 def _duration(text: str) -> int:
@@ -393,8 +426,8 @@ def cli(
 ) -> None:
     """See and end in-doubt twostep transactions, through the coordinator's Admin service.
 
-    Every command needs the admin token: the first of --token, --token-file, --data-dir
-    given, else the first of their environment variables set, else
+    Every command but `demo` needs the admin token: the first of --token, --token-file,
+    --data-dir given, else the first of their environment variables set, else
     ./twostep-data/admin-token; or, under mutual TLS, an admin's client certificate
     (--tls-cert, --tls-key).
     """

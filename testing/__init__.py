@@ -9,6 +9,9 @@ servers:
   recovery until nothing of its cluster is prepared. `Admin` calls its Admin service.
 - `crash_at`, `run_in_process`, `start_in_process`: run a function in a fresh interpreter
   with failpoints armed (twostep.client.tpc.failpoints), e.g. killed between prepare and commit.
+- `twostep.testing.demo`: `twostep demo`, for a newcomer: transfers across both servers and a
+  coordinator SIGKILLed halfway, checked at the end (the `twostep` CLI adds the command
+  through the entry point group `twostep.commands`).
 - The pytest plugin `twostep.testing.plugin` (loaded by pytest through the `pytest11` entry
   point) gives the fixtures `pg_server`, `maria_server`, `pg`, `maria`, `pg_config`,
   `maria_config`, `pg_config2`, `maria_config2`, `coordinator_factory`, `coordinator`;

@@ -31,7 +31,7 @@ class MariaDBServer(Server):
     stop_signal = signal.SIGTERM  # clean shutdown
     _initialized_marker = "mysql"
     _own_settings = frozenset(
-        {"datadir", "socket", "pid_file", "port", "bind_address", "log_error", "user"}
+        {"datadir", "socket", "pid_file", "port", "bind_address", "log_error", "user", "tmpdir"}
     )
     user = "twostep"
     password = "twostep"
@@ -64,6 +64,7 @@ class MariaDBServer(Server):
             str(MARIADB_INSTALL_DB),
             "--no-defaults",  # must come first
             f"--datadir={self.data_dir}",
+            f"--tmpdir={self.base_dir}",  # passed on to the bootstrap server (see below)
             "--auth-root-authentication-method=normal",  # root@localhost, empty password
             "--skip-test-db",
             "--skip-name-resolve",
@@ -83,6 +84,9 @@ class MariaDBServer(Server):
             str(MARIADBD),
             "--no-defaults",  # must come first
             f"--datadir={self.data_dir}",
+            # Not the shared /tmp: another instance (or a /tmp cleaner) there once deleted a
+            # temporary table file of the bootstrap server and mariadb-install-db failed.
+            f"--tmpdir={self.base_dir}",
             f"--socket={self.socket_path}",
             f"--pid-file={self.pid_file}",
             f"--port={self.port}",
