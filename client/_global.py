@@ -108,6 +108,11 @@ class GlobalTransaction:
         self._lock = threading.Lock()
 
     @property
+    def is_open(self) -> bool:
+        """Whether the block still runs: its transaction has not begun to end."""
+        return not self._finished
+
+    @property
     def gtrid(self) -> str | None:
         """The global id, or None while the block has not needed the coordinator."""
         return self._gtrid
