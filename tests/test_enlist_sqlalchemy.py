@@ -233,14 +233,14 @@ def test_an_engine_that_is_not_enlisted_is_refused_inside_the_block(
         other.dispose()
 
 
-def test_sqlite_and_other_drivers_are_refused_by_enlist_engine(tmp_path):
+def test_enlist_engine_refuses_sqlite_a_second_resource_and_non_engines(tmp_path):
     lite = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
     with pytest.raises(TwoPhaseNotSupported, match="sqlite"):
         enlist_engine(lite, resource="notes")
-    psycopg2_style = sa.create_engine("postgresql+psycopg://u@127.0.0.1:1/x")
-    enlist_engine(psycopg2_style, resource="orders")
+    engine = sa.create_engine("postgresql+psycopg://u@127.0.0.1:1/x")  # never connects
+    enlist_engine(engine, resource="orders")
+    enlist_engine(engine, resource="orders")  # again: nothing changes
     with pytest.raises(ConfigurationError, match="enlisted as 'orders' already"):
-        enlist_engine(psycopg2_style, resource="other")
-    asyncish = sa.create_engine("mysql+pymysql://u@127.0.0.1:1/x")
+        enlist_engine(engine, resource="other")
     with pytest.raises(TypeError, match="Engine"):
-        enlist_engine(asyncish.connect, resource="orders")
+        enlist_engine(engine.connect, resource="orders")
