@@ -1,7 +1,8 @@
 """The branches of one global transaction: what each holds, and the steps run on all of them.
 
-A branch is one named connection's part of a `global_transaction()`: its session, its xid,
-and how far it got (may it have written, prepared, ended). The steps that run on every
+A branch is one named connection's part of a `global_transaction()` (or one session the
+application enlisted under a resource name, `_enlist`): its session, its xid, and how far it
+got (may it have written, prepared, ended). The steps that run on every
 branch at once (prepare, roll back, phase 2) run in parallel on a small thread pool, the
 first branch on the caller's thread.
 """
@@ -18,6 +19,7 @@ from typing import Any
 from . import _fork
 from ._connections import Connection
 from ._coordinator_client import BranchInfo
+from ._enlist import Enlisted
 from ._errors import TwostepError
 from .tpc import failpoints as _failpoints
 from .tpc.operations import BranchOps, VoteNo
@@ -45,7 +47,9 @@ def _forget_pool() -> None:
 
 @dataclass(eq=False)
 class Branch:
-    connection: Connection
+    #: Where the session comes from and goes back to: a twostep connection's pool, or the
+    #: application that enlisted it.
+    connection: Connection | Enlisted
     ops: BranchOps
     session: Any
     xid: Xid | None  # None: a PostgreSQL branch begun before the gtrid existed

@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -49,6 +49,7 @@ from ._coordinator_client import (
     Decided,
     client_for,
 )
+from ._enlist import Enlisted, dialect_of
 from ._errors import (
     CoordinatorUnavailable,
     HeuristicOutcome,
@@ -65,9 +66,9 @@ from ._timeouts import check_timeout
 from .tpc import failpoints as _failpoints
 from .tpc.operations import BranchEscaped, VoteNo, require_two_phase
 from .tpc.phase2 import Ended, finish_prepared, release_session
-from .tpc.xid import Xid, new_gtrid
+from .tpc.xid import Xid, new_gtrid, validate_resource_name
 
-__all__ = ["GlobalTransaction", "global_transaction"]
+__all__ = ["GlobalTransaction", "Participant", "global_transaction"]
 
 log = logging.getLogger("twostep.client")
 
@@ -75,6 +76,16 @@ DEFAULT_COORDINATOR = "127.0.0.1:50051"
 _RPC_TIMEOUT = 5.0  # one coordinator call; a decision costs one fsync, so this is generous
 _PROBE_TIMEOUT = 2.0  # how long to wait for a connection to the coordinator before Commit
 _OUTCOME_PATIENCE = 10.0  # after the deadline, how long to keep asking for a lost decision
+
+
+class Participant(Protocol):
+    """Another library's unit of work in the block (a SQLAlchemy Session or Connection)."""
+
+    def flush(self) -> None:
+        """Send what is still pending; runs inside the block, as it ends."""
+
+    def finish(self, committed: bool) -> None:
+        """End the library's own view of the transaction, which the branches already ended."""
 
 
 class GlobalTransaction:
@@ -90,10 +101,16 @@ class GlobalTransaction:
         self._branches: dict[str, Branch] = {}
         self._rollback_only: str | None = None
         self._finished = False
+        self._participants: list[Participant] = []  # other libraries' sessions (add_participant)
         # Guards _branches, _gtrid, _deadline and _finished: statements of one block may come
         # from several threads that share its context. Lock order: this one, then a branch's
         # `lock`; never the other way round. Never held across a coordinator call's retries.
         self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the block still runs: its transaction has not begun to end."""
+        return not self._finished
 
     @property
     def gtrid(self) -> str | None:
@@ -131,6 +148,8 @@ class GlobalTransaction:
             if branch is None:
                 branch = self._start_branch(connection, origin, statements)
                 self._branches[connection.name] = branch
+            elif isinstance(branch.connection, Enlisted):
+                raise _taken(connection.name)
             deadline = self._deadline
         with branch.lock:
             if branch.closed:
@@ -166,6 +185,110 @@ class GlobalTransaction:
 
         return connection.acquire_for(begin)[1]
 
+    # -- sessions of other libraries -----------------------------------------------------------
+
+    def enlist(self, session: Any, *, resource: str) -> None:
+        """Run `session`, a psycopg (3) or PyMySQL connection the application opened itself,
+        as this transaction's branch on `resource`, until the block ends.
+
+        `resource` names the database at the coordinator: it must be registered there (the
+        same database) for recovery to finish the branch after a crash, and no other branch
+        of this transaction may use it (one session per database and transaction). The
+        session must be idle; from here to the end of the block its statements are part of
+        the transaction, with lock waits bounded by the deadline, and its own `commit()` and
+        `rollback()` are refused (psycopg: `ProgrammingError`; PyMySQL: the server's 1399,
+        XAER_RMFAIL). When the block ends it is given back with its own settings
+        (autocommit as before). SQLAlchemy: `twostep.client.sqlalchemy.enlist_engine`.
+
+        Raises `TypeError` for another kind of object, `TwoPhaseNotSupported` for a sqlite3
+        connection, `InvalidIdentifier` for a bad resource name, `TwostepError` for a session
+        in a transaction or a resource that already has a branch here, `TransactionAborted`
+        once the block is doomed or past its deadline, `TransactionEnded` after its end,
+        `CoordinatorUnavailable` if the coordinator cannot describe itself (the gtrid is made
+        here) and `DatabaseError` if BEGIN / XA START fails.
+        """
+        validate_resource_name(resource)
+        dialect = dialect_of(session)
+        ops = require_two_phase(dialect, connection=resource, origin=type(session).__name__)
+        self.join(session, Enlisted(resource, dialect, ops))
+
+    def join(self, session: Any, home: Enlisted) -> Branch:
+        """Begin the branch of `home` on the driver session `session` (see `enlist`)."""
+        _fork.check_owner(self._pid, "this global transaction")
+        ops = home.ops
+        with self._lock:
+            if self._finished:
+                raise self._ended_error(home.name)
+            if self._rollback_only:
+                raise TransactionAborted(
+                    f"the global transaction will roll back ({self._rollback_only}); "
+                    f"{home.name!r} was not enlisted",
+                    gtrid=self._gtrid,
+                )
+            if home.name in self._branches:
+                raise _taken(home.name)
+            if self._remaining() <= 0:
+                raise TransactionAborted(
+                    "the global transaction's deadline passed", gtrid=self._gtrid
+                )
+            # Made now, so that the branch's lock timeouts are cut to the coordinator's
+            # max_timeout from its first statement (no statement of it passes through here).
+            gtrid = self._mint_gtrid()
+            session_id = ops.session_id(session)
+            branch = Branch(home, ops, session, Xid.for_branch(gtrid, home.name, session_id))
+            branch.session_id, branch.bound = session_id, self._deadline
+            remaining = _ms(self._remaining())
+
+            def begin() -> None:
+                # The first statement is the application's: count writes for the read-only vote.
+                ops.begin(session, branch.xid, lock_timeout_ms=remaining, count_writes=True)
+
+            home.take(session, begin)
+            self._branches[home.name] = branch
+        return branch
+
+    def rolled_back_inside(self, branch: Branch) -> None:
+        """The owner of an enlisted branch rolled it back inside the block (SQLAlchemy: a
+        rollback, a Connection closed, a failed flush). It is rolled back now and given back;
+        if it had written, the whole transaction can no longer commit (`TransactionAborted`
+        at the end of the block); one that wrote nothing frees its resource."""
+        with self._lock:
+            if self._finished or branch.ended:
+                return
+            with branch.lock:
+                try:
+                    wrote = not branch.ops.wrote_nothing(branch.session)
+                except (VoteNo, TwostepError):
+                    wrote = True
+                branch.ended = branch.closed = True
+                try:
+                    branch.ops.rollback_unprepared(branch.session, branch.xid)
+                except TwostepError:
+                    release_session(branch, discard=True)
+                else:
+                    release_session(branch)
+            if wrote:
+                self._mark_rollback_only(f"{branch.name} was rolled back inside the block")
+            else:
+                del self._branches[branch.name]
+
+    def add_participant(self, participant: Participant) -> None:
+        """Call `participant.flush()` when the block ends (inside it: statements may still
+        join), and `participant.finish(committed)` once the transaction ended."""
+        with self._lock:
+            self._participants.append(participant)
+
+    def _flush_participants(self) -> None:
+        for participant in list(self._participants):
+            participant.flush()
+
+    def _finish_participants(self, committed: bool) -> None:
+        for participant in self._participants:
+            try:
+                participant.finish(committed)
+            except Exception:
+                log.exception("an enlisted session was not ended", extra={"gtrid": self._gtrid})
+
     def _mint_gtrid(self) -> str:
         """The transaction's gtrid, made here (`ts2`) on first need from the coordinator's
         description: its cluster id, its clock for the deadline, its max_timeout, which cuts
@@ -195,6 +318,8 @@ class GlobalTransaction:
         for branch in branches:
             with branch.lock:
                 branch.closed = True
+                if isinstance(branch.connection, Enlisted) and not branch.ended:
+                    branch.connection.close_statements(branch.session)
         return [b for b in branches if not b.ended]
 
     def _abort(self, reason: str) -> str:
@@ -440,6 +565,15 @@ class GlobalTransaction:
         client.ack(gtrid)
 
 
+def _taken(resource: str) -> TwostepError:
+    # The coordinator takes one branch per resource and transaction (docs/design.md §6).
+    return TwostepError(
+        f"resource {resource!r} already has a branch in this global transaction (an enlisted "
+        "session, or twostep's connection of that name): one session per database and "
+        "transaction; nothing was sent"
+    )
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -480,7 +614,14 @@ def global_transaction(
     with activate(gtx):
         try:
             yield gtx
+            gtx._flush_participants()  # pending ORM changes are sent inside the block
         except BaseException as exc:
             gtx._abort(f"the block raised {type(exc).__name__}")
+            gtx._finish_participants(committed=False)
             raise
-    gtx._commit()
+    try:
+        gtx._commit()
+    except BaseException:
+        gtx._finish_participants(committed=False)
+        raise
+    gtx._finish_participants(committed=True)
