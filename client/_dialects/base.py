@@ -35,7 +35,14 @@ class ConnectionSettings:
     port: int | None = None
     username: str | None = None
     password: str = field(default="", repr=False)
+    #: Seconds a new session may take: the TCP connect, the server's greeting, authentication
+    #: and the session's setup (SQLite: its busy timeout).
     connect_timeout: float = 10.0
+    #: Seconds each exchange with the server may wait once connected (each read and write;
+    #: PostgreSQL: each statement), then the session is broken off. None: as long as the
+    #: statement takes, the default for an application's sessions (a long query is its
+    #: business); the coordinator bounds its own sessions (`twostep.coordinator._registry`).
+    io_timeout: float | None = None
     #: Extra keyword arguments for the driver's connect(); may hold secrets, so never shown.
     options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     #: How many sessions the pool keeps open between uses.

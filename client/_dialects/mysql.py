@@ -35,12 +35,20 @@ class MySQL(Dialect):
             "connect_timeout": settings.connect_timeout,
             "charset": "utf8mb4",
         }
+        if settings.io_timeout is not None:
+            kwargs["read_timeout"] = kwargs["write_timeout"] = settings.io_timeout
         kwargs.update(settings.options)
         kwargs["autocommit"] = True
         # The type contract's encoders and decoders (`_types`). FOUND_ROWS: an UPDATE reports
         # the rows it matched, as on PostgreSQL and SQLite, not only those it changed.
         kwargs["conv"] = mysql_conversions(kwargs.get("conv"))
         kwargs["client_flag"] = kwargs.get("client_flag", 0) | CLIENT.FOUND_ROWS
+        # PyMySQL's connect_timeout bounds the TCP connect only: the greeting, authentication
+        # and the setup below are reads and writes, bounded by connect_timeout too until the
+        # session is set up; then it gets the timeouts asked for (none by default).
+        reads, writes = kwargs.get("read_timeout"), kwargs.get("write_timeout")
+        kwargs["read_timeout"] = _shorter(reads, settings.connect_timeout)
+        kwargs["write_timeout"] = _shorter(writes, settings.connect_timeout)
         session = pymysql.connect(**kwargs)
         try:
             with session.cursor() as cur:
@@ -48,6 +56,8 @@ class MySQL(Dialect):
         except BaseException:
             self.close(session)
             raise
+        # PyMySQL has no public setter; it applies these before its next read or write.
+        session._read_timeout, session._write_timeout = reads, writes
         return session
 
     def is_idle(self, session: pymysql.Connection) -> bool:
@@ -162,3 +172,7 @@ class MySQL(Dialect):
             key = self.quote(returning[0])
             sql += f", {key} = LAST_INSERT_ID({key})"
         return sql
+
+
+def _shorter(timeout: float | None, bound: float) -> float:
+    return bound if timeout is None else min(timeout, bound)
