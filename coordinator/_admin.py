@@ -305,14 +305,14 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
         problem = ""
         if not reason:
             problem = "required: say why the operator decides this (kept in the audit record)"
-        elif len(reason) > _wire.MAX_REASON_CHARS:
-            problem = f"longer than {_wire.MAX_REASON_CHARS} characters"
+        else:
+            problem = _wire.reason_problem(reason) or ""
         if problem:
             text = f"resolve {verb} by {who}: refused: reason {problem.split(':')[0]}"
             self._log.add_notes([Note(info.gtrid, self._clock(), "resolve", text)])
             raise _wire.BadRequest(f"reason: {problem}")
 
-        found, errors = self._recovery.find_branches(info.gtrid)
+        found, errors = self._recovery.find_branches(info.gtrid, _wait_for(context))
         resolved = self._log.resolve(
             Resolution(
                 gtrid=info.gtrid,

@@ -3,7 +3,10 @@
 `log.info("coordinator started", extra={"listen": addr})` prints
 `ts=2025-01-01T12:00:00.123Z level=INFO logger=twostep.coordinator msg="coordinator started"
 listen=127.0.0.1:50051`. Values with spaces, quotes or `=` are double-quoted with escapes;
-an exception's traceback follows as `exc="..."` on the same line.
+an exception's traceback follows as `exc="..."` on the same line. No control character is
+ever written as it is (a CR, an ESC or a BEL in a value could rewrite or fake a line on an
+operator's terminal): inside quotes, `\\n`, `\\r`, `\\t`, else Python's `\\xNN` / `\\uNNNN`
+escape, as for every character that is not printable.
 """
 
 from __future__ import annotations
@@ -18,13 +21,22 @@ __all__ = ["LogfmtFormatter", "configure_logging"]
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    return char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+
+
 def _value(value: object) -> str:
     text = str(value)
-    if text and not any(c in text for c in ' "=\\\n\t') and text.isprintable():
-        return text
-    for raw, escape in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\t", "\\t")):
-        text = text.replace(raw, escape)
-    return f'"{text}"'
+    if text.isprintable():
+        if text and not any(c in text for c in ' "=\\'):
+            return text
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + "".join(map(_escaped, text)) + '"'
 
 
 class LogfmtFormatter(logging.Formatter):

@@ -159,14 +159,23 @@ class Dialect(ABC):
 
     # -- statements ----------------------------------------------------------------------------
 
-    def translate(self, sql: str) -> tuple[str, int]:
-        """`?`-placeholder SQL in the driver's own syntax, and how many parameters it takes."""
-        return lexers.translate(self._lexer, sql, self._format_params)
+    def translate(self, sql: str, session: Any = None) -> tuple[str, int]:
+        """`?`-placeholder SQL in the driver's own syntax, and how many parameters it takes,
+        as `session` reads it (None: as a new session does)."""
+        return lexers.translate(self.lexer_for(session), sql, self._format_params)
+
+    def lexer_for(self, session: Any) -> re.Pattern[str]:
+        """The lexer that reads SQL as `session`'s settings make the server read it (None: a
+        new session's)."""
+        return self._lexer
 
     def statements(self, sql: str) -> Statements:
         """What the statements of `sql` would do to an open transaction (see `_statements`)."""
+        return self._classify(self._lexer, sql)
+
+    def _classify(self, lexer: re.Pattern[str], sql: str) -> Statements:
         return classify(
-            self._lexer,
+            lexer,
             sql,
             identifier_quotes=self._identifier_quotes,
             executable_comments=self._executable_comments,
@@ -180,7 +189,7 @@ class Dialect(ABC):
         statement commits on its own, in a transaction it belongs to the transaction.
         Driver errors become `DatabaseError` naming `connection`."""
         values = _bound_params(params)
-        driver_sql, wanted = self.translate(sql)
+        driver_sql, wanted = self.translate(sql, session)
         if wanted != len(values):
             raise TypeError(
                 f"the statement has {wanted} ? placeholder(s) but {len(values)} parameter(s) "

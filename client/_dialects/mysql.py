@@ -3,15 +3,17 @@ describe a table (MariaDB's JSON columns among them), and the upsert spelled ON 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import pymysql
 from pymysql.constants import CLIENT, SERVER_STATUS
 
+from .._statements import Statements
 from .._types import MYSQL_SESSION_SETUP, mysql_column, mysql_conversions
 from .base import ConnectionSettings, Dialect, TableInfo
-from .lexers import MYSQL_LEXER
+from .lexers import MYSQL_LEXER, MYSQL_NO_BACKSLASH_LEXER
 
 __all__ = ["MySQL"]
 
@@ -24,6 +26,22 @@ class MySQL(Dialect):
     _lexer = MYSQL_LEXER
     _identifier_quotes = "`"
     _executable_comments = True
+
+    def lexer_for(self, session: pymysql.Connection | None) -> re.Pattern[str]:
+        # The server reports the session's NO_BACKSLASH_ESCAPES with every reply, as it is
+        # now (a SET sql_mode changes it), in the status flags PyMySQL's own escaping reads.
+        status = 0 if session is None else session.server_status
+        if status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+            return MYSQL_NO_BACKSLASH_LEXER
+        return MYSQL_LEXER
+
+    def statements(self, sql: str) -> Statements:
+        # Read before the session is lent, so under both readings of a backslash: a statement
+        # found by either counts (as `classify_postgresql` does for its two readings).
+        found = [self._classify(lexer, sql) for lexer in (MYSQL_LEXER, MYSQL_NO_BACKSLASH_LEXER)]
+        if found[0] == found[1]:
+            return found[0]
+        return Statements(found[0].words + found[1].words)
 
     def connect(self, settings: ConnectionSettings) -> pymysql.Connection:
         kwargs: dict[str, Any] = {
