@@ -3,6 +3,10 @@
 Tables for people, `--json` for scripts. Every command of its own is an Admin call and needs the
 admin token (`_find_token`); installed packages may add commands (`ADDED_COMMANDS`: `demo`).
 The exit codes are `ExitCode`, listed by `--help` and the README.
+
+Text from the coordinator (reasons, notes, database errors: what anyone who can reach it may
+have written) is printed through `_shown`: its control characters escaped, never read as rich
+markup. JSON escapes them by itself.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from google.protobuf import json_format
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from twostep.v1 import admin_pb2 as _admin
 from twostep.v1 import admin_pb2_grpc as _admin_grpc
 from twostep.v1 import coordinator_pb2 as _pb
 
 from ._channel import ChannelConfig
+from ._coordinator_client import MAX_REASON_CHARS, bounded_reason
 from .tpc.xid import parse_gtrid, validate_resource_name
 from .txn_states import GROUPS, TxnState
 
@@ -201,8 +207,22 @@ class _Context:
 
 
 def _fail(code: ExitCode, message: str) -> NoReturn:
-    click.echo(f"twostep: {message}", err=True)
+    click.echo(f"twostep: {_printable(message)}", err=True)
     sys.exit(code)
+
+
+def _printable(text: str) -> str:
+    """`text` with every character that is not printable (a CR that rewrites the line, an
+    ESC that starts a terminal command, a BEL, a newline that fakes a line) as its Python
+    escape, e.g. `\\x1b`."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _shown(text: str) -> Text:
+    """Coordinator text to print with rich: printable (`_printable`), and never markup."""
+    return Text(_printable(text))
 
 
 @contextmanager
@@ -287,6 +307,7 @@ def _table(width: int, columns: list[tuple[str, int]], rows: list[list[str]]) ->
     """A table whose first column (an id) is never cut, so that it can be copied: it gets
     its whole width; the other columns follow, in order, only while their `min_width` still
     fits in `width` (the rest are dropped), and they wrap."""
+    rows = [[_printable(cell) for cell in row] for row in rows]
     id_width = max([len(columns[0][0]), *(len(r[0]) for r in rows)])
     used, kept = id_width, 1
     for _, min_width in columns[1:]:
@@ -299,7 +320,7 @@ def _table(width: int, columns: list[tuple[str, int]], rows: list[list[str]]) ->
     for header, min_width in columns[1:kept]:
         table.add_column(header, min_width=min_width, overflow="fold")
     for row in rows:
-        table.add_row(*row[:kept])
+        table.add_row(*map(Text, row[:kept]))
     return table
 
 
@@ -454,7 +475,10 @@ def status(ctx: _Context) -> None:
 
     def render(r: Any) -> None:
         words = ", ".join(f"{n} {word}" for word, n in counts.items())
-        ctx.console.print(f"cluster [bold]{r.cluster_id}[/]: {words}", soft_wrap=True)
+        ctx.console.print(
+            Text.assemble("cluster ", (_printable(r.cluster_id), "bold"), f": {words}"),
+            soft_wrap=True,
+        )
         if r.blocked:
             ctx.console.print("why: twostep list --state blocked; twostep show GTRID")
         columns = [("resource", 0), ("reachable", 9), ("prepared", 8), ("error", 16)]
@@ -529,7 +553,7 @@ def show(ctx: _Context, gtrid: str) -> None:
         ]
         ctx.console.print(_table(width, columns, rows))
         for note in r.notes:
-            ctx.console.print(f"note: {note}")
+            ctx.console.print(_shown(f"note: {note}"))
 
     ctx.emit(reply, render)
 
@@ -562,7 +586,7 @@ def scan(ctx: _Context, resource: str) -> None:
 def _actions_table(actions: Any) -> Table:
     table = Table("gtrid", "resource", "action", "result")
     for a in actions:
-        table.add_row(a.gtrid, a.resource, a.action, a.result)
+        table.add_row(*map(_shown, (a.gtrid, a.resource, a.action, a.result)))
     return table
 
 
@@ -576,7 +600,7 @@ def recover(ctx: _Context, dry_run: bool) -> None:
     def render(r: Any) -> None:
         ctx.console.print(_actions_table(r.actions))
         for error in r.errors:
-            ctx.console.print(f"[red]error[/]: {error}")
+            ctx.console.print(Text.assemble(("error", "red"), ": ", _printable(error)))
 
     ctx.emit(reply, render)
     if reply.errors:
@@ -597,13 +621,17 @@ def resolve(ctx: _Context, gtrid: str, outcome: str | None, reason: str, force: 
         raise click.UsageError("say --commit or --abort")
     if not reason.strip():
         raise click.BadParameter("must not be empty", param_hint="--reason")
+    if len(reason) > MAX_REASON_CHARS or bounded_reason(reason) != reason:
+        raise click.BadParameter(
+            f"must be at most {MAX_REASON_CHARS} characters of valid UTF-8", param_hint="--reason"
+        )
     request = _admin.ResolveRequest(
         gtrid=gtrid, commit=outcome == "commit", reason=reason, force=force
     )
     reply = ctx.admin_call("Resolve", request, timeout=300)
 
     def render(r: Any) -> None:
-        ctx.console.print(f"{r.decision.gtrid}: {_DECISIONS[r.decision.state]}")
+        ctx.console.print(_shown(f"{r.decision.gtrid}: {_DECISIONS[r.decision.state]}"))
         ctx.console.print(_actions_table(r.actions))
 
     ctx.emit(reply, render)

@@ -5,17 +5,18 @@
                                            "password": "..."})
     get_connection("orders").execute("SELECT total FROM orders WHERE id = ?", (1,))
 
-Config fields: `driver` (postgresql/postgres, mysql/mariadb, sqlite); `host`, `database`,
-`username` (required, only `database` for SQLite: a file path or ":memory:"); `port` (default
-5432 / 3306); `password` (default empty); `connect_timeout` (seconds, default 10; SQLite's
-busy timeout); `options` (extra keyword arguments for the driver's connect); the pool's
-`pool_size` (sessions kept open between uses, default 8), `max_overflow` (how many more may
-be opened for a burst and are closed when given back, default 8: the cap on open sessions
-is `pool_size + max_overflow`, 16 by default, so four such processes stay within
-PostgreSQL's default max_connections of 100), `pool_timeout` (seconds a caller waits for a
-free session when the cap is reached, default 5; then `PoolTimeout`, nothing sent). A
-connection's name is also its resource name at the coordinator and its branches'
-qualifier, so it follows `validate_resource_name`.
+Config fields: `driver` (postgresql/postgres, mysql/mariadb, sqlite); `host`, `database`, `username`
+(required, only `database` for SQLite: a file path or ":memory:"); `port` (default 5432 / 3306);
+`password` (default empty); `connect_timeout` (seconds a new session may take, the server's greeting
+and authentication included, default 10; SQLite's busy timeout); `io_timeout` (seconds each read and
+write may wait once connected, then the session is broken off; default none: a statement may take as
+long as it takes); `options` (extra keyword arguments for the driver's connect); the pool's
+`pool_size` (sessions kept open between uses, default 8), `max_overflow` (how many more may be
+opened for a burst and are closed when given back, default 8: the cap on open sessions is `pool_size
++ max_overflow`, 16 by default, so four such processes stay within PostgreSQL's default
+max_connections of 100), `pool_timeout` (seconds a caller waits for a free session when the cap is
+reached, default 5; then `PoolTimeout`, nothing sent). A connection's name is also its resource name
+at the coordinator and its branches' qualifier, so it follows `validate_resource_name`.
 
 Every pooled session is in driver-level autocommit with no transaction open. Transactions are
 begun explicitly by whoever needs one (BEGIN, XA START), and a session goes back to the pool
@@ -83,6 +84,7 @@ _FIELDS = (
     "username",
     "password",
     "connect_timeout",
+    "io_timeout",
     "options",
     "pool_size",
     "max_overflow",
@@ -440,6 +442,7 @@ def _parse_config(name: str, config: Mapping[str, Any]) -> tuple[Dialect, Connec
     assert database is not None  # required by every dialect
     served = dialect.has_server  # SQLite ignores the network fields
     timeout = _seconds(where, "connect_timeout", config.get("connect_timeout"))
+    io_timeout = _seconds(where, "io_timeout", config.get("io_timeout"))
     defaults = ConnectionSettings(dialect.name, database)
     pool_size = _integer(where, "pool_size", config.get("pool_size"), 0, 1000)
     max_overflow = _integer(where, "max_overflow", config.get("max_overflow"), 0, 1000)
@@ -452,6 +455,7 @@ def _parse_config(name: str, config: Mapping[str, Any]) -> tuple[Dialect, Connec
         username=text("username") if served else None,
         password=(text("password") or "") if served else "",
         connect_timeout=defaults.connect_timeout if timeout is None else timeout,
+        io_timeout=io_timeout if served else None,
         options=_options(where, config.get("options")),
         pool_size=defaults.pool_size if pool_size is None else pool_size,
         max_overflow=defaults.max_overflow if max_overflow is None else max_overflow,

@@ -53,6 +53,8 @@ _CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 # How long a coordinator's description is used before it is asked again (s): its cluster id
 # never changes; a new max_timeout or a drifting clock is picked up within this.
 _DESCRIPTION_TTL_S = 60.0
+#: The longest reason the coordinator takes (its `_wire.MAX_REASON_CHARS`).
+MAX_REASON_CHARS = 1000
 
 COMMITTED = _pb.TRANSACTION_STATE_COMMITTED
 ABORTED = _pb.TRANSACTION_STATE_ABORTED
@@ -228,8 +230,12 @@ class CoordinatorClient:
         self._post(_pb.AckItem(gtrid=gtrid, one_phase_commit=one_phase_commit))
 
     def abort(self, gtrid: str, reason: str, branches: Sequence[BranchInfo]) -> None:
+        """Tell the coordinator the transaction was rolled back; `reason` as `bounded_reason`
+        makes it (an exception's message may be anything)."""
         self._post(
-            _pb.AbortItem(gtrid=gtrid, reason=reason, branches=[b.to_pb() for b in branches])
+            _pb.AbortItem(
+                gtrid=gtrid, reason=bounded_reason(reason), branches=[b.to_pb() for b in branches]
+            )
         )
 
     def _post(self, item: _pb.AckItem | _pb.AbortItem) -> None:
@@ -278,6 +284,15 @@ def _decided(decision: _pb.Decision) -> Decided | None:
     if decision.state == ABORTED:
         return Decided(False, decision.reason)
     return None  # ACTIVE, UNSPECIFIED, unknown numbers: no decision
+
+
+def bounded_reason(text: str) -> str:
+    """`text` as the coordinator takes a reason: valid UTF-8 (a lone surrogate, as from a
+    file name, becomes "?") of at most `MAX_REASON_CHARS` characters (the rest cut, "…")."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) > MAX_REASON_CHARS:
+        text = text[: MAX_REASON_CHARS - 1] + "…"
+    return text
 
 
 _clients: dict[tuple[str, ChannelConfig], CoordinatorClient] = {}

@@ -4,7 +4,10 @@ Reads the settings (`--help`), starts the server, logs one INFO line naming the 
 the decision log, the cluster id, the registered resources, the file that holds the admin token
 (`admin_token_file=`; `admin_token=configured` when it is set directly, never the token) and the
 metrics endpoint (`metrics=HOST:PORT`, or `off`), and serves until SIGTERM or SIGINT; then stops
-recovery and accepting, lets calls in flight finish and closes the log. The last line,
+recovery and accepting, lets calls in flight finish (for up to `shutdown_grace`) and closes the
+log. The stop is bounded whatever a database does: a call still waiting for one at the end is
+not waited for, and if the stop itself has not ended `_FORCE_AFTER_S` after the grace (or at a
+second signal), the process logs why and exits at once with status 1. The last line,
 "coordinator stopped", counts the log's work since the start: `log_requests=` (writes queued),
 `log_items=` (rows), `log_batches=` (SQLite transactions committed), `log_fsyncs=` (those
 committed with an fsync: what the benchmark's fsyncs per decision divides),
@@ -20,6 +23,7 @@ cluster id's claim on a registered resource).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -38,7 +42,7 @@ from .log import LogUnavailable
 
 log = logging.getLogger("twostep.coordinator")
 
-_SHUTDOWN_GRACE_S = 10.0
+_FORCE_AFTER_S = 5.0  # after the grace: how long the stop itself may take
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -69,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     stopping = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            _exit_now("a second signal came while stopping")
         stopping.set()
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -98,9 +104,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     while not stopping.wait(3600):  # a timeout keeps the main thread responsive to signals
         pass
-    log.info("coordinator stopping", extra={"grace_s": _SHUTDOWN_GRACE_S})
-    server.stop(_SHUTDOWN_GRACE_S)
+    grace = settings.shutdown_grace_ms / 1000
+    log.info("coordinator stopping", extra={"grace_s": grace})
+    deadline = threading.Timer(
+        grace + _FORCE_AFTER_S,
+        _exit_now,
+        [f"the stop took longer than {grace + _FORCE_AFTER_S:g} s"],
+    )
+    deadline.daemon = True
+    deadline.start()
+    server.stop(grace)
     log.info("coordinator stopped", extra=server.log_counters())
+    running = server.recovery.calls_running()
+    if running:
+        # Bounded by database_timeout, but the interpreter would wait for them at exit.
+        log.warning("not waiting for database calls still running", extra={"calls": running})
+        _flush_and_exit(0)
+
+
+def _exit_now(why: str) -> None:
+    log.error("coordinator did not stop in time; exiting now", extra={"why": why})
+    _flush_and_exit(1)
+
+
+def _flush_and_exit(status: int) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

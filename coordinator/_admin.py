@@ -5,6 +5,11 @@ name; every call is in the audit trail). The admin token comes from the settings
 (`admin_token`, `admin_token_file`, env `TWOSTEP_ADMIN_TOKEN`); without one, a random token is
 generated at first start into `<data_dir>/admin-token` (mode 0600) and reused afterwards.
 
+A call that touches a database (ShowTransaction, ScanResource, Resolve) runs it in the
+resource's lane (`recovery.lanes`) and waits for it only until shortly before the call's
+deadline (at most `_PASS_WAIT_S` without one): a database that does not answer is shown as
+stuck, and the worker thread is free again in time, whatever the database does.
+
 Handlers stay thin: the rules live in the decision log (`resolve`) and in recovery (scans,
 finishing branches); `_service._answering` turns `BadRequest` into INVALID_ARGUMENT and
 `LogUnavailable` into UNAVAILABLE, as for the Coordinator service. No lock here: the servicer
@@ -19,6 +24,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 
@@ -32,15 +38,17 @@ from twostep.v1 import coordinator_pb2 as _pb
 from . import _inspect, _wire
 from ._callers import current_caller, read_token_file
 from ._config import ConfigError, Settings
-from ._registry import ResourceRegistry
+from ._registry import Resource, ResourceRegistry
 from ._service import _answering
 from ._txn_view import Listed, TxnView
 from .log import BranchRecord, DecisionLog, Note, Resolution, State
-from .recovery import Action, Recovery, Report
+from .recovery import Action, Recovery, Report, Stuck
 
 __all__ = ["ADMIN_SERVICE_NAME", "ADMIN_TOKEN_FILE_NAME", "AdminServicer", "load_admin_token"]
 
 log = logging.getLogger("twostep.coordinator.admin")
+
+T = TypeVar("T")
 
 ADMIN_SERVICE_NAME = _admin_pb.DESCRIPTOR.services_by_name["Admin"].full_name  # twostep.v1.Admin
 ADMIN_TOKEN_FILE_NAME = "admin-token"
@@ -161,8 +169,9 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
         self, request: _admin_pb.ShowTransactionRequest, context: grpc.ServicerContext
     ) -> _admin_pb.TransactionDetail:
         info = _wire.gtrid_of(request.gtrid, self._cluster)
+        give_up = time.monotonic() + _wait_for(context)
         record = self._log.get(info.gtrid)
-        found, _errors = self._recovery.find_branches(info.gtrid)
+        found, _errors = self._recovery.find_branches(info.gtrid, _left(give_up))
         branches = list(record.branches) if record else []
         named = {b.resource for b in branches}
         branches += [b for b in found if b.resource not in named]
@@ -184,7 +193,7 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
         pending = self._recovery.pending(info.gtrid)
         states = []
         for branch in branches:
-            shown = self._on_database(info.gtrid, branch)
+            shown = self._on_database(info.gtrid, branch, _left(give_up))
             why = pending.get(branch.resource)
             if why and self._registry.get(branch.resource) is None:
                 shown = why  # says "not registered" already, and what to do
@@ -200,7 +209,7 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
             blocked=blocked,
         )
 
-    def _on_database(self, gtrid: str, branch: BranchRecord) -> str:
+    def _on_database(self, gtrid: str, branch: BranchRecord, timeout: float) -> str:
         resource = self._registry.get(branch.resource)
         if resource is None:
             return "not registered in the coordinator's config"
@@ -209,15 +218,13 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
         except InvalidIdentifier as exc:
             return f"unreachable: {exc}"
         try:
-            session = resource.connection.acquire()
+            prepared = self._recovery.on_resource(
+                resource.name, _on_session, resource, resource.ops.is_prepared, xid, timeout=timeout
+            )
+        except Stuck as exc:
+            return f"stuck: {exc}"
         except Exception as exc:
             return f"unreachable: {resource.redact(exc)}"
-        try:
-            prepared = resource.ops.is_prepared(session, xid)
-        except Exception as exc:
-            resource.connection.release(session, discard=True)
-            return f"unreachable: {resource.redact(exc)}"
-        resource.connection.release(session)
         return "prepared" if prepared else "not prepared"
 
     @_answering
@@ -236,13 +243,13 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
                 f"no resource {request.resource!r} is registered (registered: {known})",
             )
         try:
-            session = resource.connection.acquire()
-            try:
-                listed = _inspect.prepared_xids(resource, session)
-            except BaseException:
-                resource.connection.release(session, discard=True)
-                raise
-            resource.connection.release(session)
+            listed = self._recovery.on_resource(
+                resource.name,
+                _on_session,
+                resource,
+                lambda session: _inspect.prepared_xids(resource, session),
+                timeout=_wait_for(context),
+            )
         except Exception as exc:
             # UNAVAILABLE alone would read as "coordinator unreachable" to a client.
             context.set_trailing_metadata(((UNREACHABLE_RESOURCE_KEY, resource.name),))
@@ -298,14 +305,14 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
         problem = ""
         if not reason:
             problem = "required: say why the operator decides this (kept in the audit record)"
-        elif len(reason) > _wire.MAX_REASON_CHARS:
-            problem = f"longer than {_wire.MAX_REASON_CHARS} characters"
+        else:
+            problem = _wire.reason_problem(reason) or ""
         if problem:
             text = f"resolve {verb} by {who}: refused: reason {problem.split(':')[0]}"
             self._log.add_notes([Note(info.gtrid, self._clock(), "resolve", text)])
             raise _wire.BadRequest(f"reason: {problem}")
 
-        found, errors = self._recovery.find_branches(info.gtrid)
+        found, errors = self._recovery.find_branches(info.gtrid, _wait_for(context))
         resolved = self._log.resolve(
             Resolution(
                 gtrid=info.gtrid,
@@ -344,6 +351,22 @@ _STATES = {
     State.COMMITTED: _pb.TRANSACTION_STATE_COMMITTED,
     State.ABORTED: _pb.TRANSACTION_STATE_ABORTED,
 }
+
+
+def _on_session(resource: Resource, query: Callable[..., T], *args: Any) -> T:
+    """`query(session, *args)` on a pooled session of `resource` (discarded if it fails)."""
+    session = resource.connection.acquire()
+    try:
+        result = query(session, *args)
+    except BaseException:
+        resource.connection.release(session, discard=True)
+        raise
+    resource.connection.release(session)
+    return result
+
+
+def _left(give_up: float) -> float:
+    return max(0.0, give_up - time.monotonic())
 
 
 def _wait_for(context: grpc.ServicerContext) -> float:

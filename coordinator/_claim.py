@@ -21,14 +21,16 @@ pass). Cheap: one statement per resource per pass.
 Several resources on one server (MariaDB) or database (PostgreSQL) share one lock: the first of
 this coordinator's sessions to take the cluster lock also takes a lock named after this process
 (a random nonce). Another of its sessions that finds the cluster lock held compares holders:
-the same session holding both locks is this coordinator. Checks are serialized (`_lock`), so
-none sees the first session between its two locks.
+the same session holding both locks is this coordinator. The checks of the resources on one
+server (MariaDB: its host and port; PostgreSQL: and database) are serialized, so none sees
+the first session between its two locks; those of other servers run alongside, so a server
+that hangs holds up no other one's check.
 
 What follows from a claim (`_server`, `recovery`):
 - At start, a claim held by someone else refuses the start (`ClaimConflict`, after
   `_START_PATIENCE_S` for a coordinator that has just died and whose session is still being
-  ended). A resource that cannot be reached cannot be checked: a warning, and the claim is
-  taken when recovery first reaches it.
+  ended). A resource that cannot be reached, or does not answer within that patience, cannot
+  be checked: a warning, and the claim is taken when recovery first reaches it.
 - Recovery scans a resource only after `check` confirms the claim in that pass; a resource
   whose claim another session holds is reported (Status: the resource's error) and nothing on
   it is touched.
@@ -42,6 +44,7 @@ before treating a held lock as theirs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import secrets
@@ -109,9 +112,10 @@ class ClusterClaims:
         self._idle_timeout_s = idle_timeout_s
         self._cluster_lock = _Lock(f"twostep.cluster.{cluster_id}")
         self._process_lock = _Lock(f"twostep.process.{secrets.token_hex(8)}")
-        self._lock = threading.Lock()  # serializes checks; guards _sessions and _reported
+        self._lock = threading.Lock()  # guards the three dicts below; never held during I/O
         self._sessions: dict[str, Any] = {}  # resource name -> its dedicated session
         self._reported: dict[str, str] = {}  # resource name -> last why (logged once each)
+        self._servers: dict[str, threading.Lock] = {}  # serializes the checks on one server
 
     def claim_all(self) -> None:
         """Take the claim on every resource (at start). Raises `ClaimConflict` naming each
@@ -121,11 +125,17 @@ class ClusterClaims:
         pending = list(self._registry)
         while True:
             conflicts = []
-            # In parallel: a start waits for the slowest unreachable resource, not for all.
-            with ThreadPoolExecutor(max(1, len(pending)), "twostep-claim") as pool:
-                checks = [(r, pool.submit(self.check, r)) for r in pending]
+            # In parallel, each waited for until give_up at most: a check still waiting for
+            # its database then goes on alone (its session's timeouts end it).
+            pool = ThreadPoolExecutor(max(1, len(pending)), "twostep-claim")
+            checks = [(r, pool.submit(self.check, r)) for r in pending]
+            pool.shutdown(wait=False)
+            patience = max(0.0, give_up - time.monotonic())
+            concurrent.futures.wait([c for _, c in checks], timeout=patience)
             for resource, check in checks:
                 try:
+                    if not check.done():
+                        raise TimeoutError(f"no answer within {_START_PATIENCE_S:g} s")
                     why = check.result()
                 except Exception as exc:
                     log.warning(
@@ -146,8 +156,9 @@ class ClusterClaims:
     def check(self, resource: Resource) -> str:
         """Confirm or take the claim on `resource`: "" when this coordinator holds it, else why
         not. Raises the driver's error (`TwostepError`) when the resource cannot be reached."""
-        with self._lock:
-            session = self._sessions.get(resource.name)
+        server = self._server_lock(resource)
+        with server:
+            session = self._session(resource)
             if session is not None:
                 try:
                     return self._reported_as(resource, self._claim(resource, session))
@@ -155,8 +166,9 @@ class ClusterClaims:
                     self._drop(resource)
         # Connecting outside the lock: an unreachable resource holds up no other one's check.
         fresh = self._connect(resource)
-        with self._lock:
-            session = self._sessions.setdefault(resource.name, fresh)
+        with server:
+            with self._lock:
+                session = self._sessions.setdefault(resource.name, fresh)
             if session is not fresh:  # a concurrent check connected first: use its session
                 resource.connection.dialect.close(fresh)
             try:
@@ -176,8 +188,23 @@ class ClusterClaims:
 
     # -- one resource ----------------------------------------------------------------------------
 
+    def _server_lock(self, resource: Resource) -> threading.Lock:
+        """The lock that serializes the checks on `resource`'s server (see the docstring)."""
+        s = resource.connection.settings
+        port = s.port or resource.connection.dialect.default_port
+        server = f"{resource.dialect}://{s.host}:{port}"
+        if resource.dialect == "postgresql":
+            server += f"/{s.database}"
+        with self._lock:
+            return self._servers.setdefault(server, threading.Lock())
+
+    def _session(self, resource: Resource) -> Any:
+        with self._lock:
+            return self._sessions.get(resource.name)
+
     def _reported_as(self, resource: Resource, why: str) -> str:
-        """`why`, logged when it differs from the last answer for `resource` (under _lock)."""
+        """`why`, logged when it differs from the last answer for `resource` (under its
+        server's lock)."""
         before = self._reported.get(resource.name)
         if before != why:
             self._reported[resource.name] = why
@@ -190,8 +217,9 @@ class ClusterClaims:
         return why
 
     def _drop(self, resource: Resource) -> None:
-        """Close and forget the resource's session (under _lock)."""
-        session = self._sessions.pop(resource.name, None)
+        """Close and forget the resource's session (under its server's lock)."""
+        with self._lock:
+            session = self._sessions.pop(resource.name, None)
         if session is not None:
             resource.connection.dialect.close(session)
 

@@ -85,6 +85,8 @@ class Settings:
     kill_grace_ms: int = 30_000
     kill_live_sessions: bool = True
     retention_ms: int = 6 * 3_600_000
+    database_timeout_ms: int = 30_000
+    shutdown_grace_ms: int = 10_000
     #: The admin token itself (file key or environment only, never a flag); empty: see
     #: `admin_token_file`, else a token generated into `data_dir/admin-token`.
     admin_token: str = field(default="", repr=False)
@@ -419,6 +421,28 @@ _SETTINGS = (
         parse=_bounded_seconds_as_ms(_MAX_RETENTION_S),
     ),
     _Setting(
+        name="database_timeout_ms",
+        key="database_timeout_s",
+        flag="--database-timeout",
+        env="TWOSTEP_DATABASE_TIMEOUT",
+        metavar="SECONDS",
+        help="how long any one read or write on a registered resource may wait for its "
+        "database before the session is broken off (a resource's connect_timeout bounds "
+        "connecting); recovery and Admin calls never wait for a resource longer than one "
+        "recovery interval (at least 1 s) or their deadline, and report it stuck",
+        parse=_seconds_as_ms,
+    ),
+    _Setting(
+        name="shutdown_grace_ms",
+        key="shutdown_grace_s",
+        flag="--shutdown-grace",
+        env="TWOSTEP_SHUTDOWN_GRACE",
+        metavar="SECONDS",
+        help="on SIGTERM or SIGINT, how long calls in flight may take to finish; the process "
+        "exits at most 5 s after that (or at a second signal) whatever still runs",
+        parse=_seconds_as_ms,
+    ),
+    _Setting(
         name="admin_token",
         key="admin_token",
         flag=None,
@@ -536,6 +560,8 @@ _DISPLAY_DEFAULTS = {
     "kill_grace_ms": "30",
     "kill_live_sessions": "true",
     "retention_ms": "21600 (6 hours)",
+    "database_timeout_ms": "30",
+    "shutdown_grace_ms": "10",
     "cluster_id": "DATA_DIR/cluster-id, generated",
     "admin_token": "unset (see admin_token_file)",
     "admin_token_file": "DATA_DIR/admin-token, generated",

@@ -1,5 +1,8 @@
 """The coordinator's data directory: one coordinator at a time, and the cluster id it holds.
 
+The directory is made 0700 (an existing one too) and every file the coordinator writes in it
+0600, whatever the umask: the decision log and the admin token are nobody else's business.
+
 `DATA_DIR/coordinator.lock`
     Locked (`flock`, exclusive) by the coordinator for its whole life and released by the
     kernel when the process ends, however it ends. A second coordinator on the same
@@ -50,10 +53,12 @@ class DataDir:
     """
 
     def __init__(self, path: Path):
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)  # mkdir's mode passes through the umask, and may have existed
         self.path = path.resolve()
         lock_path = self.path / LOCK_FILE_NAME
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)  # a lock file from an older version may be 0644
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -134,7 +139,7 @@ def _generated() -> str:
 def _write_durably(path: Path, text: str) -> None:
     """Write a new file whole or not at all: a temporary file, fsynced, renamed in place."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, f"{text}\n".encode())
         os.fsync(fd)

@@ -3,6 +3,9 @@
 `log.info("coordinator started", extra={"listen": addr})` prints, as logfmt,
 `ts=2025-01-01T12:00:00.123Z level=INFO logger=twostep.coordinator msg="coordinator started"
 listen=127.0.0.1:50051`: values with spaces, quotes or `=` are double-quoted with escapes.
+No control character is ever written as it is (a CR, an ESC or a BEL in a value could
+rewrite or fake a line on an operator's terminal): `\\n`, `\\r`, `\\t`, else `\\xNN` /
+`\\uNNNN` in logfmt, JSON's `\\uNNNN` in JSON.
 As JSON (`log_format = "json"`) the same keys in the same order make one object per line,
 `{"ts": "2025-01-01T12:00:00.123Z", "level": "INFO", ..., "listen": "127.0.0.1:50051"}`;
 numbers and booleans stay JSON numbers and booleans, anything else is its `str()`. Either
@@ -42,17 +45,30 @@ def _fields(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str
     return fields
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    return char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+
+
 def _logfmt_value(value: object) -> str:
     text = str(value)
-    if text and not any(c in text for c in ' "=\\\n\t') and text.isprintable():
-        return text
-    for raw, escape in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\t", "\\t")):
-        text = text.replace(raw, escape)
-    return f'"{text}"'
+    if text.isprintable():
+        if text and not any(c in text for c in ' "=\\'):
+            return text
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + "".join(map(_escaped, text)) + '"'
 
 
 def _json_value(value: object) -> object:
     return value if isinstance(value, bool | int | float) or value is None else str(value)
+
+
+def _json_escaped(char: str) -> str:
+    return char if char.isprintable() else json.dumps(char)[1:-1]
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -63,7 +79,9 @@ class LogfmtFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = {key: _json_value(value) for key, value in _fields(self, record).items()}
-        return json.dumps(fields, ensure_ascii=False)
+        line = json.dumps(fields, ensure_ascii=False)
+        # json leaves C1 controls and other unprintable characters raw: \uXXXX them too.
+        return line if line.isprintable() else "".join(map(_json_escaped, line))
 
 
 _FORMATTERS: dict[str, type[logging.Formatter]] = {

@@ -14,11 +14,14 @@ client's connection config (`twostep.client.Connection`):
                                                # or password = "..." (discouraged)
 
 plus the optional `connect_timeout`, `pool_size`, `max_overflow`, `pool_timeout` and `options`
-of the client config (the pool's fields bound the sessions recovery and the admin service
-open on the resource). At most one of `password`, `password_env` (the name of an environment
-variable) and `password_file` (a file holding the password; a trailing newline is dropped; a
-relative path is relative to the config file) may be given. SQLite cannot be a resource: it
-never takes part in two-phase commit.
+of the client config (the pool's fields bound the sessions recovery and the admin service open
+on the resource). Every session the coordinator opens gets the client's `io_timeout`
+(`ResourceRegistry(io_timeout=)`, the `database_timeout` setting): with `connect_timeout`, no
+call on a database that stops answering waits for longer than that, so a hung database never
+holds a coordinator thread for good. At most one of `password`, `password_env` (the name of an
+environment variable) and `password_file` (a file holding the password; a trailing newline is
+dropped; a relative path is relative to the config file) may be given. SQLite cannot be a
+resource: it never takes part in two-phase commit.
 
 Secrets never leave this module except towards the driver: `ResourceConfig` and `Resource`
 show only the name, dialect and `host:port/database`; every error names the resource and the
@@ -168,14 +171,19 @@ def _password(
     return text.removesuffix("\n").removesuffix("\r")
 
 
+#: Seconds each read and write on a resource may wait by default (`database_timeout`).
+DEFAULT_IO_TIMEOUT_S = 30.0
+
+
 class Resource:
     """A registered database: its pooled sessions, its branch operations, its target."""
 
-    def __init__(self, config: ResourceConfig):
+    def __init__(self, config: ResourceConfig, *, io_timeout: float = DEFAULT_IO_TIMEOUT_S):
         self.name = config.name
         self.dialect = config.dialect
         self.target = config.target
-        self.connection = Connection.from_config(config.name, config.connection_config)
+        bounded = {**config.connection_config, "io_timeout": io_timeout}
+        self.connection = Connection.from_config(config.name, bounded)
         self.ops: BranchOps = require_two_phase(self.dialect, connection=self.name)
         self._secret = str(config.connection_config.get("password") or "")
 
@@ -196,8 +204,11 @@ class Resource:
 class ResourceRegistry:
     """The registered resources by name; built once at start, read from any thread."""
 
-    def __init__(self, configs: tuple[ResourceConfig, ...] = ()):
-        self._resources = {c.name: Resource(c) for c in configs}
+    def __init__(
+        self, configs: tuple[ResourceConfig, ...] = (), *, io_timeout: float = DEFAULT_IO_TIMEOUT_S
+    ):
+        """`io_timeout`: seconds each read and write on a resource's sessions may wait."""
+        self._resources = {c.name: Resource(c, io_timeout=io_timeout) for c in configs}
 
     def __repr__(self) -> str:
         return f"<ResourceRegistry {sorted(self._resources)}>"

@@ -96,7 +96,9 @@ class CoordinatorServer:
             self.exposure_warnings = check_exposure(
                 settings, callers_authenticated=client_token is not None or mutual_tls
             )
-            self.registry = ResourceRegistry(settings.resources)
+            self.registry = ResourceRegistry(
+                settings.resources, io_timeout=settings.database_timeout_ms / 1000
+            )
             undo.pop_all()
         idle_timeout_s = max(_MIN_CLAIM_IDLE_TIMEOUT_S, 3 * settings.recovery_interval_ms // 1000)
         self.claims = ClusterClaims(self.registry, cluster_id, idle_timeout_s=idle_timeout_s)

@@ -40,6 +40,7 @@ __all__ = [
     "decision_to_pb",
     "gtrid_of",
     "list_query",
+    "reason_problem",
     "transaction_to_pb",
 ]
 
@@ -125,12 +126,25 @@ def commit_proposals(
 def abort_proposals(request: _pb.AbortRequest, cluster: str) -> list[Proposal]:
     proposals = []
     for at, item, info in _items(request.transactions, cluster):
-        if len(item.reason) > MAX_REASON_CHARS:
-            raise (at / "reason").bad(f"longer than {MAX_REASON_CHARS} characters")
+        problem = reason_problem(item.reason)
+        if problem:
+            raise (at / "reason").bad(problem)
         branches = _branches(item.branches, at / "branches")
         deadline_ms = info.deadline_unix_s * 1000
         proposals.append(Proposal(info.gtrid, False, branches, item.reason, deadline_ms))
     return proposals
+
+
+def reason_problem(reason: str) -> str | None:
+    """What is wrong with an Abort's or a Resolve's reason, if anything: it must be at most
+    `MAX_REASON_CHARS` characters of valid UTF-8 (a lone surrogate is not)."""
+    if len(reason) > MAX_REASON_CHARS:
+        return f"longer than {MAX_REASON_CHARS} characters"
+    try:
+        reason.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid UTF-8 (at character {exc.start})"
+    return None
 
 
 def acks(request: _pb.AckRequest, cluster: str) -> list[Ack]:

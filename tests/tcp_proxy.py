@@ -4,11 +4,15 @@
     config = {**server.config(db), "port": proxy.port}
     proxy.cut()                          # reset every open connection, both sides
     proxy.block(); proxy.unblock()       # refuse new connections for a while
+    proxy.stall(); proxy.resume()        # hold every byte, both ways, on every connection
     proxy.close()
 
 A cut sends a TCP reset both ways (SO_LINGER 0), so the client sees a broken connection and the
 server sees its session end at once, as after a network failure or a killed client; nothing is
-flushed or shut down politely. One thread accepts, two threads per connection copy bytes.
+flushed or shut down politely. A stall keeps the connections open and acknowledges what
+arrives (the kernel does) but passes nothing on: a server that hangs after the handshake, or
+never sends its greeting to a connection opened during the stall. One thread accepts, two
+threads per connection copy bytes.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ class TcpProxy:
         self._pairs: set[_Pair] = set()
         self._blocked = False
         self._closed = False
+        self._flowing = threading.Event()  # cleared while stalled
+        self._flowing.set()
         self.accepted = 0  # connections forwarded so far
         self._acceptor = threading.Thread(
             target=self._accept_forever, name=f"tcp-proxy-{self.port}", daemon=True
@@ -108,10 +114,18 @@ class TcpProxy:
         with self._lock:
             self._blocked = False
 
+    def stall(self) -> None:
+        """Pass nothing on, either way, until `resume()` (connections stay open)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     def close(self) -> None:
         """Stop listening and cut every connection."""
         with self._lock:
             self._closed = True
+        self._flowing.set()  # lets the held bytes go, to sockets about to be reset
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
         self._listener.close()
@@ -160,6 +174,7 @@ class TcpProxy:
     def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(_CHUNK):
+                self._flowing.wait()
                 dst.sendall(data)
             # An orderly end of one direction is passed on; the other may still have data.
             with contextlib.suppress(OSError):

@@ -36,17 +36,26 @@ NOTES_DDL = {
 }
 
 
-@pytest.fixture(params=["postgresql", "mysql", "sqlite"])
+#: A MariaDB session that reads a backslash in a string as a plain character.
+NO_BACKSLASH_ESCAPES = {
+    "init_command": "SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',NO_BACKSLASH_ESCAPES')"
+}
+
+
+@pytest.fixture(params=["postgresql", "mysql", "mysql-no-backslash-escapes", "sqlite"])
 def db(request: pytest.FixtureRequest, tmp_path: Any) -> Connection:
-    """The connection 'main' on a fresh database of each dialect, with the table `notes`."""
+    """The connection 'main' on a fresh database of each dialect, with the table `notes`
+    (MariaDB also in sql_mode NO_BACKSLASH_ESCAPES, which changes how strings are read)."""
     if request.param == "postgresql":
         config = request.getfixturevalue("pg_config")
     elif request.param == "mysql":
         config = request.getfixturevalue("maria_config")
+    elif request.param == "mysql-no-backslash-escapes":
+        config = {**request.getfixturevalue("maria_config"), "options": NO_BACKSLASH_ESCAPES}
     else:
         config = {"driver": "sqlite", "database": str(tmp_path / "main.db")}
     connection = ConnectionManager.configure("main", config)
-    connection.execute(NOTES_DDL[request.param])
+    connection.execute(NOTES_DDL[connection.dialect.name])
     request.addfinalizer(ConnectionManager.close_all)
     return connection
 

@@ -35,7 +35,14 @@ class ConnectionSettings:
     port: int | None = None
     username: str | None = None
     password: str = field(default="", repr=False)
+    #: Seconds a new session may take: the TCP connect, the server's greeting, authentication
+    #: and the session's setup (SQLite: its busy timeout).
     connect_timeout: float = 10.0
+    #: Seconds each exchange with the server may wait once connected (each read and write;
+    #: PostgreSQL: each statement), then the session is broken off. None: as long as the
+    #: statement takes, the default for an application's sessions (a long query is its
+    #: business); the coordinator bounds its own sessions (`twostep.coordinator._registry`).
+    io_timeout: float | None = None
     #: Extra keyword arguments for the driver's connect(); may hold secrets, so never shown.
     options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     #: How many sessions the pool keeps open between uses.
@@ -152,14 +159,23 @@ class Dialect(ABC):
 
     # -- statements ----------------------------------------------------------------------------
 
-    def translate(self, sql: str) -> tuple[str, int]:
-        """`?`-placeholder SQL in the driver's own syntax, and how many parameters it takes."""
-        return lexers.translate(self._lexer, sql, self._format_params)
+    def translate(self, sql: str, session: Any = None) -> tuple[str, int]:
+        """`?`-placeholder SQL in the driver's own syntax, and how many parameters it takes,
+        as `session` reads it (None: as a new session does)."""
+        return lexers.translate(self.lexer_for(session), sql, self._format_params)
+
+    def lexer_for(self, session: Any) -> re.Pattern[str]:
+        """The lexer that reads SQL as `session`'s settings make the server read it (None: a
+        new session's)."""
+        return self._lexer
 
     def statements(self, sql: str) -> Statements:
         """What the statements of `sql` would do to an open transaction (see `_statements`)."""
+        return self._classify(self._lexer, sql)
+
+    def _classify(self, lexer: re.Pattern[str], sql: str) -> Statements:
         return classify(
-            self._lexer,
+            lexer,
             sql,
             identifier_quotes=self._identifier_quotes,
             executable_comments=self._executable_comments,
@@ -173,7 +189,7 @@ class Dialect(ABC):
         statement commits on its own, in a transaction it belongs to the transaction.
         Driver errors become `DatabaseError` naming `connection`."""
         values = _bound_params(params)
-        driver_sql, wanted = self.translate(sql)
+        driver_sql, wanted = self.translate(sql, session)
         if wanted != len(values):
             raise TypeError(
                 f"the statement has {wanted} ? placeholder(s) but {len(values)} parameter(s) "

@@ -6,6 +6,10 @@ placeholders, so every literal `%` is doubled for them. PostgreSQL's jsonb opera
 and `?&` therefore cannot be written in twostep SQL: use `jsonb_exists()`,
 `jsonb_exists_any()` and `jsonb_exists_all()`.
 
+MySQL reads a backslash in a string as an escape unless the session's sql_mode has
+NO_BACKSLASH_ESCAPES: `MYSQL_LEXER` and `MYSQL_NO_BACKSLASH_LEXER` are its two readings, and the
+MySQL dialect picks the one of the session a statement runs on (`MySQL.lexer_for`).
+
 The same lexers split a text into statements for `_statements.classify`.
 """
 
@@ -14,7 +18,13 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["MYSQL_LEXER", "POSTGRESQL_LEXER", "SQLITE_LEXER", "translate"]
+__all__ = [
+    "MYSQL_LEXER",
+    "MYSQL_NO_BACKSLASH_LEXER",
+    "POSTGRESQL_LEXER",
+    "SQLITE_LEXER",
+    "translate",
+]
 
 # Each lexer matches, in order: a span that is not SQL code (string literal, quoted identifier,
 # comment), a `?`, a `%`. Unterminated spans run to the end so that the database, not twostep,
@@ -34,20 +44,30 @@ POSTGRESQL_LEXER = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
-MYSQL_LEXER = re.compile(
-    r"""
-    (?P<skip>
-        '(?:[^'\\]|\\.|'')*'?                          # '...' (backslash escapes)
-      | "(?:[^"\\]|\\.|"")*"?                          # "..." (a string in MySQL)
-      | `(?:[^`]|``)*`?                                # `identifier`
-      | (?:\#|--(?=\s|\Z))[^\n]*                       # # comment, -- comment
-      | /\*.*?(?:\*/|\Z)                               # /* comment */
+
+
+def _mysql_lexer(backslash_escapes: bool) -> re.Pattern[str]:
+    # With backslash escapes, `\'` does not end a string; without, a backslash is a character.
+    single, double = (r"[^'\\]|\\.", r'[^"\\]|\\.') if backslash_escapes else ("[^']", '[^"]')
+    return re.compile(
+        rf"""
+        (?P<skip>
+            '(?:{single}|'')*'?                            # '...'
+          | "(?:{double}|"")*"?                            # "..." (a string in MySQL)
+          | `(?:[^`]|``)*`?                                # `identifier`
+          | (?:\#|--(?=\s|\Z))[^\n]*                       # # comment, -- comment
+          | /\*.*?(?:\*/|\Z)                               # /* comment */
+        )
+        | (?P<param>\?)
+        | (?P<percent>%)
+        """,
+        re.VERBOSE | re.DOTALL,
     )
-    | (?P<param>\?)
-    | (?P<percent>%)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
+
+
+MYSQL_LEXER = _mysql_lexer(backslash_escapes=True)  # the default sql_mode
+MYSQL_NO_BACKSLASH_LEXER = _mysql_lexer(backslash_escapes=False)
+
 SQLITE_LEXER = re.compile(
     r"""
     (?P<skip>

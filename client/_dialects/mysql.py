@@ -3,15 +3,17 @@ describe a table (MariaDB's JSON columns among them), and the upsert spelled ON 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import pymysql
 from pymysql.constants import CLIENT, SERVER_STATUS
 
+from .._statements import Statements
 from .._types import MYSQL_SESSION_SETUP, mysql_column, mysql_conversions
 from .base import ConnectionSettings, Dialect, TableInfo
-from .lexers import MYSQL_LEXER
+from .lexers import MYSQL_LEXER, MYSQL_NO_BACKSLASH_LEXER
 
 __all__ = ["MySQL"]
 
@@ -25,6 +27,22 @@ class MySQL(Dialect):
     _identifier_quotes = "`"
     _executable_comments = True
 
+    def lexer_for(self, session: pymysql.Connection | None) -> re.Pattern[str]:
+        # The server reports the session's NO_BACKSLASH_ESCAPES with every reply, as it is
+        # now (a SET sql_mode changes it), in the status flags PyMySQL's own escaping reads.
+        status = 0 if session is None else session.server_status
+        if status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+            return MYSQL_NO_BACKSLASH_LEXER
+        return MYSQL_LEXER
+
+    def statements(self, sql: str) -> Statements:
+        # Read before the session is lent, so under both readings of a backslash: a statement
+        # found by either counts (as `classify_postgresql` does for its two readings).
+        found = [self._classify(lexer, sql) for lexer in (MYSQL_LEXER, MYSQL_NO_BACKSLASH_LEXER)]
+        if found[0] == found[1]:
+            return found[0]
+        return Statements(found[0].words + found[1].words)
+
     def connect(self, settings: ConnectionSettings) -> pymysql.Connection:
         kwargs: dict[str, Any] = {
             "host": settings.host,
@@ -35,12 +53,20 @@ class MySQL(Dialect):
             "connect_timeout": settings.connect_timeout,
             "charset": "utf8mb4",
         }
+        if settings.io_timeout is not None:
+            kwargs["read_timeout"] = kwargs["write_timeout"] = settings.io_timeout
         kwargs.update(settings.options)
         kwargs["autocommit"] = True
         # The type contract's encoders and decoders (`_types`). FOUND_ROWS: an UPDATE reports
         # the rows it matched, as on PostgreSQL and SQLite, not only those it changed.
         kwargs["conv"] = mysql_conversions(kwargs.get("conv"))
         kwargs["client_flag"] = kwargs.get("client_flag", 0) | CLIENT.FOUND_ROWS
+        # PyMySQL's connect_timeout bounds the TCP connect only: the greeting, authentication
+        # and the setup below are reads and writes, bounded by connect_timeout too until the
+        # session is set up; then it gets the timeouts asked for (none by default).
+        reads, writes = kwargs.get("read_timeout"), kwargs.get("write_timeout")
+        kwargs["read_timeout"] = _shorter(reads, settings.connect_timeout)
+        kwargs["write_timeout"] = _shorter(writes, settings.connect_timeout)
         session = pymysql.connect(**kwargs)
         try:
             with session.cursor() as cur:
@@ -48,6 +74,8 @@ class MySQL(Dialect):
         except BaseException:
             self.close(session)
             raise
+        # PyMySQL has no public setter; it applies these before its next read or write.
+        session._read_timeout, session._write_timeout = reads, writes
         return session
 
     def is_idle(self, session: pymysql.Connection) -> bool:
@@ -162,3 +190,7 @@ class MySQL(Dialect):
             key = self.quote(returning[0])
             sql += f", {key} = LAST_INSERT_ID({key})"
         return sql
+
+
+def _shorter(timeout: float | None, bound: float) -> float:
+    return bound if timeout is None else min(timeout, bound)

@@ -39,9 +39,19 @@ class PostgreSQL(Dialect):
         }
         if settings.password:
             kwargs["password"] = settings.password
+        connection_class: type[psycopg.Connection[Any]] = psycopg.Connection
+        if settings.io_timeout is not None:
+            kwargs.update(_io_bounds(settings.io_timeout))
+            connection_class = _BoundedConnection
         kwargs.update(settings.options)
+        if settings.io_timeout is not None:
+            # The server gives up on a statement too, rather than working on for no one.
+            ms = max(1, round(settings.io_timeout * 1000))
+            kwargs["options"] = f"{kwargs.get('options', '')} -c statement_timeout={ms}".strip()
         kwargs["autocommit"] = True
-        session = psycopg.connect(**kwargs)
+        session = connection_class.connect(**kwargs)
+        if isinstance(session, _BoundedConnection):
+            session.io_timeout = settings.io_timeout
         register_postgres(session)  # the type contract's loaders (`_types`)
         return session
 
@@ -100,3 +110,38 @@ class PostgreSQL(Dialect):
     def json_equals(self, column_sql: str) -> str:
         # `json` has no equality operator; jsonb compares values (key order, spacing aside).
         return f"CAST({column_sql} AS jsonb) = CAST(? AS jsonb)"
+
+
+def _io_bounds(seconds: float) -> dict[str, Any]:
+    """libpq's settings that end a session whose server or network went silent: keepalive
+    probes after `seconds` idle, and unacknowledged data for longer than `seconds`."""
+    whole = max(1, round(seconds))
+    return {
+        "keepalives": 1,
+        "keepalives_idle": whole,
+        "keepalives_interval": max(1, whole // 3),
+        "keepalives_count": 3,
+        "tcp_user_timeout": whole * 1000,
+    }
+
+
+class _BoundedConnection(psycopg.Connection[Any]):
+    """A session whose every exchange with the server gives up after `io_timeout` seconds.
+
+    Neither keepalives nor `statement_timeout` notice a server that accepts bytes and never
+    answers (a stopped process, a stalled proxy: its kernel acknowledges them). psycopg runs
+    each statement through `wait()`, whose timeout it otherwise leaves unset; an expired one
+    raises an `OperationalError`, and the session, its statement still in flight, is closed.
+    """
+
+    io_timeout: float | None = None
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        if timeout is None:
+            timeout = self.io_timeout
+        try:
+            return super().wait(gen, interval, timeout)
+        except psycopg.OperationalError:
+            if self.pgconn.transaction_status == TransactionStatus.ACTIVE:
+                self.pgconn.finish()  # gave up waiting; the reply may still come: never reuse
+            raise

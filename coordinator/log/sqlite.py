@@ -131,6 +131,7 @@ class SqliteDecisionLog:
         self._max_batch = max_batch
         self._clock = clock
         self._busy_timeout_ms = busy_timeout_ms
+        _owner_only(self.path)
         self._writer_db = self._connect()
         (mode,) = self._writer_db.execute("PRAGMA journal_mode=WAL").fetchone()
         if mode != "wal":
@@ -352,3 +353,12 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _owner_only(path: Path) -> None:
+    """Create the log file if missing, and make it and its -wal and -shm files readable by
+    the owner alone (0600) whatever the umask: SQLite gives those the database file's mode."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path.with_name(name), 0o600)

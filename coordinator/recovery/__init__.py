@@ -7,9 +7,11 @@ One pass is scan, plan, act, report (docs/design.md, invariants 3 and 4):
 `report`    the pass's report, the state Status reads, counters, log lines
 `memory`    what one pass remembers for the next: suspects, backoff, PostgreSQL evidence
 `retention` what the log keeps: abandoned transactions expire, finished ones are pruned
+`lanes`     one thread pool per resource: a database that hangs holds up only its own work
 `loop`      `Recovery`: the loop, and the pass that puts the above together
 """
 
+from .lanes import Stuck
 from .loop import Recovery
 from .plan import RECOVERY_ABORT_REASON
 from .report import Action, Report, ResourceState, Scanned
@@ -23,4 +25,5 @@ __all__ = [
     "Report",
     "ResourceState",
     "Scanned",
+    "Stuck",
 ]

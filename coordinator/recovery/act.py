@@ -5,11 +5,13 @@ In the plan's order:
 2. Each orphan's ABORT is decided first, durably (`decide` with commit=False, so a late
    Commit is answered ABORTED). Only if ABORT is then the decision in force are its branches
    rolled back; if a Commit won the race, that COMMIT stands and its client finishes them.
-3. The steps run in parallel, each resource's share spread over `workers_per_resource`
-   sessions. A branch is finished with the client's `finish_prepared` (one implementation of
-   phase 2 for both sides). A branch no longer prepared is AS_ASKED, OTHER_WAY (a heuristic
-   outcome: a note on the transaction) or UNVERIFIED (noted for a COMMIT); a gone branch to
-   verify asks its database how its transaction ended (`BranchOps.ended_as`).
+3. The steps run in parallel, each resource's share spread over `workers_per_resource` sessions in
+   its lane (`lanes`); a pass waits for them at most its patience, and a step still running then, or
+   on a stuck resource, fails this pass (its call goes on; the next pass looks again). A branch is
+   finished with the client's `finish_prepared` (one implementation of phase 2 for both sides). A
+   branch no longer prepared is AS_ASKED, OTHER_WAY (a heuristic outcome: a note on the transaction)
+   or UNVERIFIED (noted for a COMMIT); a gone branch to verify asks its database how its transaction
+   ended (`BranchOps.ended_as`).
 4. MySQL/MariaDB: "unknown xid" while XA RECOVER still lists the xid means a live session
    holds the branch. It is reported blocked with the session id the client registered (Begin,
    Enlist, Commit or Abort), confirmed in INNODB_TRX (`_inspect`); past the gtrid's deadline
@@ -29,9 +31,9 @@ about it; armed to kill, the first branch finished in a pass is the last one.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +44,7 @@ from twostep.client.tpc.failpoints import DURING_RECOVERY, failpoint
 from .. import _inspect
 from .._registry import Resource, ResourceRegistry
 from ..log import Ack, DecisionLog, LogUnavailable, Note, State
+from .lanes import Lanes, Stuck
 from .memory import PassMemory
 from .plan import OrphanAbort, Plan, Step, TxnPlan
 from .report import (
@@ -101,7 +104,7 @@ class Actor:
         memory: PassMemory,
         status: Status,
         lines: ActionLog,
-        pool: Executor,
+        lanes: Lanes,
         clock: Callable[[], int],
         stopping: threading.Event,
         interval_ms: int,
@@ -114,7 +117,7 @@ class Actor:
         self._memory = memory
         self._status = status
         self._lines = lines
-        self._pool = pool
+        self._lanes = lanes
         self._clock = clock
         self._stopping = stopping
         self._interval_ms = interval_ms
@@ -122,8 +125,9 @@ class Actor:
         self._kill = kill_live_sessions
         self._workers = workers_per_resource
 
-    def act(self, plan: Plan, report: Report, *, dry_run: bool) -> set[str]:
-        """Run `plan` (a dry run: report it); the gtrids of the transactions worked on."""
+    def act(self, plan: Plan, report: Report, *, dry_run: bool, patience: float) -> set[str]:
+        """Run `plan` (a dry run: report it), waiting at most `patience` seconds for the
+        steps; the gtrids of the transactions worked on."""
         txns = dict(plan.txns)
         for finding in plan.findings:
             report.actions.append(finding.action)
@@ -142,7 +146,7 @@ class Actor:
         for abort in self._decide_aborts(plan.aborts, report):
             _add_orphan(txns, abort)
         work = [(txn, [self._run_of(s) for s in txn.steps]) for txn in txns.values()]
-        self._execute([run for _, runs in work for run in runs])
+        self._execute([run for _, runs in work for run in runs], patience)
         self._conclude(work, report)
         return set(txns)
 
@@ -183,24 +187,36 @@ class Actor:
         assert resource is not None, "the plan names only registered resources in steps"
         return _Run(step, resource)
 
-    def _execute(self, runs: list[_Run]) -> None:
-        """Run the steps, each resource's share spread over a few sessions, in parallel."""
+    def _execute(self, runs: list[_Run], patience: float) -> None:
+        """Run the steps, each resource's share spread over a few sessions of its lane, in
+        parallel; those not run within `patience` seconds fail (see the module docstring)."""
         by_resource: dict[str, list[_Run]] = collections.defaultdict(list)
         for run in runs:
             by_resource[run.step.resource].append(run)
-        chunks = [
-            items[i :: self._workers]
-            for items in by_resource.values()
-            for i in range(min(self._workers, len(items)))
-        ]
-        for future in [self._pool.submit(self._run_chunk, chunk) for chunk in chunks]:
-            future.result()
+        given_up = threading.Event()  # set: the chunks still running start no more steps
+        futures = []
+        for name, items in by_resource.items():
+            for i in range(min(self._workers, len(items))):
+                chunk = items[i :: self._workers]
+                try:
+                    futures.append(self._lanes.submit(name, self._run_chunk, chunk, given_up))
+                except Stuck as exc:
+                    for run in chunk:
+                        run.result = f"failed: {name} is stuck ({exc}); retrying"
+        concurrent.futures.wait(futures, timeout=patience)
+        given_up.set()
+        for run in runs:
+            if not run.result:  # not run, or its call is still waiting for an answer
+                why = f"no answer within {patience:.1f} s"
+                run.result = f"failed: {run.step.resource} is stuck ({why}); retrying"
 
-    def _run_chunk(self, chunk: list[_Run]) -> None:
+    def _run_chunk(self, chunk: list[_Run], given_up: threading.Event) -> None:
         for run in chunk:
             if self._stopping.is_set():
                 run.result = "failed: the coordinator is stopping"
                 continue
+            if given_up.is_set():
+                return  # the pass reports the rest
             try:
                 self._run(run)
             except Exception as exc:  # a branch's failure never stops the others

@@ -14,6 +14,13 @@ without acting; Admin.Resolve settles one gtrid). One pass:
 5. Report (`report`): the pass's `Report`, counters, the resources' state, the log lines;
    and `on_report` (the metrics) gets every report of a pass that acted.
 
+Isolation. Every database call runs in its resource's lane (`lanes`); a pass waits for its
+scans, then for its steps, at most its patience (one recovery interval, at least
+`MIN_PATIENCE_MS`) each, and goes on without what did not answer: a resource that hangs
+delays no other resource's work by more than that, is reported stuck ("stuck: ..." in its
+Status, its steps failed and retried) and is given no new work until its calls return (the
+sessions' timeouts bound them: `_registry`).
+
 Nothing is ever dropped: a branch on an unregistered resource is reported blocked ("unknown
 resource") on every pass; errors are retried with backoff (doubling from the interval, at
 most `memory.MAX_BACKOFF_MS`; an on-demand pass ignores the backoff).
@@ -32,14 +39,16 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .._claim import ClusterClaims
 from .._registry import Resource, ResourceRegistry
 from ..log import BranchRecord, Decision, DecisionLog, LogUnavailable, State
 from . import retention
 from .act import WORKERS_PER_RESOURCE, Actor
+from .lanes import Lanes
 from .memory import PassMemory
 from .plan import Facts, Listing, listed_branches, plan, prepared_orphans, resources_due
 from .report import (
@@ -56,9 +65,13 @@ from .report import (
 )
 from .scan import Scanner, decided_incomplete, records_of
 
-__all__ = ["Recovery"]
+__all__ = ["MIN_PATIENCE_MS", "Recovery"]
 
-_MAX_POOL = 32  # threads scanning and finishing branches, whatever the number of resources
+T = TypeVar("T")
+
+#: The least a pass waits for a resource's answer, however short the interval: a busy but
+#: healthy database is not to be called stuck.
+MIN_PATIENCE_MS = 1_000
 
 
 def _now_ms() -> int:
@@ -97,9 +110,10 @@ class Recovery:
         self._dialects = {r.name: r.dialect for r in registry}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        workers = max(4, workers_per_resource * max(1, len(registry)))
-        self._pool = ThreadPoolExecutor(
-            min(workers, _MAX_POOL), thread_name_prefix="twostep-recovery"
+        #: Seconds a pass waits for a resource (see the module docstring).
+        self.patience = max(interval_ms, MIN_PATIENCE_MS) / 1000
+        self._lanes = Lanes(
+            registry.names(), workers=workers_per_resource, stuck_after_s=self.patience
         )
 
         self._pass_lock = threading.Lock()  # serializes passes; guards the two below
@@ -108,14 +122,14 @@ class Recovery:
         self._status = Status(
             ResourceState(r.name, r.dialect, r.target, None, 0, "", 0) for r in registry
         )
-        self._scanner = Scanner(claims, cluster_id, self._pool)
+        self._scanner = Scanner(claims, cluster_id, self._lanes)
         self._actor = Actor(
             decision_log=decision_log,
             registry=registry,
             memory=self._memory,
             status=self._status,
             lines=self._lines,
-            pool=self._pool,
+            lanes=self._lanes,
             clock=clock,
             stopping=self._stopping,
             interval_ms=interval_ms,
@@ -136,7 +150,7 @@ class Recovery:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._lanes.shutdown()
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -163,7 +177,27 @@ class Recovery:
         return self._status.last_report()
 
     def resource_states(self) -> list[ResourceState]:
-        return self._status.resource_states()
+        """Each resource as last scanned; one whose lane is stuck right now as unreachable,
+        "stuck: ..." (its last scan may be older than the hang)."""
+        now = time.monotonic()
+        states = []
+        for state in self._status.resource_states():
+            since = self._lanes.stuck_since(state.name)
+            if since is not None:
+                why = f"stuck: a call has had no answer for {now - since:.0f} s"
+                state = replace(state, reachable=False, error=why)
+            states.append(state)
+        return states
+
+    def calls_running(self) -> int:
+        """Database calls still running (after `stop`: those waiting for a database)."""
+        return self._lanes.running()
+
+    def on_resource(self, name: str, fn: Callable[..., T], *args: Any, timeout: float) -> T:
+        """`fn(*args)` run in resource `name`'s lane, waiting at most `timeout` seconds (for
+        Admin calls). Raises what `fn` raises, or `Stuck` (no answer in time, or the lane is
+        stuck on an earlier call)."""
+        return self._lanes.call(name, fn, *args, timeout=timeout)
 
     def in_doubt(self) -> set[str]:
         """gtrids with a branch the last passes could not finish (blocked or failing)."""
@@ -209,16 +243,25 @@ class Recovery:
         self._on_report(report)
         return report
 
-    def find_branches(self, gtrid: str) -> tuple[list[BranchRecord], list[str]]:
-        """The branches of `gtrid` listed prepared on registered resources; and scan errors."""
+    def find_branches(
+        self, gtrid: str, timeout: float | None = None
+    ) -> tuple[list[BranchRecord], list[str]]:
+        """The branches of `gtrid` listed prepared on registered resources; and scan errors
+        (a resource that did not answer within `timeout` seconds, default the patience, is
+        one)."""
         report = Report(self._clock(), dry_run=True)
-        listings = self._scan(report, report.started_ms, eager=True, remember=False)
+        patience = self.patience if timeout is None else timeout
+        listings = self._scan(
+            report, report.started_ms, eager=True, remember=False, patience=patience
+        )
         return listed_branches(gtrid, listings, self._dialects), report.errors
 
     def _pass(self, *, dry_run: bool, eager: bool, only: str | None = None) -> Report:
         now = self._clock()
         report = Report(now, dry_run)
-        listings = self._scan(report, now, eager=eager, remember=not dry_run)
+        listings = self._scan(
+            report, now, eager=eager, remember=not dry_run, patience=self.patience
+        )
         decided = decided_incomplete(
             self._log,
             decided_before_ms=now - self._grace_ms + 1,  # the planner's grace, as a filter
@@ -246,7 +289,7 @@ class Recovery:
             self._memory.suspects = the_plan.suspects
         if not dry_run and only is None:
             self._status.set_orphans(prepared_orphans(the_plan.suspects, self._dialects, now))
-        worked_on = self._actor.act(the_plan, report, dry_run=dry_run)
+        worked_on = self._actor.act(the_plan, report, dry_run=dry_run, patience=self.patience)
         if only is None:
             self._keep_log_bounded(listings, report, now, dry_run)
         report.finished_ms = self._clock()
@@ -257,13 +300,15 @@ class Recovery:
             self._lines.pass_summary(report)
         return report
 
-    def _scan(self, report: Report, now: int, *, eager: bool, remember: bool) -> dict[str, Listing]:
-        """Scan the resources due; report the failures; `remember`: update the pass memory
-        and the resources' state (not for a dry run)."""
+    def _scan(
+        self, report: Report, now: int, *, eager: bool, remember: bool, patience: float
+    ) -> dict[str, Listing]:
+        """Scan the resources due, waiting at most `patience` seconds; report the failures;
+        `remember`: update the pass memory and the resources' state (not for a dry run)."""
         due, skipped = resources_due(self._registry.names(), self._memory.backoff, now, eager)
         report.errors += skipped
         resources = [r for r in self._registry if r.name in due]
-        listings, failed, summaries = self._scanner.scan(resources)
+        listings, failed, summaries = self._scanner.scan(resources, patience)
         for resource in resources:
             name = resource.name
             if name in failed:

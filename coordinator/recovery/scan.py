@@ -6,14 +6,15 @@ layer uses), only once this coordinator's cluster claim on it is confirmed in th
 nothing on that resource is judged. Of what it lists, only the xids of this cluster are kept;
 on PostgreSQL each one's transaction id (xid8) too, the evidence for a heuristic check once
 the branch is gone (`twostep.coordinator._inspect`), and the server's prepared transactions
-as a whole for the metrics (`_inspect.pg_prepared_summary`). Scans of several resources run
-at once.
+as a whole for the metrics (`_inspect.pg_prepared_summary`). Scans of several resources run at
+once, each in its resource's lane (`lanes`): one that does not answer within the scan's
+patience is a scan error ("stuck"), and holds up no other one.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor
 from dataclasses import replace
 
 from .. import _inspect
@@ -21,6 +22,7 @@ from .._claim import ClaimConflict, ClusterClaims
 from .._inspect import PgPrepared
 from .._registry import Resource
 from ..log import DecisionLog, ListQuery, State, TransactionRecord
+from .lanes import Lanes, Stuck
 from .plan import Listing, is_ours
 
 __all__ = ["Scanner", "decided_incomplete", "records_of"]
@@ -31,22 +33,35 @@ _PAGE = 1000  # decided transactions read from the log at a time
 class Scanner:
     """Lists the prepared xids of this cluster on the registered resources."""
 
-    def __init__(self, claims: ClusterClaims, cluster_id: str, pool: Executor):
+    def __init__(self, claims: ClusterClaims, cluster_id: str, lanes: Lanes):
         self._claims = claims
         self._cluster = cluster_id
-        self._pool = pool
+        self._lanes = lanes
 
     def scan(
-        self, resources: Sequence[Resource]
+        self, resources: Sequence[Resource], patience: float
     ) -> tuple[dict[str, Listing], dict[str, str], dict[str, PgPrepared]]:
-        """Scan `resources` in parallel: the listing of each one scanned, why each other one
-        could not be (the driver's message, its password masked), and each PostgreSQL one's
+        """Scan `resources` in parallel, waiting at most `patience` seconds: the listing of
+        each one scanned, why each other one could not be (the driver's message, its password
+        masked; "stuck: ..." for one that did not answer in time), and each PostgreSQL one's
         prepared transactions as a whole."""
-        futures = {r.name: self._pool.submit(self._scan, r) for r in resources}
-        listings, failed, summaries = {}, {}, {}
+        futures, failed = {}, {}
         for resource in resources:
             try:
-                listings[resource.name], summary = futures[resource.name].result()
+                futures[resource.name] = self._lanes.submit(resource.name, self._scan, resource)
+            except Stuck as exc:
+                failed[resource.name] = f"stuck: {exc}"
+        concurrent.futures.wait(futures.values(), timeout=patience)
+        listings, summaries = {}, {}
+        for resource in resources:
+            future = futures.get(resource.name)
+            if future is None:
+                continue
+            if not future.done():
+                failed[resource.name] = f"stuck: no answer within {patience:.1f} s"
+                continue
+            try:
+                listings[resource.name], summary = future.result()
             except Exception as exc:
                 failed[resource.name] = resource.redact(exc)
                 continue
