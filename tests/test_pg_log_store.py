@@ -24,6 +24,7 @@ from twostep.coordinator import (
     Ack,
     Begun,
     BranchRecord,
+    ConfigError,
     ListQuery,
     LogUnavailable,
     Note,
@@ -32,6 +33,7 @@ from twostep.coordinator import (
     Resolution,
     SqliteDecisionLog,
     State,
+    load_settings,
 )
 from twostep.testing import FakeClock, PostgresServer
 
@@ -274,3 +276,43 @@ def test_a_batch_whose_connection_broke_is_unavailable_and_the_next_one_reconnec
     assert store.get(second) is None
     assert store.decide([Proposal(second, commit=False)])[0].state is State.ABORTED
     assert store.get(second).state is State.ABORTED  # type: ignore[union-attr]
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"TWOSTEP_LOG_STORE": "postgresql", "TWOSTEP_CLUSTER_ID": "c1"}, "needs log_database_url"),
+        (
+            {"TWOSTEP_LOG_STORE": "postgresql", "TWOSTEP_LOG_DATABASE_URL": "postgresql://h/db"},
+            "needs cluster_id",
+        ),
+        ({"TWOSTEP_LOG_DATABASE_URL": "postgresql://h/db"}, "is for log_store = postgresql"),
+        ({"TWOSTEP_LOG_DATABASE_URL": "postgresql://u:s3cret@h/db"}, "not in the URL"),
+        ({"TWOSTEP_LOG_DATABASE_URL": "postgresql:///db"}, "names no host"),
+        ({"TWOSTEP_LOG_STORE": "mysql"}, "expected sqlite or postgresql"),
+    ],
+)
+def test_log_store_settings_are_refused_unless_they_fit_together(environ, message):
+    with pytest.raises(ConfigError, match=message) as refused:
+        load_settings([], environ)
+    assert "s3cret" not in str(refused.value)
+
+
+def test_replica_settings_from_the_environment_name_the_shared_log():
+    settings = load_settings(
+        [],
+        {
+            "TWOSTEP_LOG_STORE": "postgresql",
+            "TWOSTEP_LOG_DATABASE_URL": "postgresql://twostep@db:5432/log",
+            "TWOSTEP_LOG_DATABASE_PASSWORD": "pw",
+            "TWOSTEP_CLUSTER_ID": "shop",
+        },
+    )
+    assert (settings.log_store, settings.log_database_url) == (
+        "postgresql",
+        "postgresql://twostep@db:5432/log",
+    )
+    assert "pw" not in repr(settings)
