@@ -21,7 +21,10 @@ import grpc
 import pytest
 from bank import Bank
 
+from twostep.client import Connection
+from twostep.client.tpc import Xid, require_two_phase
 from twostep.client.tpc.failpoints import AFTER_DECISION
+from twostep.coordinator import PostgresDecisionLog
 from twostep.coordinator.recovery.retention import EXPIRED_REASON
 from twostep.testing import CoordinatorProcess, PostgresServer
 from twostep.v1 import coordinator_pb2 as pb
@@ -107,6 +110,52 @@ def test_commits_on_two_replicas_racing_their_expiry_aborts_get_one_outcome_per_
             assert (row.state, row.reason) == (state, reason)
         reasons.add(reason if state == ABORTED else "committed")
     assert "committed" in reasons and EXPIRED_REASON in reasons, reasons  # both sides won
+
+
+# -- recovery work split ------------------------------------------------------------------------
+
+
+def test_recovery_leaves_a_transaction_alone_while_another_replica_works_on_it(
+    coordinator_factory: Callable[..., CoordinatorProcess],
+    log_url: str,
+    pg_config: dict[str, Any],
+    pg_server: PostgresServer,
+):
+    settings = shared_log(log_url, "split", recovery_grace_s=0, recovery_interval_s=3600)
+    replica = coordinator_factory(settings=settings, resources={"orders": pg_config})
+    coordinator = stub(replica)
+    (started,) = coordinator.Begin(pb.BeginRequest(count=1), timeout=RPC_TIMEOUT).transactions
+    gtrid = started.gtrid
+    with pg_server.admin_connect(pg_config["database"]) as admin:
+        admin.execute("CREATE TABLE t (id int)")
+    connection = Connection.from_config("orders", pg_config)
+    ops = require_two_phase("postgresql", connection="orders")
+    session = connection.connect()
+    xid = Xid.of(gtrid, "orders")
+    ops.begin(session, xid, None)
+    connection.dialect.run(session, "INSERT INTO t (id) VALUES (1)")
+    ops.prepare(session, xid)
+    connection.dialect.close(session)  # ... and its client died before phase 2
+    branch = pb.Branch(resource="orders", bqual="orders", dialect="postgresql")
+    item = pb.CommitItem(gtrid=gtrid, branches=[branch])
+    reply = coordinator.Commit(pb.CommitRequest(transactions=[item]), timeout=RPC_TIMEOUT)
+    assert reply.decisions[0].state == COMMITTED
+
+    def prepared() -> bool:
+        with pg_server.admin_connect(pg_config["database"]) as admin:
+            return bool(admin.execute("SELECT 1 FROM pg_prepared_xacts").fetchall())
+
+    other = PostgresDecisionLog(log_url, cluster_id="split")  # another replica's log
+    try:
+        with other.take_work([gtrid]) as held:
+            assert held == {gtrid}
+            replica.recover()
+            assert prepared()  # the other replica is working on it: left alone
+        replica.recover()
+        assert not prepared()
+        assert replica.get(gtrid).completed  # type: ignore[union-attr]
+    finally:
+        other.close()
 
 
 # -- the cluster claim --------------------------------------------------------------------------
