@@ -194,15 +194,11 @@ def test_a_log_database_of_another_cluster_is_refused(open_store):
 
 def test_recovery_work_one_store_holds_is_not_given_to_another(open_store):
     first, second = open_store(), open_store()
-    clock = FakeClock()
-    a, b, done = gtrids(3, clock)
-    first.decide([Proposal(done, commit=False)])
-    first.record_acks([Ack(done)])
-    first.flush()
+    a, b, c = gtrids(3, FakeClock())
     with first.take_work([a, b]) as mine:
         assert mine == {a, b}
-        with second.take_work([a, b, done]) as theirs:
-            assert theirs == set()  # a and b are held, `done` is completed
+        with second.take_work([a, b, c]) as theirs:
+            assert theirs == {c}  # a and b are held by the first
     with second.take_work([a, b]) as theirs:
         assert theirs == {a, b}  # released at the end of the first block
 

@@ -164,8 +164,8 @@ class PostgresDecisionLog:
 
     @contextlib.contextmanager
     def take_work(self, gtrids: Sequence[str]) -> Iterator[set[str]]:
-        """Of `gtrids`, those this replica may work on until the block ends: no other replica
-        holds them, and the log does not have them completed. Raises `LogUnavailable`."""
+        """Of `gtrids`, those this replica may work on until the block ends: those no other
+        replica holds. Raises `LogUnavailable`."""
         with self._work_lock:
             try:
                 if self._work_db is None or self._work_db.closed:

@@ -339,19 +339,15 @@ def prune(db: psycopg.Connection[Any], cutoff: int, limit: int) -> int:
 
 
 def lock_work(db: psycopg.Connection[Any], gtrids: Sequence[str]) -> set[str]:
-    """Of `gtrids`, those whose work lock this session took (or holds) and whose transaction is
-    not completed: the ones no other replica is working on, and that are left to work on."""
+    """Of `gtrids`, those whose work lock this session took (or holds): the ones no other
+    replica is working on. (A transaction another replica finished meanwhile may be among
+    them: finishing a branch again is harmless, and a completed transaction's branch that
+    turned up prepared later must still be finished.)"""
     rows = db.execute(
         "SELECT g FROM unnest(%s::text[]) AS g WHERE pg_try_advisory_lock(%s, hashtext(g))",
         (list(gtrids), _WORK_LOCK_SPACE),
     ).fetchall()
-    held = {g for (g,) in rows}
-    done = db.execute(
-        "SELECT gtrid FROM twostep.global_transactions"
-        " WHERE gtrid = ANY(%s) AND completed_ms IS NOT NULL",
-        (sorted(held),),
-    ).fetchall()
-    return held - {g for (g,) in done}
+    return {g for (g,) in rows}
 
 
 def unlock_work(db: psycopg.Connection[Any]) -> None:
