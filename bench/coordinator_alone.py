@@ -1,6 +1,7 @@
 """Coordinator mode: what one coordinator process decides per second, with no databases.
 
-For each client thread count, a fresh coordinator process (embedded decision log) and that
+For each client thread count, a fresh coordinator process (`--store`: the embedded decision
+log, or the PostgreSQL store on a fresh database of a private PostgreSQL server) and that
 many threads in this one process, each asking for decisions in a loop the way the client
 library does for a transaction with a PostgreSQL and a MariaDB branch (`bench/_internals.py`,
 `decide_once`). Reported per thread count:
@@ -9,8 +10,9 @@ library does for a transaction with a PostgreSQL and a MariaDB branch (`bench/_i
   counters, channelz: Describe, probes, Commit, the batched Acks), over the coordinator's life,
   warm-up included, divided by the decisions of that life;
 - fsyncs per decision: the decision log's synced commits (a batch with a decision in it;
-  batches of Acks alone ride on the next one) as the coordinator's "coordinator stopped"
-  line reports them, over the same life; log rows per SQLite commit beside it;
+  batches of Acks alone ride on the next one; PostgreSQL: commits with synchronous_commit
+  on) as the coordinator's "coordinator stopped" line reports them, over the same life; log
+  rows per commit beside it;
 - CPU per decision: the coordinator process's (/proc) and this client process's, over the
   timed run (and the last Acks' drain).
 Then the coordinator's resident memory: started and idle, and with `--active` transactions
@@ -21,13 +23,16 @@ decision; an undecided transaction costs it nothing: its gtrid is minted by the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from twostep.testing import CoordinatorProcess
+from twostep.testing import CoordinatorProcess, PostgresServer
 
 from ._args import counts
 from ._env import MY_NAME, PG_NAME, coordinator_counters, cpu_s, machine, resident_mb, rpcs_to
@@ -68,8 +73,11 @@ class DecisionRow:
         )
 
 
-def measure_decisions(base_dir: Path, threads: int, seconds: float) -> DecisionRow:
-    proc = CoordinatorProcess(base_dir / f"decisions-{threads}").start()
+def measure_decisions(
+    base_dir: Path, threads: int, seconds: float, settings: dict[str, Any] | None = None
+) -> DecisionRow:
+    """`settings`: the coordinator's (the decision log store's), default the embedded log."""
+    proc = CoordinatorProcess(base_dir / f"decisions-{threads}", settings=settings).start()
     try:
         address = proc.address
         warm = run_threads(threads, 0.5, lambda worker: decide_once(address, worker + 1))
@@ -86,8 +94,10 @@ def measure_decisions(base_dir: Path, threads: int, seconds: float) -> DecisionR
     return DecisionRow(threads, timed, decisions, rpcs, counters, coordinator_cpu, client_cpu)
 
 
-def measure_memory(base_dir: Path, active: int, threads: int) -> list[tuple[str, float, float]]:
-    proc = CoordinatorProcess(base_dir / "memory").start()
+def measure_memory(
+    base_dir: Path, active: int, threads: int, settings: dict[str, Any] | None = None
+) -> list[tuple[str, float, float]]:
+    proc = CoordinatorProcess(base_dir / "memory", settings=settings).start()
     branches = {PG_NAME: "postgresql", MY_NAME: "mysql"}
 
     def decide(_: int) -> bool:
@@ -110,12 +120,43 @@ def measure_memory(base_dir: Path, active: int, threads: int) -> list[tuple[str,
     ]
 
 
+@contextlib.contextmanager
+def log_stores(store: str, base_dir: Path) -> Iterator[Callable[[str], dict[str, Any]]]:
+    """Coordinator settings for a fresh decision log named `name`, per call: none for the
+    embedded store; for "postgresql", a new database on a private server started here."""
+    if store == "sqlite":
+        yield lambda name: {}
+        return
+    server = PostgresServer(base_dir / "log-postgresql")
+    server.start()
+    try:
+
+        def fresh(name: str) -> dict[str, Any]:
+            server.create_database(name)
+            return postgresql_log(f"postgresql://postgres@127.0.0.1:{server.port}/{name}")
+
+        yield fresh
+    finally:
+        server.stop()
+
+
+def postgresql_log(url: str) -> dict[str, Any]:
+    """Coordinator settings for the PostgreSQL decision log store at `url`."""
+    return {"log_store": "postgresql", "log_database_url": url, "cluster_id": "bench"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="3 s per thread count")
     parser.add_argument(
         "--threads", type=counts, default=(1, 16, 64), metavar="N,N,...", help="(1,16,64)"
     )
     parser.add_argument("--seconds", type=float, help="timed seconds per thread count (10)")
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the decision log: embedded (sqlite) or a private PostgreSQL server (postgresql)",
+    )
     parser.add_argument(
         "--active",
         type=int,
@@ -126,9 +167,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     seconds = args.seconds or (3.0 if args.quick else 10.0)
-    with tempfile.TemporaryDirectory(prefix="twostep-bench-coordinator-") as tmp:
-        rows = [measure_decisions(Path(tmp), n, seconds) for n in args.threads]
-        memory = measure_memory(Path(tmp), args.active, max(args.threads))
+    with (
+        tempfile.TemporaryDirectory(prefix="twostep-bench-coordinator-") as tmp,
+        log_stores(args.store, Path(tmp)) as store_settings,
+    ):
+        rows = [
+            measure_decisions(Path(tmp), n, seconds, store_settings(f"decisions_{n}"))
+            for n in args.threads
+        ]
+        memory = measure_memory(Path(tmp), args.active, max(args.threads), store_settings("memory"))
     headers = [
         "client threads",
         "decisions/s",
@@ -141,7 +188,10 @@ def run(args: argparse.Namespace) -> int:
         "client CPU ms per decision",
         "errors",
     ]
-    print(f"Coordinator alone, {machine()}; {seconds:g} s per thread count, one client process")
+    print(
+        f"Coordinator alone, {args.store} decision log, {machine()}; {seconds:g} s per thread "
+        "count, one client process"
+    )
     print()
     print(table(headers, [row.cells() for row in rows]))
     print()

@@ -35,11 +35,16 @@ What follows from a claim (`_server`, `recovery`):
   whose claim another session holds is reported (Status: the resource's error) and nothing on
   it is touched.
 
-Replicas (not built): several coordinator replicas that share one decision log on purpose
-share one cluster id and must share the claim rather than fight over it. That would be a
-lease in the shared log: the replica holding it keeps the database locks above, the others
-check that the holder's session is the one the log names (a row with its lock session ids)
-before treating a held lock as theirs.
+Replicas. Coordinator replicas that share one PostgreSQL decision log share one cluster id
+on purpose, and share the claim rather than fight over it: the second lock is then named
+after the store (`shared_by`, its id kept in the log database, `_log_store`) instead of the
+process, so a cluster lock held by a session that also holds the store's lock is held by a
+replica of the same store, and counts as this coordinator's. A coordinator with another store
+(an embedded log, another database) finds the cluster lock held without its own second lock:
+refused, as before. Between a replica's two locks another replica may look: a cluster lock
+whose holder holds no second lock is looked at once more after `_SECOND_LOCK_WAIT_S`.
+Recovery's replicas never drive one branch at once: the log's work locks split the work
+(`recovery.act`, `DecisionLog.take_work`).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ log = logging.getLogger("twostep.coordinator.claim")
 
 _START_PATIENCE_S = 5.0  # at start: how long a held claim is re-checked before refusing
 _START_RETRY_S = 0.25
+_SECOND_LOCK_WAIT_S = 0.2  # a replica of this store takes its second lock right after the first
 
 
 class ClaimConflict(Exception):
@@ -106,12 +112,21 @@ _SESSION_KIND = {"mysql": "MariaDB/MySQL connection id", "postgresql": "PostgreS
 class ClusterClaims:
     """This coordinator's claims on the registered resources; thread-safe."""
 
-    def __init__(self, registry: ResourceRegistry, cluster_id: str, *, idle_timeout_s: int):
+    def __init__(
+        self,
+        registry: ResourceRegistry,
+        cluster_id: str,
+        *,
+        idle_timeout_s: int,
+        shared_by: str = "",
+    ):
+        """`shared_by`: the name of the coordinators this claim is shared with (the replicas
+        of one decision log store); "" for none but this process."""
         self._registry = registry
         self._cluster = cluster_id
         self._idle_timeout_s = idle_timeout_s
         self._cluster_lock = _Lock(f"twostep.cluster.{cluster_id}")
-        self._process_lock = _Lock(f"twostep.process.{secrets.token_hex(8)}")
+        self._process_lock = _Lock(f"twostep.{shared_by or f'process.{secrets.token_hex(8)}'}")
         self._lock = threading.Lock()  # guards the three dicts below; never held during I/O
         self._sessions: dict[str, Any] = {}  # resource name -> its dedicated session
         self._reported: dict[str, str] = {}  # resource name -> last why (logged once each)
@@ -123,6 +138,7 @@ class ClusterClaims:
         warning for each resource it cannot reach (recovery claims it later)."""
         give_up = time.monotonic() + _START_PATIENCE_S
         pending = list(self._registry)
+        refused: dict[str, str] = {}  # resource name -> why its claim was refused last time
         while True:
             conflicts = []
             # In parallel, each waited for until give_up at most: a check still waiting for
@@ -133,6 +149,11 @@ class ClusterClaims:
             patience = max(0.0, give_up - time.monotonic())
             concurrent.futures.wait([c for _, c in checks], timeout=patience)
             for resource, check in checks:
+                if not check.done() and resource.name in refused:
+                    # Refused before, not answered again in time: still refused (the last
+                    # round's wait may be cut to nothing by the patience left).
+                    conflicts.append((resource, refused[resource.name]))
+                    continue
                 try:
                     if not check.done():
                         raise TimeoutError(f"no answer within {_START_PATIENCE_S:g} s")
@@ -146,6 +167,7 @@ class ClusterClaims:
                     continue
                 if why:
                     conflicts.append((resource, why))
+                    refused[resource.name] = why
             if not conflicts:
                 return
             if time.monotonic() > give_up:
@@ -245,8 +267,15 @@ class ClusterClaims:
             self._take(resource, session, self._process_lock)  # see the module docstring
             return ""
         holder = self._holder(resource, session, self._cluster_lock)
-        if holder is not None and holder == self._holder(resource, session, self._process_lock):
-            return ""  # held by this coordinator's session of another resource on this server
+        second = self._holder(resource, session, self._process_lock)
+        if holder is not None and second is None:  # maybe a replica between its two locks
+            time.sleep(_SECOND_LOCK_WAIT_S)
+            holder = self._holder(resource, session, self._cluster_lock)
+            second = self._holder(resource, session, self._process_lock)
+        if holder is not None and holder == second:
+            # Held by this coordinator's session of another resource on this server, or by a
+            # replica of this coordinator's decision log store.
+            return ""
         if holder is None:
             return "the cluster claim was released while it was checked; checking again"
         return (

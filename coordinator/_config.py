@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 
 from twostep.client import ConfigurationError as ClientConfigurationError
 from twostep.client import InvalidIdentifier
@@ -56,6 +57,8 @@ _MAX_RETENTION_S = 366 * 86_400
 #: A client asks again for a lost decision until its deadline + 10 s (`client._global`); a
 #: finished transaction is kept at least max_timeout + this, so its decision outlives that.
 _LATE_COMMIT_MARGIN_MS = 60_000
+#: Settings with a flag whose refused value is not echoed: a URL may carry a password.
+_MAY_HOLD_A_SECRET = frozenset({"log_database_url"})
 #: The tables a config file may have; anything else in it is a mistake.
 _TABLES = ("coordinator", "resources")
 
@@ -70,6 +73,12 @@ class Settings:
 
     listen: str = "127.0.0.1:50051"
     data_dir: Path = Path("twostep-data")
+    #: Where the decisions are kept: "sqlite" (embedded, in data_dir) or "postgresql" (a
+    #: database replicas share: `log_database_url`, its password apart).
+    log_store: str = "sqlite"
+    log_database_url: str = ""
+    log_database_password: str = field(default="", repr=False)
+    log_database_password_file: Path | None = None
     #: Empty: the id the data directory holds, generated at its first start (`_datadir`).
     cluster_id: str = ""
     default_timeout_ms: int = 30_000
@@ -266,6 +275,34 @@ def _path(value: Any) -> Path:
     return Path(_text(value))
 
 
+def _log_store(value: Any) -> str:
+    store = _text(value).lower()
+    if store not in {"sqlite", "postgresql"}:
+        raise ValueError("expected sqlite or postgresql")
+    return store
+
+
+def _database_url(value: Any) -> str:
+    """A libpq connection URL or string naming host and database, without a password."""
+    text = _text(value)
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(text)
+    except psycopg.ProgrammingError:
+        raise ValueError("expected a PostgreSQL URL, e.g. postgresql://user@host:5432/db") from None
+    if "password" in parts or "passfile" in parts:  # never echo it: the message names the rule
+        raise ValueError("the password goes in log_database_password(_file), not in the URL")
+    missing = [name for name in ("host", "dbname") if not parts.get(name)]
+    if missing:
+        raise ValueError(f"the URL names no {' and no '.join(missing)}")
+    return text
+
+
+def _secret(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string") from None
+    return value
+
+
 _SETTINGS = (
     _Setting(
         name="listen",
@@ -284,6 +321,48 @@ _SETTINGS = (
         env="TWOSTEP_DATA_DIR",
         metavar="DIR",
         help="directory of the decision log (decisions.sqlite3), created if missing",
+        parse=_path,
+    ),
+    _Setting(
+        name="log_store",
+        key="log_store",
+        flag="--log-store",
+        env="TWOSTEP_LOG_STORE",
+        metavar="sqlite|postgresql",
+        help="where the decisions are kept: sqlite, the embedded log in the data directory "
+        "(one coordinator); postgresql, a database several coordinator replicas share "
+        "(log_database_url; needs cluster_id, the same for every replica)",
+        parse=_log_store,
+    ),
+    _Setting(
+        name="log_database_url",
+        key="log_database_url",
+        flag="--log-database-url",
+        env="TWOSTEP_LOG_DATABASE_URL",
+        metavar="URL",
+        help="log_store postgresql: the database, as a libpq URL without the password "
+        "(postgresql://USER@HOST:PORT/DB?sslmode=verify-full); its schema 'twostep' is "
+        "created at first start",
+        parse=_database_url,
+    ),
+    _Setting(
+        name="log_database_password",
+        key="log_database_password",
+        flag=None,
+        env="TWOSTEP_LOG_DATABASE_PASSWORD",
+        metavar="PASSWORD",
+        help="the log database's password itself, as an alternative to "
+        "log_database_password_file; a file key or the environment only, never a flag",
+        parse=_secret,
+    ),
+    _Setting(
+        name="log_database_password_file",
+        key="log_database_password_file",
+        flag="--log-database-password-file",
+        env="TWOSTEP_LOG_DATABASE_PASSWORD_FILE",
+        metavar="FILE",
+        help="file holding the log database's password (a trailing newline is dropped); "
+        "neither this nor log_database_password: libpq's own ways (PGPASSWORD, ~/.pgpass)",
         parse=_path,
     ),
     _Setting(
@@ -555,6 +634,10 @@ _DISPLAY_DEFAULTS = {
     "max_timeout_ms": "300",
     "data_dir": "./twostep-data",
     "metrics_listen": "off",
+    "log_store": "sqlite",
+    "log_database_url": "unset",
+    "log_database_password": "unset (see log_database_password_file)",
+    "log_database_password_file": "unset",
     "recovery_interval_ms": "5",
     "recovery_grace_ms": "10",
     "kill_grace_ms": "30",
@@ -769,10 +852,12 @@ def load_settings(
         try:
             values[setting.name] = setting.parse(value)
         except (TypeError, ValueError) as exc:
-            shown = "(hidden)" if setting.flag is None else repr(value)
+            hidden = setting.flag is None or setting.name in _MAY_HOLD_A_SECRET
+            shown = "(hidden)" if hidden else repr(value)
             raise ConfigError(f"{source} = {shown}: {exc}") from None
     settings = Settings(**values, resources=resources)
     _check_tls(settings)
+    _check_log_store(settings)
     if settings.default_timeout_ms > settings.max_timeout_ms:
         raise ConfigError(
             f"default timeout ({settings.default_timeout_ms / 1000:g} s) is longer than the "
@@ -796,6 +881,22 @@ def _check_tls(settings: Settings) -> None:
         raise ConfigError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
     if settings.tls_admin_names and settings.tls_client_ca_file is None:
         raise ConfigError("tls_admin_names names client certificates: it needs tls_client_ca_file")
+
+
+def _check_log_store(settings: Settings) -> None:
+    """The decision log settings that only make sense together."""
+    if settings.log_store == "sqlite":
+        if settings.log_database_url:
+            raise ConfigError("log_database_url is for log_store = postgresql")
+        return
+    if not settings.log_database_url:
+        raise ConfigError("log_store = postgresql needs log_database_url")
+    if not settings.cluster_id:
+        raise ConfigError(
+            "log_store = postgresql needs cluster_id: the replicas sharing the log share it"
+        )
+    if settings.log_database_password and settings.log_database_password_file:
+        raise ConfigError("set log_database_password or log_database_password_file, not both")
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], object | None]:

@@ -37,11 +37,12 @@ from ._callers import CallerCheck, check_exposure, load_client_token, server_cre
 from ._claim import ClusterClaims
 from ._config import ConfigError, Settings
 from ._datadir import DataDir
+from ._log_store import claim_shared_by, open_decision_log
 from ._metrics import Metrics
 from ._registry import ResourceRegistry
 from ._service import CoordinatorServicer
 from ._txn_view import TxnView
-from .log import DecisionLog, SqliteDecisionLog
+from .log import DecisionLog, PostgresDecisionLog, SqliteDecisionLog
 from .recovery import Recovery, Report
 
 __all__ = ["SERVICE_NAME", "CoordinatorServer"]
@@ -78,9 +79,7 @@ class CoordinatorServer:
         with contextlib.ExitStack() as undo:  # what was opened, closed again if a step fails
             self.data_dir = DataDir(settings.data_dir)
             undo.callback(self.data_dir.close)
-            self.decision_log: DecisionLog = decision_log or SqliteDecisionLog(
-                settings.data_dir, max_batch=settings.max_batch, clock=clock
-            )
+            self.decision_log: DecisionLog = decision_log or open_decision_log(settings, clock)
             undo.callback(self.decision_log.close)
             cluster_id = self.data_dir.cluster_id(
                 settings.cluster_id, self.decision_log.newest_gtrid
@@ -101,7 +100,12 @@ class CoordinatorServer:
             )
             undo.pop_all()
         idle_timeout_s = max(_MIN_CLAIM_IDLE_TIMEOUT_S, 3 * settings.recovery_interval_ms // 1000)
-        self.claims = ClusterClaims(self.registry, cluster_id, idle_timeout_s=idle_timeout_s)
+        self.claims = ClusterClaims(
+            self.registry,
+            cluster_id,
+            idle_timeout_s=idle_timeout_s,
+            shared_by=claim_shared_by(self.decision_log),
+        )
         self.metrics = Metrics()
         self.recovery = Recovery(
             self.decision_log,
@@ -226,10 +230,11 @@ class CoordinatorServer:
         self.data_dir.close()  # last: another coordinator may take the directory from here on
 
     def log_counters(self) -> dict[str, int]:
-        """The embedded log writer's counters since this server was built (`SqliteDecisionLog.
-        stats()`: requests queued, rows, batches committed, fsyncs, failed batches), as the
-        shutdown line reports them for benchmarks; empty for another store."""
-        if not isinstance(self.decision_log, SqliteDecisionLog):
+        """The log writer's counters since this server was built (`SqliteDecisionLog.stats()`,
+        `PostgresDecisionLog.stats()`: requests queued, rows, batches committed, fsyncs (synced
+        commits), failed batches), as the shutdown line reports them for benchmarks; empty for
+        another store."""
+        if not isinstance(self.decision_log, SqliteDecisionLog | PostgresDecisionLog):
             return {}
         stats = self.decision_log.stats()
         return {

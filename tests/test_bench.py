@@ -44,6 +44,17 @@ def test_the_coordinator_benchmark_counts_at_most_a_commit_and_an_ack_rpc_per_de
     assert [resident > 0 for _, resident, _ in memory] == [True, True]
 
 
+def test_the_coordinator_benchmark_runs_on_the_postgresql_log_store(
+    pg_config: dict[str, Any], tmp_path: Path
+) -> None:
+    url = "postgresql://{username}@{host}:{port}/{database}".format(**pg_config)
+    settings = coordinator_alone.postgresql_log(url)
+    row = coordinator_alone.measure_decisions(tmp_path, threads=2, seconds=0.3, settings=settings)
+
+    assert row.run.latencies_ms and not row.run.errors
+    assert row.counters["log_batches"] >= row.counters["log_fsyncs"] >= 1
+
+
 def test_the_recovery_benchmark_finishes_orphans_and_decided_branches(
     pg_config: dict[str, Any], maria_config: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -42,6 +42,7 @@ from twostep.testing import config_toml
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S_SINGLE = DEPLOY / "k8s" / "single"
+K8S_REPLICATED = DEPLOY / "k8s" / "replicated"
 #: Every environment variable the coordinator reads its settings from.
 SETTING_ENVS = {doc.env for doc in describe_settings()} | {CONFIG_ENV}
 LOOPBACK = "127.0.0.1"
@@ -394,9 +395,9 @@ def test_compose_password_files_must_be_mounted_secrets(tmp_path: Path):
 # -- Kubernetes, one replica -------------------------------------------------------------------
 
 
-def k8s_single() -> dict[str, dict[str, Any]]:
-    """The manifests of deploy/k8s/single by kind (one of each)."""
-    docs = [d for path in sorted(K8S_SINGLE.glob("*.yaml")) for d in read_yaml_documents(path)]
+def k8s_single(directory: Path = K8S_SINGLE) -> dict[str, dict[str, Any]]:
+    """The manifests of deploy/k8s/single (or another `directory`) by kind (one of each)."""
+    docs = [d for path in sorted(directory.glob("*.yaml")) for d in read_yaml_documents(path)]
     by_kind = {doc["kind"]: doc for doc in docs}
     assert len(by_kind) == len(docs), "one manifest of each kind"
     return by_kind
@@ -423,9 +424,11 @@ def test_the_single_coordinator_is_one_stateful_pod():
     assert "PodDisruptionBudget" not in k8s_single()
 
 
-def k8s_settings(tmp_path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Settings]:
-    manifests = k8s_single()
-    pod = manifests["StatefulSet"]["spec"]["template"]["spec"]
+def k8s_settings(
+    tmp_path: Path, directory: Path = K8S_SINGLE, workload: str = "StatefulSet"
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Settings]:
+    manifests = k8s_single(directory)
+    pod = manifests[workload]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     environ = read_image().env | {e["name"]: e["value"] for e in container["env"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -582,3 +585,67 @@ def test_the_grafana_dashboard_is_json_whose_queries_use_only_exported_metrics()
     assert used - PROMETHEUS_OWN <= EXPORTED, used - PROMETHEUS_OWN - EXPORTED
     # Every metric the coordinator exports is on the dashboard (a histogram by its buckets).
     assert {n for n in EXPORTED if not n.endswith(("_sum", "_count"))} <= used
+
+
+# -- Kubernetes, several replicas on the PostgreSQL decision log --------------------------------
+
+
+def k8s_replicated(tmp_path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Settings]:
+    return k8s_settings(tmp_path, K8S_REPLICATED, "Deployment")
+
+
+def test_the_replicated_manifests_validate_against_the_kubernetes_schemas():
+    manifests = k8s_single(K8S_REPLICATED)
+    assert set(manifests) == {"ConfigMap", "Service", "Deployment", "PodDisruptionBudget"}
+    version = kubernetes_validate.latest_version()
+    for manifest in manifests.values():
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_the_replicas_share_one_postgresql_log_one_cluster_id_and_one_admin_token(
+    tmp_path: Path,
+):
+    manifests, pod, settings = k8s_replicated(tmp_path)
+    assert manifests["Deployment"]["spec"]["replicas"] >= 2
+    assert settings.log_store == "postgresql" and settings.log_database_url
+    assert settings.cluster_id  # the same for every replica: it is in the shared config
+    secrets_dir = next(p for p, v in pod["mounts"].items() if isinstance(v, dict) and "secret" in v)
+    password = settings.log_database_password_file
+    assert password is not None and password.exists()  # a mounted key of the Secret
+    mounted = {item["path"] for item in pod["mounts"][secrets_dir]["secret"]["items"]}
+    admin_token = settings.admin_token_file
+    assert admin_token is not None and admin_token.parent == Path(secrets_dir)
+    assert admin_token.name in mounted
+    assert pod["mounts"][str(settings.data_dir)] == {"name": "data", "emptyDir": {}}
+    assert all(r.connection_config["password"] for r in settings.resources)
+
+
+def test_the_replicas_port_probes_service_and_disruption_budget_agree_with_their_settings(
+    tmp_path: Path,
+):
+    manifests, pod, settings = k8s_replicated(tmp_path)
+    container = pod["container"]
+    assert twostep_envs({e["name"]: e["value"] for e in container["env"]}) <= SETTING_ENVS
+    port = port_of(settings.listen)
+    (grpc_port,) = container["ports"]
+    assert grpc_port["containerPort"] == port
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == port
+    labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    service = manifests["Service"]["spec"]
+    (service_port,) = service["ports"]
+    assert service_port["targetPort"] in (grpc_port["name"], port)
+    assert service["selector"].items() <= labels.items()
+    budget = manifests["PodDisruptionBudget"]["spec"]
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    assert budget["maxUnavailable"] < manifests["Deployment"]["spec"]["replicas"]
+    assert manifests["Deployment"]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_the_replicas_run_as_the_images_non_root_user(tmp_path: Path):
+    _, pod, _ = k8s_replicated(tmp_path)
+    context = pod["pod"]["securityContext"]
+    uid, _, gid = read_image().user.partition(":")
+    assert context["runAsNonRoot"] is True
+    assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid))
+    assert pod["container"]["securityContext"]["allowPrivilegeEscalation"] is False

@@ -2,7 +2,9 @@
 
 `interface` holds the records, the `DecisionLog` protocol and the rules every store applies;
 `sqlite` the embedded store (one SQLite file, group commit), with its statements in
-`sqlite_statements`. Everything else in the coordinator imports from here.
+`sqlite_statements`; `postgresql` the store replicas share (one PostgreSQL database, the same
+group commit through `writer`), with its statements in `postgresql_statements`.
+Everything else in the coordinator imports from here.
 """
 
 from .interface import (
@@ -25,6 +27,7 @@ from .interface import (
     State,
     TransactionRecord,
 )
+from .postgresql import PostgresDecisionLog
 from .sqlite import LOG_FILE_NAME, SqliteDecisionLog, WriterStats
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "ListQuery",
     "LogUnavailable",
     "Note",
+    "PostgresDecisionLog",
     "Proposal",
     "Resolution",
     "Resolved",

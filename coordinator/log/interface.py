@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,6 +96,10 @@ __all__ = [
     "Resolved",
     "State",
     "TransactionRecord",
+    "audit_text",
+    "merged_branches",
+    "refusal_of",
+    "unknown_commit_decision",
 ]
 
 
@@ -251,6 +256,57 @@ class Resolved:
     why: str
 
 
+# -- the parts of the rules that need no store: each store's SQL calls these -------------------
+
+
+def unknown_commit_decision(proposal: Proposal, now_ms: int) -> tuple[State, str]:
+    """The Commit rule for a gtrid the log has no row of: (state, reason) to insert."""
+    if not proposal.minted:
+        return State.ABORTED, UNKNOWN_TRANSACTION  # its Begin was lost
+    if now_ms < proposal.fallback_deadline_ms:  # never begun: decided like an active row
+        return State.COMMITTED, ""
+    return State.ABORTED, DEADLINE_PASSED
+
+
+def refusal_of(resolution: Resolution, previous: State | None, previous_reason: str) -> str:
+    """Why the Resolve rule refuses `resolution` given the state in force ("": accepted)."""
+    if previous in (None, State.ACTIVE):
+        if resolution.commit and not resolution.force:
+            return (
+                "no decision is logged (presumed abort"
+                + (", and its client may still be preparing" if previous else "")
+                + "): committing it needs force"
+            )
+        return ""
+    wanted = State.COMMITTED if resolution.commit else State.ABORTED
+    if previous is not wanted and not resolution.force:
+        return (
+            f"the logged decision is {previous.value.upper()} "
+            f"({previous_reason or 'no reason given'}): contradicting it needs force"
+        )
+    return ""
+
+
+def merged_branches(
+    stored: Sequence[BranchRecord], found: Sequence[BranchRecord]
+) -> list[BranchRecord]:
+    """A resolution's branches: the stored ones, then those found on other resources."""
+    known = {b.resource for b in stored}
+    return [*stored, *(b for b in found if b.resource not in known)]
+
+
+def audit_text(resolution: Resolution, previous: State | None, refusal: str) -> str:
+    """The audit note every Resolve call leaves, refused or accepted."""
+    r = resolution
+    verb = "commit" if r.commit else "abort"
+    was = previous.value if previous else "unknown"
+    outcome = f"refused: {refusal}" if refusal else "accepted"
+    return (
+        f"resolve {verb}{' (force)' if r.force else ''} by {r.who or 'unknown caller'}: "
+        f"{outcome}; was {was}; reason: {r.reason or '(none)'}"
+    )
+
+
 class DecisionLog(Protocol):
     """Where the coordinator's decisions live. Every method is safe to call from any thread."""
 
@@ -297,6 +353,12 @@ class DecisionLog(Protocol):
 
     def newest_gtrid(self) -> str | None:
         """The gtrid begun last; None if the log is empty."""
+        ...
+
+    def take_work(self, gtrids: Sequence[str]) -> AbstractContextManager[set[str]]:
+        """Of `gtrids`, those recovery may work on until the block ends: none that another
+        coordinator sharing the log is working on (the embedded store has one: all of them).
+        Raises `LogUnavailable` when that cannot be found out."""
         ...
 
     def prune(self, completed_before_ms: int, limit: int) -> int:

@@ -190,6 +190,9 @@ class SqliteDecisionLog:
         with self._reader() as db:
             return sql.summary(db, incomplete_only=incomplete_only)
 
+    def take_work(self, gtrids: Sequence[str]) -> contextlib.AbstractContextManager[set[str]]:
+        return contextlib.nullcontext(set(gtrids))  # one coordinator per file (its data dir)
+
     def _wait(self, request: _Request) -> list[Any]:
         assert request.done is not None
         self._submit(request)

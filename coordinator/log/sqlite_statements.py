@@ -198,11 +198,8 @@ def decide(db: sqlite3.Connection, proposal: Proposal, now: int) -> Decision:
         "branches": _branches_json(proposal.branches),
     }
     if proposal.commit:
-        first = ("aborted", interface.UNKNOWN_TRANSACTION)
-        if proposal.minted:  # never begun: decided by its own deadline, like an active row
-            in_time = now < proposal.fallback_deadline_ms
-            first = ("committed", "") if in_time else ("aborted", interface.DEADLINE_PASSED)
-        params.update(first_state=first[0], first_reason=first[1], late=interface.DEADLINE_PASSED)
+        state, reason = interface.unknown_commit_decision(proposal, now)
+        params.update(first_state=state.value, first_reason=reason, late=interface.DEADLINE_PASSED)
         rows = db.execute(_DECIDE_COMMIT, params).fetchall()
     else:
         params.update(reason=proposal.reason or interface.ABORTED_BY_CLIENT)
@@ -222,19 +219,7 @@ def resolve(db: sqlite3.Connection, resolution: Resolution, now: int) -> Resolve
         "SELECT state, reason, branches FROM global_transactions WHERE gtrid = ?", (r.gtrid,)
     ).fetchone()
     previous = State(row[0]) if row else None
-    refusal = ""
-    if previous in (None, State.ACTIVE):
-        if r.commit and not r.force:
-            refusal = (
-                "no decision is logged (presumed abort"
-                + (", and its client may still be preparing" if previous else "")
-                + "): committing it needs force"
-            )
-    elif previous is not wanted and not r.force:
-        refusal = (
-            f"the logged decision is {previous.value.upper()} ({row[1] or 'no reason given'}): "
-            "contradicting it needs force"
-        )
+    refusal = interface.refusal_of(r, previous, row[1] if row else "")
 
     if refusal:
         decision = None
@@ -245,9 +230,7 @@ def resolve(db: sqlite3.Connection, resolution: Resolution, now: int) -> Resolve
         decision = Decision(r.gtrid, wanted, row[1], taken=False)
     else:
         reason = f"{interface.RESOLVED_BY_OPERATOR}: {r.reason}"
-        stored = _branches(row[2]) if row else []
-        known = {b.resource for b in stored}
-        merged = [*stored, *(b for b in r.branches if b.resource not in known)]
+        merged = interface.merged_branches(_branches(row[2]) if row else [], r.branches)
         db.execute(
             "INSERT INTO global_transactions"
             " (gtrid, begun_ms, deadline_ms, state, decided_ms, reason, branches)"
@@ -265,13 +248,7 @@ def resolve(db: sqlite3.Connection, resolution: Resolution, now: int) -> Resolve
         )
         decision = Decision(r.gtrid, wanted, reason, taken=True)
 
-    verb = "commit" if r.commit else "abort"
-    was = previous.value if previous else "unknown"
-    outcome = f"refused: {refusal}" if refusal else "accepted"
-    text = (
-        f"resolve {verb}{' (force)' if r.force else ''} by {r.who or 'unknown caller'}: "
-        f"{outcome}; was {was}; reason: {r.reason or '(none)'}"
-    )
+    text = interface.audit_text(r, previous, refusal)
     db.execute(_INSERT_NOTE, (r.gtrid, now, "resolve", text))
     return Resolved(not refusal, decision, previous, refusal)
 

@@ -2,6 +2,9 @@
 
 In the plan's order:
 1. Its findings are reported (and those that block a branch logged).
+Only the transactions the log lets this coordinator take (`DecisionLog.take_work`) are worked
+on: replicas sharing a PostgreSQL log split the work so two never drive one branch at once.
+
 2. Each orphan's ABORT is decided first, durably (`decide` with commit=False, so a late
    Commit is answered ABORTED). Only if ABORT is then the decision in force are its branches
    rolled back; if a Commit won the race, that COMMIT stands and its client finishes them.
@@ -143,12 +146,28 @@ class Actor:
                 if txn.complete and not txn.blocked:
                     report.actions.append(Action(txn.gtrid, "", COMPLETE, PLANNED))
             return set(txns)
-        for abort in self._decide_aborts(plan.aborts, report):
-            _add_orphan(txns, abort)
-        work = [(txn, [self._run_of(s) for s in txn.steps]) for txn in txns.values()]
-        self._execute([run for _, runs in work for run in runs], patience)
-        self._conclude(work, report)
-        return set(txns)
+        wanted = sorted({*txns, *(abort.proposal.gtrid for abort in plan.aborts)})
+        try:
+            with self._log.take_work(wanted) as mine:
+                for abort in self._decide_aborts(
+                    [a for a in plan.aborts if a.proposal.gtrid in mine], report
+                ):
+                    _add_orphan(txns, abort)
+                work = [
+                    (txn, [self._run_of(s) for s in txn.steps])
+                    for txn in txns.values()
+                    if txn.gtrid in mine
+                ]
+                self._execute([run for _, runs in work for run in runs], patience)
+                self._conclude(work, report)
+        except LogUnavailable as exc:
+            report.errors.append(f"decision log: {exc}")
+            return set()
+        if len(mine) < len(wanted):  # the rest is another replica's (or done) in this pass
+            log.debug(
+                "recovery work left to other replicas", extra={"gtrids": len(wanted) - len(mine)}
+            )
+        return mine
 
     # -- 2. orphans ----------------------------------------------------------------------------
 
