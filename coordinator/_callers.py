@@ -25,7 +25,9 @@ does not decode is answered INVALID_ARGUMENT, and logged once a minute per peer 
 
 Every call that needs the admin role is written to the audit trail, the log
 `twostep.coordinator.audit`, at INFO (allowed: the RPC, who by which credential, the peer, the
-status it ended with) or WARNING (refused); refused client calls are logged there too. Handlers
+status it ended with) or WARNING (refused); refused client calls are logged there too. Refusals
+are logged once a minute per peer host (`_peer_log`: the next line says how many were not), so
+a peer hammering the port cannot fill the disk with them. Handlers
 see who is calling through `current_caller()` (e.g. Resolve keeps it in the decision's note).
 
 Tokens are compared in constant time (digests of equal length) and never logged.
@@ -284,6 +286,7 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         #: No client credential configured: every caller is a client (loopback / insecure).
         self._open = client_token is None and not mutual_tls
         self._undecodable = PeerLog(log, "undecodable requests refused")
+        self._refused = PeerLog(audit, "call refused")
 
     async def intercept_service(
         self,
@@ -398,15 +401,7 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         return (Role.ADMIN if names & self._admin_names else Role.CLIENT), shown
 
     def _refuse(self, context: grpc.ServicerContext, caller: Caller, rpc: str, needs: Role) -> None:
-        audit.warning(
-            "call refused",
-            extra={
-                "rpc": rpc,
-                "caller": caller.name,
-                "needs": needs.name.lower(),
-                "peer": context.peer(),
-            },
-        )
+        self._refused.warning(context.peer(), rpc=rpc, caller=caller.name, needs=needs.name.lower())
         if caller.authenticated:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,

@@ -17,7 +17,9 @@ The queue is bounded: what the wire asks for (`record_begun`, `decide`, `record_
 refused with `LogBusy` (nothing queued) once `max_queued` rows wait for the writer, so a flood
 of Begins costs a bounded amount of memory and the caller is told to come back (the servicer
 answers RESOURCE_EXHAUSTED), instead of every caller waiting behind a queue that only grows.
-A proposal counts as one row per branch it carries (at least one). Recovery's and the
+A proposal counts as one row per branch it carries (at least one). Begins and Acks (nobody
+waits for them) may fill only half the queue, so a flood of Begins leaves room for the
+decisions clients wait for. Recovery's and the
 operator's writes (notes, resolutions, prunes) are never refused: they are few and they are
 how the log gets finished work out of the way.
 
@@ -261,13 +263,15 @@ class SqliteDecisionLog:
 
     def _submit(self, request: _Request, *, bounded: bool = False) -> None:
         """Queue `request`; `bounded`: one of the wire's, refused with `LogBusy` (and not
-        queued) when the rows waiting and its own would be more than `max_queued`."""
+        queued) when the rows waiting and its own would be more than `max_queued` (half of
+        it for a request nobody waits for: Begins, Acks)."""
         with self._submit_lock:
             if self._closed:
                 raise LogUnavailable("the decision log is closed")
             if bounded:
                 rows = request.queued_rows
-                if self._queued_rows and self._queued_rows + rows > self._max_queued:
+                limit = self._max_queued if request.done else self._max_queued // 2
+                if self._queued_rows and self._queued_rows + rows > limit:
                     raise LogBusy(
                         f"the decision log's queue is full ({self._queued_rows} rows waiting)"
                     )
