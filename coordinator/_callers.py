@@ -18,10 +18,10 @@ UNAUTHENTICATED, a valid credential of too small a role PERMISSION_DENIED, and i
 the handler never runs, so nothing changes. A token that was sent but is not one of ours is
 refused even when a certificate would do: a wrong credential is never ignored.
 
-The request is decoded only after the caller passed that check: an anonymous peer never
-reaches protobuf decoding (under mutual TLS it never gets past the handshake). A request that
-does not decode is answered INVALID_ARGUMENT, and logged once a minute per peer host
-(`_peer_log`), not once per call.
+The request is decoded only after the caller passed that check (`_decoding`): an anonymous
+peer never reaches protobuf decoding (under mutual TLS it never gets past the handshake). A
+request that does not decode is answered INVALID_ARGUMENT, and logged once a minute per peer
+host, not once per call; the open services' requests are decoded the same way.
 
 Every call that needs the admin role is written to the audit trail, the log
 `twostep.coordinator.audit`, at INFO (allowed: the RPC, who by which credential, the peer, the
@@ -48,11 +48,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from twostep.v1 import coordinator_pb2 as _pb
 
 from ._config import ConfigError, Settings
+from ._decoding import RequestDecoder
 from ._peer_log import PeerLog
 
 __all__ = [
@@ -285,7 +285,7 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         self._admin_names = frozenset(admin_names)
         #: No client credential configured: every caller is a client (loopback / insecure).
         self._open = client_token is None and not mutual_tls
-        self._undecodable = PeerLog(log, "undecodable requests refused")
+        self._decoder = RequestDecoder()
         self._refused = PeerLog(audit, "call refused")
 
     async def intercept_service(
@@ -296,8 +296,10 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         service = method.split("/")[1] if method.count("/") == 2 else ""
-        if handler is None or service in _OPEN_SERVICES:
-            return handler
+        if handler is None:
+            return None
+        if service in _OPEN_SERVICES:
+            return self._decoder.open_handler(handler, method.rpartition("/")[2])
         # Default deny: anything but the Coordinator's client methods needs an admin.
         client_call = service == _COORDINATOR and method not in _ADMIN_ONLY
         needs = Role.CLIENT if client_call else Role.ADMIN
@@ -324,11 +326,7 @@ class CallerCheck(grpc.aio.ServerInterceptor):
             caller = self.identify(context)
             if caller.role < needs:
                 self._refuse(context, caller, rpc, needs)
-            try:
-                request = decode(raw)
-            except DecodeError:
-                self._undecodable.warning(context.peer(), rpc=rpc, caller=caller.name)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid {rpc} request")
+            request = self._decoder.decode(decode, raw, context, rpc, caller.name)
             token = _current.set(caller)
             try:
                 reply = behavior(request, context)

@@ -5,7 +5,8 @@ while the log's writer is held (the queue refuses with RESOURCE_EXHAUSTED instea
 and the rows written stay bounded); one Commit of 1,000 unknown gtrids x 64 branches
 (refused by the per-call branch limit, nothing written); Commits and Aborts of made-up gtrids
 (late: answered ABORTED by presumption, no row; too far in the future: refused); raw
-undecodable bytes to every kind of method (refused, logged once per peer, not per call).
+undecodable bytes to every kind of method, the open health and reflection services included
+(refused, logged once per peer, not per call, never with a traceback).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from twostep.client.tpc import new_gtrid
 from twostep.v1 import coordinator_pb2 as pb
@@ -31,10 +34,20 @@ def rows_in(log_path) -> int:
     return count
 
 
-def raw_call(channel: grpc.Channel, method: str, data: bytes, metadata=()) -> grpc.StatusCode:
-    """The status of a call to `/twostep.v1.<method>` whose request is `data`, as it is."""
+OPEN_METHODS = (
+    "grpc.health.v1.Health/Check",
+    "grpc.health.v1.Health/Watch",
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+)
+
+
+def raw_call(
+    channel: grpc.Channel, method: str, data: bytes, metadata=(), prefix="/twostep.v1."
+) -> grpc.StatusCode:
+    """The status of a call to `<prefix><method>` whose request message is `data`, as it is
+    (every kind of method is called as unary-unary: one message out, one status back)."""
     with pytest.raises(grpc.RpcError) as caught:
-        channel.unary_unary(f"/twostep.v1.{method}")(data, metadata=metadata, timeout=10)
+        channel.unary_unary(prefix + method)(data, metadata=metadata, timeout=10)
     return caught.value.code()
 
 
@@ -190,6 +203,19 @@ def test_undecodable_requests_are_refused_and_logged_once_per_peer_not_per_call(
             # Anonymous: refused before its bytes are decoded at all.
             for method in ("Coordinator/Commit", "Admin/Status"):
                 assert raw_call(channel, method, garbage) == grpc.StatusCode.UNAUTHENTICATED
+            # The open services decode the same way.
+            for method in OPEN_METHODS:
+                assert raw_call(channel, method, garbage, prefix="/") == (
+                    grpc.StatusCode.INVALID_ARGUMENT
+                )
+        # ... and still answer a request that is one.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        listing = reflection_pb2.ServerReflectionRequest(list_services="")
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (reply,) = reflection.ServerReflectionInfo(iter([listing]), timeout=RPC_TIMEOUT)
+        assert "twostep.v1.Coordinator" in {s.name for s in reply.list_services_response.service}
     assert coordinator.output.count("undecodable requests refused") == 1
     assert coordinator.output.count('msg="call refused"') == 1  # 60 refusals, one line
     assert "Traceback" not in coordinator.output
