@@ -5,7 +5,8 @@ coordinator's resident memory (RSS, /proc) before and after, and whether another
 Begin + Commit and the health check were answered meanwhile (and in how long):
 - `stalled`: calls that send their headers and never their message, N on one connection and
   N on each of 8 connections, then the other client;
-- `garbage`: `\\xff\\xff\\xff\\xff` sent raw to Commit, Begin and Admin.Status from 8 threads
+- `garbage`: `\\xff\\xff\\xff\\xff` sent raw to Commit, Begin, Admin.Status and the health
+  check from 8 threads
   for `--seconds` (the grpcio leak of issue 11), with and without the client token (an
   anonymous peer is refused before decoding); the coordinator's stderr bytes beside it;
 - `begin-flood`: Begin{count: 1000} from 8 threads for `--seconds`, the other client asking
@@ -35,6 +36,12 @@ from twostep.v1 import coordinator_pb2_grpc as pb_grpc
 
 _OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 _TOKEN = "bench-client-token-0123456789abcdef"
+_GARBAGE_TO = (
+    "/twostep.v1.Coordinator/Commit",
+    "/twostep.v1.Coordinator/Begin",
+    "/twostep.v1.Admin/Status",
+    "/grpc.health.v1.Health/Check",
+)
 _BRANCH = pb.Branch(resource="orders", bqual="orders", dialect="postgresql")
 
 
@@ -154,12 +161,11 @@ def _garbage(base: Path, args: argparse.Namespace) -> None:
             before = _rss_mib(coordinator.pid)
             stderr_before = len(coordinator.output)
             with grpc.insecure_channel(coordinator.address) as channel:
-                methods = [
-                    channel.unary_unary(f"/twostep.v1.{m}")
-                    for m in ("Coordinator/Commit", "Coordinator/Begin", "Admin/Status")
-                ]
+                methods = [channel.unary_unary(m) for m in _GARBAGE_TO]
 
-                calls = 3 * _flood(args.seconds, args.threads, _sender(methods, metadata))
+                calls = len(_GARBAGE_TO) * _flood(
+                    args.seconds, args.threads, _sender(methods, metadata)
+                )
             time.sleep(1.0)
             after = _rss_mib(coordinator.pid)
             answer = _other_client(coordinator.address, metadata)

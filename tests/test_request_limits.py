@@ -87,7 +87,7 @@ def test_a_begin_flood_behind_a_held_writer_is_refused_and_the_queue_stays_bound
         try:
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(lambda _: flood(stub), range(8)))
-            # Begins filled their half of the queue; a client's Commit still gets in.
+            # Begins filled their share of the queue; a client's Commit still gets in.
             minted = new_gtrid(coordinator.cluster_id, int(time.time()) + 30, minted=True)
             item = pb.CommitItem(gtrid=minted, branches=[BRANCH])
             waiting = stub.Commit.future(pb.CommitRequest(transactions=[item]), timeout=30)
@@ -97,8 +97,9 @@ def test_a_begin_flood_behind_a_held_writer_is_refused_and_the_queue_stays_bound
             outsider.close()
         assert waiting.result().decisions[0].state == pb.TRANSACTION_STATE_COMMITTED
         assert answers["exhausted"] > 0
-        # The writer holds one request (50 rows); Begins may fill half of the 200-row queue.
-        assert answers["ok"] <= 1 + 100 // 50
+        # The writer holds one request (50 rows); Begins may fill an eighth of the 200-row
+        # queue (25 rows), taken by the one request queued when it was empty.
+        assert answers["ok"] <= 2
         # Once the writer moved the queue on, another client is served.
         begin = pb.BeginRequest(timeout_ms=30_000)
         (started,) = served(lambda: stub.Begin(begin, timeout=RPC_TIMEOUT)).transactions

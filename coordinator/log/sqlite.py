@@ -18,10 +18,10 @@ refused with `LogBusy` (nothing queued) once `max_queued` rows wait for the writ
 of Begins costs a bounded amount of memory and the caller is told to come back (the servicer
 answers RESOURCE_EXHAUSTED), instead of every caller waiting behind a queue that only grows.
 A proposal counts as one row per branch it carries (at least one). Begins and Acks (nobody
-waits for them) may fill only half the queue, so a flood of Begins leaves room for the
-decisions clients wait for. Recovery's and the
-operator's writes (notes, resolutions, prunes) are never refused: they are few and they are
-how the log gets finished work out of the way.
+waits for them) may fill only an eighth of the queue (`_UNWAITED_SHARE`), so a flood of
+Begins leaves room for the decisions clients wait for, and a Commit waits behind few of them.
+Recovery's and the operator's writes (notes, resolutions, prunes) are never refused: they are
+few and they are how the log gets finished work out of the way.
 
 Pruning (`prune`) is one more kind of writer request: at most `limit` rows deleted in the
 writer's transaction, queued behind and ahead of decisions like any other request, so a
@@ -76,6 +76,9 @@ _WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file keeps after a checkpoin
 #: The queue holds this many full batches of the wire's rows before it refuses more: enough
 #: that a burst waits its turn, few enough that the last one in waits seconds, not minutes.
 _QUEUED_BATCHES = 20
+#: Begins and Acks may fill 1/this of the queue: a Commit never waits behind more of them than
+#: a few batches' worth (measured: a Begin flood at half the queue kept Commits 1-2 s waiting).
+_UNWAITED_SHARE = 8
 
 
 def _now_ms() -> int:
@@ -263,14 +266,14 @@ class SqliteDecisionLog:
 
     def _submit(self, request: _Request, *, bounded: bool = False) -> None:
         """Queue `request`; `bounded`: one of the wire's, refused with `LogBusy` (and not
-        queued) when the rows waiting and its own would be more than `max_queued` (half of
-        it for a request nobody waits for: Begins, Acks)."""
+        queued) when the rows waiting and its own would be more than `max_queued` (an
+        `_UNWAITED_SHARE` of it for a request nobody waits for: Begins, Acks)."""
         with self._submit_lock:
             if self._closed:
                 raise LogUnavailable("the decision log is closed")
             if bounded:
                 rows = request.queued_rows
-                limit = self._max_queued if request.done else self._max_queued // 2
+                limit = self._max_queued if request.done else self._max_queued // _UNWAITED_SHARE
                 if self._queued_rows and self._queued_rows + rows > limit:
                     raise LogBusy(
                         f"the decision log's queue is full ({self._queued_rows} rows waiting)"
