@@ -6,10 +6,10 @@ call whose headers arrived but whose message never does holds a worker until the
 up, so 32 such calls on one connection (the default worker count) froze every RPC and the
 health check (issue 11). Here a call waits for its message on the event loop and takes a worker
 thread only to run its handler, with the message in hand; the health check is answered on the
-loop and needs no worker at all. A stalled call costs a little memory, not capacity: 200 of
-them on one connection and 8 x 100 on 8 connections left another client's Begin + Commit and
-the health check answering in milliseconds (bench/stalled_calls.py; the thread-pool server
-timed both out with 40).
+loop and needs no worker at all. A stalled call costs memory (about 11 KiB), not capacity:
+with 200 of them on one connection, or 200 on each of 8, another client's Begin + Commit took
+5-7 ms and the health check under 1 ms (`python -m bench hostile`); the thread-pool server
+timed both out with 40 on one connection.
 
 What bounds the rest (`transport_options`):
 - connections: at most `max_connections` at once (a new one beyond is closed at once, so a
