@@ -2,7 +2,8 @@
 
 Modes: `transfer` (twostep beside local commits, hand-written 2PC and SQLAlchemy twophase),
 `coordinator` (the coordinator alone: decisions/s, RPCs and fsyncs per decision, memory),
-`recovery` (orphaned prepared branches finished after a coordinator restart). Each starts
+`recovery` (orphaned prepared branches finished after a coordinator restart), `hostile`
+(stalled calls, garbage and Begin floods: the coordinator's memory, others' answers). Each starts
 its own private servers and coordinator and prints Markdown tables on stdout (progress on
 stderr); the exit status is 1 when a check failed (money not conserved, branches left).
 """
@@ -13,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import coordinator_alone, recovery, transfer
+from . import coordinator_alone, hostile, recovery, transfer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("transfer", transfer),
         ("coordinator", coordinator_alone),
         ("recovery", recovery),
+        ("hostile", hostile),
     ):
         doc = module.__doc__ or ""
         sub = modes.add_parser(

@@ -25,6 +25,7 @@ from twostep.v1 import coordinator_pb2 as _pb
 __all__ = ["CommitBatch"]
 
 MAX_ITEMS = 1000  # the coordinator takes at most this many transactions in one call
+MAX_CALL_BRANCHES = 4096  # ... and at most this many branches in all (coordinator.proto)
 
 Send = Callable[[Sequence[_pb.CommitItem], float], _pb.CommitResponse]
 
@@ -72,7 +73,8 @@ class CommitBatch:
     def _lead(self) -> None:
         """Send one batch (the leader's own item is in it), then hand over or stand down."""
         with self._lock:
-            batch, self._queue[:] = self._queue[:MAX_ITEMS], self._queue[MAX_ITEMS:]
+            cut = _fitting(self._queue)
+            batch, self._queue[:] = self._queue[:cut], self._queue[cut:]
         try:
             reply = self._send([w.item for w in batch], max(w.timeout for w in batch))
         except grpc.RpcError as exc:
@@ -94,6 +96,17 @@ class CommitBatch:
                     following.ready.set()
             for waiter in batch:
                 waiter.ready.set()
+
+
+def _fitting(queue: Sequence[_Waiter]) -> int:
+    """How many of the first waiters one call may carry (at least one: a transaction alone
+    is checked by the coordinator's per-transaction limit)."""
+    branches = 0
+    for i, waiter in enumerate(queue[:MAX_ITEMS]):
+        branches += len(waiter.item.branches)
+        if branches > MAX_CALL_BRANCHES and i:
+            return i
+    return min(len(queue), MAX_ITEMS)
 
 
 class _Interrupted(grpc.RpcError):

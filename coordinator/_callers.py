@@ -18,9 +18,16 @@ UNAUTHENTICATED, a valid credential of too small a role PERMISSION_DENIED, and i
 the handler never runs, so nothing changes. A token that was sent but is not one of ours is
 refused even when a certificate would do: a wrong credential is never ignored.
 
+The request is decoded only after the caller passed that check (`_decoding`): an anonymous
+peer never reaches protobuf decoding (under mutual TLS it never gets past the handshake). A
+request that does not decode is answered INVALID_ARGUMENT, and logged once a minute per peer
+host, not once per call; the open services' requests are decoded the same way.
+
 Every call that needs the admin role is written to the audit trail, the log
 `twostep.coordinator.audit`, at INFO (allowed: the RPC, who by which credential, the peer, the
-status it ended with) or WARNING (refused); refused client calls are logged there too. Handlers
+status it ended with) or WARNING (refused); refused client calls are logged there too. Refusals
+are logged once a minute per peer host (`_peer_log`: the next line says how many were not), so
+a peer hammering the port cannot fill the disk with them. Handlers
 see who is calling through `current_caller()` (e.g. Resolve keeps it in the decision's note).
 
 Tokens are compared in constant time (digests of equal length) and never logged.
@@ -35,7 +42,7 @@ import hmac
 import ipaddress
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,8 @@ import grpc
 from twostep.v1 import coordinator_pb2 as _pb
 
 from ._config import ConfigError, Settings
+from ._decoding import RequestDecoder
+from ._peer_log import PeerLog
 
 __all__ = [
     "Caller",
@@ -238,8 +247,29 @@ def check_exposure(settings: Settings, *, callers_authenticated: bool) -> list[s
 # -- the check on every call -------------------------------------------------------------------
 
 
-class CallerCheck(grpc.ServerInterceptor):
-    """Identifies the caller of every RPC and refuses what their role may not call."""
+class _Recorded:
+    """The servicer context a handler sees, remembering the status the handler set (the
+    asyncio server's context for synchronous handlers cannot tell it afterwards)."""
+
+    def __init__(self, context: grpc.ServicerContext):
+        self._context = context
+        self.status: grpc.StatusCode | None = None
+
+    def abort(self, code: grpc.StatusCode, details: str = "", *args: Any) -> None:
+        self.status = code
+        self._context.abort(code, details, *args)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.status = code
+        self._context.set_code(code)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class CallerCheck(grpc.aio.ServerInterceptor):
+    """Identifies the caller of every RPC, refuses what their role may not call, and only then
+    decodes the request."""
 
     def __init__(
         self,
@@ -255,36 +285,48 @@ class CallerCheck(grpc.ServerInterceptor):
         self._admin_names = frozenset(admin_names)
         #: No client credential configured: every caller is a client (loopback / insecure).
         self._open = client_token is None and not mutual_tls
+        self._decoder = RequestDecoder()
+        self._refused = PeerLog(audit, "call refused")
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         service = method.split("/")[1] if method.count("/") == 2 else ""
-        if handler is None or service in _OPEN_SERVICES:
-            return handler
+        if handler is None:
+            return None
+        if service in _OPEN_SERVICES:
+            return self._decoder.open_handler(handler, method.rpartition("/")[2])
         # Default deny: anything but the Coordinator's client methods needs an admin.
         client_call = service == _COORDINATOR and method not in _ADMIN_ONLY
         needs = Role.CLIENT if client_call else Role.ADMIN
         behavior = handler.unary_unary
         if behavior is None:  # our services have unary methods only
             return None
+        decode = handler.request_deserializer
+        assert decode is not None  # generated handlers always have one
         return grpc.unary_unary_rpc_method_handler(
-            self._checked(behavior, method.rpartition("/")[2], needs),
-            request_deserializer=handler.request_deserializer,
+            self._checked(behavior, decode, method.rpartition("/")[2], needs),
+            request_deserializer=None,  # the bytes as they came: decoded once the caller passed
             response_serializer=handler.response_serializer,
         )
 
     def _checked(
-        self, behavior: Callable[[Any, grpc.ServicerContext], Any], rpc: str, needs: Role
-    ) -> Callable[[Any, grpc.ServicerContext], Any]:
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
+        self,
+        behavior: Callable[[Any, grpc.ServicerContext], Any],
+        decode: Callable[[bytes], Any],
+        rpc: str,
+        needs: Role,
+    ) -> Callable[[bytes, grpc.ServicerContext], Any]:
+        def call(raw: bytes, grpc_context: grpc.ServicerContext) -> Any:
+            context = _Recorded(grpc_context)
             caller = self.identify(context)
             if caller.role < needs:
                 self._refuse(context, caller, rpc, needs)
+            request = self._decoder.decode(decode, raw, context, rpc, caller.name)
             token = _current.set(caller)
             try:
                 reply = behavior(request, context)
@@ -357,15 +399,7 @@ class CallerCheck(grpc.ServerInterceptor):
         return (Role.ADMIN if names & self._admin_names else Role.CLIENT), shown
 
     def _refuse(self, context: grpc.ServicerContext, caller: Caller, rpc: str, needs: Role) -> None:
-        audit.warning(
-            "call refused",
-            extra={
-                "rpc": rpc,
-                "caller": caller.name,
-                "needs": needs.name.lower(),
-                "peer": context.peer(),
-            },
-        )
+        self._refused.warning(context.peer(), rpc=rpc, caller=caller.name, needs=needs.name.lower())
         if caller.authenticated:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -391,9 +425,9 @@ class CallerCheck(grpc.ServerInterceptor):
         )
 
     @staticmethod
-    def _audit(context: grpc.ServicerContext, caller: Caller, rpc: str, *, failed: bool) -> None:
-        code = context.code()
-        status = code.name if isinstance(code, grpc.StatusCode) else ("ERROR" if failed else "OK")
+    def _audit(context: _Recorded, caller: Caller, rpc: str, *, failed: bool) -> None:
+        code = context.status
+        status = code.name if code is not None else ("ERROR" if failed else "OK")
         audit.info(
             "admin call",
             extra={"rpc": rpc, "caller": caller.name, "peer": context.peer(), "status": status},

@@ -114,6 +114,8 @@ class Settings:
     #: Plain text or unauthenticated callers on a non-loopback address (`_callers`).
     allow_insecure: bool = False
     max_message_bytes: int = 16 * 1024 * 1024  # 1000 transactions of 64 branches fit
+    max_connections: int = 1000  # gRPC connections at once (`_transport`)
+    connection_idle_ms: int = 120_000  # a connection without calls this long is closed
     resources: tuple[ResourceConfig, ...] = ()
 
 
@@ -627,6 +629,26 @@ _SETTINGS = (
         "RESOURCE_EXHAUSTED unread",
         parse=_bounded_int(1024, 1024 * 1024 * 1024),
     ),
+    _Setting(
+        name="max_connections",
+        key="max_connections",
+        flag="--max-connections",
+        env="TWOSTEP_MAX_CONNECTIONS",
+        metavar="N",
+        help="most gRPC connections open at once; one more is closed at once (cut further if "
+        "the descriptor limit, ulimit -n, cannot hold them, with a warning)",
+        parse=_bounded_int(1, 1_000_000),
+    ),
+    _Setting(
+        name="connection_idle_ms",
+        key="connection_idle_s",
+        flag="--connection-idle",
+        env="TWOSTEP_CONNECTION_IDLE",
+        metavar="SECONDS",
+        help="a gRPC connection without a call for this long is closed (clients reconnect "
+        "at their next call), so idle connections do not use up max_connections",
+        parse=_seconds_as_ms,
+    ),
 )
 
 _DISPLAY_DEFAULTS = {
@@ -656,6 +678,8 @@ _DISPLAY_DEFAULTS = {
     "client_token_file": "unset",
     "allow_insecure": "false",
     "max_message_bytes": "16777216 (16 MiB)",
+    "max_connections": "1000",
+    "connection_idle_ms": "120",
 }
 
 _DESCRIPTION = (

@@ -5,7 +5,8 @@ settles the cluster id (the data directory's), loads or generates the admin toke
 TLS files and the client token and checks who could reach it (`_callers`: `ConfigError` for
 a bad file or an exposed plain-text port), and builds the resource registry (no database is
 contacted yet); `start()` takes the cluster claim on
-every resource (`_claim`), binds the listen address, serves on a thread pool and starts the
+every resource (`_claim`), binds the listen address, serves (`_transport`: an asyncio server
+whose handlers run on a pool of `workers` threads, with limits on connections) and starts the
 recovery loop (its first pass runs at once); `stop()` stops recovery, stops accepting, lets
 calls in flight finish, then writes what the log has queued, closes it and releases the
 claims and the data directory; `log_counters()` says how many writes and fsyncs the log
@@ -19,10 +20,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-import grpc
 from grpc_health.v1 import health as _health
 from grpc_health.v1 import health_pb2 as _health_pb2
 from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
@@ -41,6 +40,7 @@ from ._log_store import claim_shared_by, open_decision_log
 from ._metrics import Metrics
 from ._registry import ResourceRegistry
 from ._service import CoordinatorServicer
+from ._transport import AsyncServer, fit_descriptor_limit, transport_options
 from ._txn_view import TxnView
 from .log import DecisionLog, PostgresDecisionLog, SqliteDecisionLog
 from .recovery import Recovery, Report
@@ -124,9 +124,9 @@ class CoordinatorServer:
         self._run_recovery = run_recovery
         self.address = ""  # "host:port" once started, with the port actually bound
         self.metrics_address = ""  # "host:port" of /metrics once started; "": off
-        self._health = _health.HealthServicer(experimental_non_blocking=True)
-        self._server = grpc.server(
-            ThreadPoolExecutor(settings.workers, thread_name_prefix="twostep-rpc"),
+        self._health = _health.aio.HealthServicer()
+        self._grpc = AsyncServer(
+            workers=settings.workers,
             interceptors=[
                 CallerCheck(
                     admin_token=self.admin_token,
@@ -135,12 +135,14 @@ class CoordinatorServer:
                     admin_names=settings.tls_admin_names,
                 )
             ],
-            options=[
-                # A second process on the same port must fail to start, not share the traffic.
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ],
+            options=transport_options(
+                workers=settings.workers,
+                max_message_bytes=settings.max_message_bytes,
+                max_connections=fit_descriptor_limit(settings.max_connections),
+                connection_idle_ms=settings.connection_idle_ms,
+            ),
         )
+        self._server = self._grpc.server
         servicer = CoordinatorServicer(
             self.decision_log,
             cluster_id=settings.cluster_id,
@@ -179,10 +181,7 @@ class CoordinatorServer:
             raise
         host, _, _ = self.settings.listen.rpartition(":")
         try:
-            if self._credentials is None:
-                port = self._server.add_insecure_port(self.settings.listen)
-            else:
-                port = self._server.add_secure_port(self.settings.listen, self._credentials)
+            port = self._grpc.add_port(self.settings.listen, self._credentials)
         except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
             port = 0
             error = exc
@@ -194,9 +193,9 @@ class CoordinatorServer:
         self.address = f"{host}:{port}"
         for warning in self.exposure_warnings:
             log.warning(warning, extra={"listen": self.address})
-        self._server.start()
+        self._grpc.start()
         for service in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
-            self._health.set(service, _health_pb2.HealthCheckResponse.SERVING)
+            self._grpc.run(self._health.set(service, _health_pb2.HealthCheckResponse.SERVING))
         if self._run_recovery:
             self.recovery.start()
         return self.address
@@ -204,9 +203,9 @@ class CoordinatorServer:
     def stop(self, grace: float = 10.0) -> None:
         """Stop recovery and accepting calls, let calls in flight finish (up to `grace` s),
         close the log and the resources' sessions."""
-        self._health.enter_graceful_shutdown()
+        self._grpc.run(self._health.enter_graceful_shutdown())
         self.recovery.stop(grace)
-        self._server.stop(grace).wait()
+        self._grpc.stop(grace)
         self._close()
 
     def _serve_metrics(self) -> str:
@@ -224,6 +223,7 @@ class CoordinatorServer:
 
     def _close(self) -> None:
         self.metrics.close()
+        self._grpc.stop(0)
         self.decision_log.close()
         self.claims.close()
         self.registry.close()
@@ -247,4 +247,4 @@ class CoordinatorServer:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stops; False if `timeout` passed first."""
-        return self._server.wait_for_termination(timeout)
+        return self._grpc.wait(timeout)

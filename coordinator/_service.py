@@ -2,8 +2,9 @@
 
 The rules live in the decision log (`log.interface`), the field checks in `_wire`; a handler
 here only wires them together. `_answering` is the one boundary where errors become status codes:
-`BadRequest` -> INVALID_ARGUMENT (nothing was recorded), `LogUnavailable` -> UNAVAILABLE (for a
-Commit: the decision may or may not be taken, ask again; Commit is idempotent).
+`BadRequest` -> INVALID_ARGUMENT (nothing was recorded), `LogBusy` -> RESOURCE_EXHAUSTED (the
+log's queue is full: nothing was queued, ask again later), `LogUnavailable` -> UNAVAILABLE (for
+a Commit: the decision may or may not be taken, ask again; Commit is idempotent).
 
 Reads see what the log has made durable: right after Begin (which does not wait for the disk)
 GetTransaction may still answer NOT_FOUND for the new gtrid, for a few milliseconds.
@@ -28,7 +29,7 @@ from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from . import _wire
 from ._metrics import Metrics
-from .log import Begun, DecisionLog, LogUnavailable
+from .log import Begun, DecisionLog, LogBusy, LogUnavailable
 
 __all__ = ["CoordinatorServicer"]
 
@@ -54,6 +55,8 @@ def _answering(
             return handler(self, request, context)
         except _wire.BadRequest as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except LogBusy as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; ask again later")
         except LogUnavailable as exc:
             log.warning("decision log unavailable", extra={"rpc": handler.__name__, "error": exc})
             context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; ask again")
@@ -112,16 +115,23 @@ class CoordinatorServicer(_pb_grpc.CoordinatorServicer):
         self, request: _pb.CommitRequest, context: grpc.ServicerContext
     ) -> _pb.CommitResponse:
         with self._metrics.commit_seconds.time():
-            latest = self._clock() + self._max_timeout_ms + _MINTED_SLACK_MS
-            decisions = self._log.decide(_wire.commit_proposals(request, self._cluster, latest))
+            decisions = self._log.decide(
+                _wire.commit_proposals(request, self._cluster, self._latest_deadline_ms())
+            )
         self._metrics.decided(decisions)
         return _pb.CommitResponse(decisions=[_wire.decision_to_pb(d) for d in decisions])
 
     @_answering
     def Abort(self, request: _pb.AbortRequest, context: grpc.ServicerContext) -> _pb.AbortResponse:
-        decisions = self._log.decide(_wire.abort_proposals(request, self._cluster))
+        decisions = self._log.decide(
+            _wire.abort_proposals(request, self._cluster, self._latest_deadline_ms())
+        )
         self._metrics.decided(decisions)
         return _pb.AbortResponse(decisions=[_wire.decision_to_pb(d) for d in decisions])
+
+    def _latest_deadline_ms(self) -> int:
+        """The latest deadline a gtrid of this coordinator can have now (by its clock)."""
+        return self._clock() + self._max_timeout_ms + _MINTED_SLACK_MS
 
     @_answering
     def Ack(self, request: _pb.AckRequest, context: grpc.ServicerContext) -> _pb.AckResponse:

@@ -2,14 +2,19 @@
 
 Every request is validated whole before anything is recorded: the first bad field raises
 `BadRequest` whose message names the field (`transactions[2].branches[0].resource`) and why;
-the servicer answers INVALID_ARGUMENT with it. Identifiers are checked by the one xid codec
-(`twostep.client.tpc.xid`), never by a second copy of its rules.
+the servicer answers INVALID_ARGUMENT with it. The limits (`MAX_*`, also written in the .proto)
+bound what one call can make the coordinator hold and write; a gtrid whose deadline is further
+away than any this coordinator hands out or accepts (`max_timeout` from now) is refused in
+Commit and Abort alike, so a made-up gtrid is either refused or (already late) answered by
+presumption without a row (`log.interface`, `Proposal.presumed_if_late`). Identifiers are
+checked by the one xid codec (`twostep.client.tpc.xid`), never by a second copy of its rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from twostep.client import InvalidIdentifier
 from twostep.client.tpc import GtridInfo, parse_gtrid, validate_bqual, validate_resource_name
@@ -29,6 +34,7 @@ __all__ = [
     "DIALECTS",
     "MAX_BEGIN_COUNT",
     "MAX_BRANCHES",
+    "MAX_CALL_BRANCHES",
     "MAX_ITEMS",
     "MAX_LIST_LIMIT",
     "MAX_REASON_CHARS",
@@ -47,6 +53,9 @@ __all__ = [
 MAX_ITEMS = 1000  # transactions in one Commit, Abort or Ack
 MAX_BEGIN_COUNT = 1000  # gtrids handed out by one Begin
 MAX_BRANCHES = 64  # branches of one transaction
+#: Branches of all transactions of one Commit or Abort: 1000 two-branch transactions fit, 1000
+#: of 64 branches (65 MB of rows and JSON, issue 11) do not.
+MAX_CALL_BRANCHES = 4096
 MAX_REASON_CHARS = 1000
 MAX_LIST_LIMIT = 1000  # also ListTransactions' default
 DIALECTS = frozenset({"postgresql", "mysql"})
@@ -110,28 +119,29 @@ def commit_proposals(
     """Commit proposals; a client-made gtrid's deadline may be no later than
     `latest_deadline_ms` (now + the maximum lifetime, by the coordinator's clock)."""
     proposals = []
-    for at, item, info in _items(request.transactions, cluster):
+    for at, item, info in _items(request.transactions, cluster, latest_deadline_ms):
         if not item.branches:
             raise (at / "branches").bad("Commit needs at least one prepared branch")
         branches = _branches(item.branches, at / "branches")
         deadline_ms = info.deadline_unix_s * 1000
-        if info.minted and deadline_ms > latest_deadline_ms:
-            raise (at / "gtrid").bad(
-                "its deadline is further away than this coordinator's max_timeout allows"
-            )
-        proposals.append(Proposal(info.gtrid, True, branches, "", deadline_ms, info.minted))
+        proposals.append(Proposal(info.gtrid, True, branches, "", deadline_ms, info.minted, True))
     return proposals
 
 
-def abort_proposals(request: _pb.AbortRequest, cluster: str) -> list[Proposal]:
+def abort_proposals(
+    request: _pb.AbortRequest, cluster: str, latest_deadline_ms: int
+) -> list[Proposal]:
+    """Abort proposals; every gtrid's deadline no later than `latest_deadline_ms`."""
     proposals = []
-    for at, item, info in _items(request.transactions, cluster):
+    for at, item, info in _items(request.transactions, cluster, latest_deadline_ms):
         problem = reason_problem(item.reason)
         if problem:
             raise (at / "reason").bad(problem)
         branches = _branches(item.branches, at / "branches")
         deadline_ms = info.deadline_unix_s * 1000
-        proposals.append(Proposal(info.gtrid, False, branches, item.reason, deadline_ms))
+        proposals.append(
+            Proposal(info.gtrid, False, branches, item.reason, deadline_ms, presumed_if_late=True)
+        )
     return proposals
 
 
@@ -173,17 +183,27 @@ def list_query(request: _pb.ListTransactionsRequest, now_ms: int) -> ListQuery:
     )
 
 
-def _items(items: Sequence, cluster: str) -> Iterable[tuple[_Field, object, GtridInfo]]:
-    """(path, item, parsed gtrid) of each item of a batch, checked for count and duplicates."""
+def _items(
+    items: Sequence, cluster: str, latest_deadline_ms: int | None = None
+) -> Iterable[tuple[_Field, Any, GtridInfo]]:
+    """(path, item, parsed gtrid) of each item of a batch, checked for count, duplicates,
+    branches in all (items with `branches`) and, given `latest_deadline_ms`, deadlines."""
     where = _ROOT / "transactions"
     if not items:
         raise where.bad("empty: name at least one transaction")
     if len(items) > MAX_ITEMS:
         raise where.bad(f"{len(items)} transactions, at most {MAX_ITEMS} in one call")
+    branches = sum(len(getattr(item, "branches", ())) for item in items)
+    if branches > MAX_CALL_BRANCHES:
+        raise where.bad(f"{branches} branches in all, at most {MAX_CALL_BRANCHES} in one call")
     checked, seen = [], {}
     for i, item in enumerate(items):
         at = where[i]
         info = gtrid_of(item.gtrid, cluster, at / "gtrid")
+        if latest_deadline_ms is not None and info.deadline_unix_s * 1000 > latest_deadline_ms:
+            raise (at / "gtrid").bad(
+                "its deadline is further away than this coordinator's max_timeout allows"
+            )
         if info.gtrid in seen:
             raise (at / "gtrid").bad(f"the same gtrid as transactions[{seen[info.gtrid]}]")
         seen[info.gtrid] = i

@@ -11,7 +11,10 @@ interleaving:
   one-phase Ack records a commit the client did alone, without asking, and is exempt);
 - an unknown gtrid handed out by Begin is never committed by Commit (presumed abort: its
   Begin was lost); one a client made itself (`ts2`, `Proposal.minted`) is decided by its own
-  deadline, like an active row, also when a racing ABORT (recovery's) got there first.
+  deadline, like an active row, also when a racing ABORT (recovery's) got there first;
+- a proposal from the wire (`presumed_if_late`) for an unknown gtrid past its own deadline is
+  answered ABORTED ("deadline passed") and leaves no row: the gtrid stays undecided, and
+  every later answer for it is ABORTED too.
 
 Begins and Acks are queued, not waited for; before a replica touches a gtrid, the other
 replica's queue is flushed, so the model knows the order (as a client knows that its Begin
@@ -73,6 +76,8 @@ class Txn:
 
     gtrid: str
     deadline_ms: int | None  # None: never begun, unknown to the log
+    #: The deadline written in a never-begun ts1 gtrid (`unknown_gtrid`).
+    unknown_deadline_ms: int | None = None
     #: A gtrid a client made (ts2), unknown to the log until decided: its own deadline.
     minted_deadline_ms: int | None = None
     decision: tuple[State, str] | None = None
@@ -121,6 +126,8 @@ class DecisionLogModel(RuleBasedStateMachine):
         """The answer to `proposal` if it were the first decision for the gtrid."""
         if txn.decision is not None:
             return txn.decision
+        if self._presumed(txn, proposal):
+            return State.ABORTED, rules.DEADLINE_PASSED
         if not proposal.commit:
             return State.ABORTED, proposal.reason or rules.ABORTED_BY_CLIENT
         deadline = txn.deadline_ms if txn.deadline_ms is not None else txn.minted_deadline_ms
@@ -130,7 +137,16 @@ class DecisionLogModel(RuleBasedStateMachine):
             return State.COMMITTED, ""
         return State.ABORTED, rules.DEADLINE_PASSED
 
-    def _record(self, txn: Txn, answer: tuple[State, str]) -> None:
+    def _presumed(self, txn: Txn, proposal: Proposal) -> bool:
+        """Whether `proposal` is answered by presumption, without a row."""
+        unknown = txn.decision is None and txn.deadline_ms is None
+        late = proposal.fallback_deadline_ms <= self.clock.ms
+        return proposal.presumed_if_late and unknown and late
+
+    def _record(self, txn: Txn, answer: tuple[State, str], proposal: Proposal) -> None:
+        if self._presumed(txn, proposal):
+            assert answer == (State.ABORTED, rules.DEADLINE_PASSED), f"{txn.gtrid}: {answer}"
+            return
         if txn.decision is None:
             txn.decision, txn.decided_ms = answer, self.clock.ms
         assert answer == txn.decision, f"{txn.gtrid}: answered {answer}, decided {txn.decision}"
@@ -139,11 +155,11 @@ class DecisionLogModel(RuleBasedStateMachine):
         # Shaped like new_gtrid()'s, but numbered: hypothesis replays must see the same ids.
         return f"{version}.{CLUSTER}.{-(-deadline_ms // 1000)}.{len(self.txns):024d}"
 
-    def _proposal(self, txn: Txn, commit: bool, reason: str) -> Proposal:
+    def _proposal(self, txn: Txn, commit: bool, reason: str, presume: bool = False) -> Proposal:
         minted = txn.minted_deadline_ms is not None
-        fallback = txn.deadline_ms or txn.minted_deadline_ms or self.clock.ms + 1000
+        fallback = txn.deadline_ms or txn.minted_deadline_ms or txn.unknown_deadline_ms or 0
         branches = BRANCHES if commit else ()
-        return Proposal(txn.gtrid, commit, branches, reason, fallback, minted)
+        return Proposal(txn.gtrid, commit, branches, reason, fallback, minted, presume)
 
     # -- rules -------------------------------------------------------------------------------
 
@@ -170,8 +186,9 @@ class DecisionLogModel(RuleBasedStateMachine):
     @rule(target=gtrids)
     def unknown_gtrid(self) -> str:
         """A gtrid the log never heard of (its Begin was lost, or it was made up)."""
-        gtrid = self._new_gtrid(self.clock.ms + 1000)
-        self.txns[gtrid] = Txn(gtrid, None)
+        deadline = self.clock.ms + 1000
+        gtrid = self._new_gtrid(deadline)
+        self.txns[gtrid] = Txn(gtrid, None, unknown_deadline_ms=deadline)
         return gtrid
 
     @rule(target=gtrids, timeout_ms=st.sampled_from([1, 50, 1000, 30_000]))
@@ -187,30 +204,33 @@ class DecisionLogModel(RuleBasedStateMachine):
         replica=st.sampled_from(REPLICAS),
         commit=st.booleans(),
         reason=st.sampled_from(["", "a participant voted no"]),
+        presume=st.booleans(),
     )
-    def decide(self, gtrid: str, replica: str, commit: bool, reason: str) -> None:
+    def decide(self, gtrid: str, replica: str, commit: bool, reason: str, presume: bool) -> None:
         txn = self.txns[gtrid]
-        proposal = self._proposal(txn, commit, reason)
+        proposal = self._proposal(txn, commit, reason, presume)
         expected = self._expected(txn, proposal)
         (decision,) = self._use(replica).decide([proposal])
         self._made_durable(replica)  # the writer wrote the queue in order before it
         assert (decision.state, decision.reason) == expected, f"{proposal}: {decision}"
-        self._record(txn, expected)
+        self._record(txn, expected, proposal)
 
     @rule(
         replica=st.sampled_from(REPLICAS),
-        picks=st.lists(st.tuples(gtrids, st.booleans()), min_size=2, max_size=4),
+        picks=st.lists(st.tuples(gtrids, st.booleans(), st.booleans()), min_size=2, max_size=4),
     )
-    def decide_batch(self, replica: str, picks: list[tuple[str, bool]]) -> None:
+    def decide_batch(self, replica: str, picks: list[tuple[str, bool, bool]]) -> None:
         """One request with several proposals, the same gtrid possibly twice."""
-        proposals = [self._proposal(self.txns[g], commit, "batch") for g, commit in picks]
+        proposals = [
+            self._proposal(self.txns[g], commit, "batch", presume) for g, commit, presume in picks
+        ]
         store = self._use(replica)
         expected = []
         for proposal in proposals:  # in order: a later one sees the decision of an earlier one
             txn = self.txns[proposal.gtrid]
             answer = self._expected(txn, proposal)
             expected.append(answer)
-            self._record(txn, answer)
+            self._record(txn, answer, proposal)
         decisions = store.decide(proposals)
         self._made_durable(replica)
         assert [(d.state, d.reason) for d in decisions] == expected
@@ -237,7 +257,7 @@ class DecisionLogModel(RuleBasedStateMachine):
         assert len(answers) == 1, f"{gtrid} got {len(answers)} decisions: {answers}"
         (answer,) = answers
         assert answer in allowed, f"{gtrid}: {answer} is none of {allowed}"
-        self._record(txn, answer)
+        self._record(txn, answer, proposals[0])
 
     @rule(gtrid=gtrids, replica=st.sampled_from(REPLICAS), one_phase=st.booleans())
     def ack(self, gtrid: str, replica: str, one_phase: bool) -> None:
@@ -258,7 +278,7 @@ class DecisionLogModel(RuleBasedStateMachine):
     def to_deadline(self, gtrid: str, offset: int) -> None:
         """Move the clock to just before, onto or just past a deadline (never backwards)."""
         txn = self.txns[gtrid]
-        deadline = txn.deadline_ms or txn.minted_deadline_ms
+        deadline = txn.deadline_ms or txn.minted_deadline_ms or txn.unknown_deadline_ms
         if deadline is not None:
             self.clock.ms = max(self.clock.ms, deadline + offset)
 

@@ -21,6 +21,12 @@ Commit (`decide`, a `Proposal` with commit=True)
 Abort (`decide`, commit=False)
     active or unknown: ABORTED with the caller's reason; already committed: COMMITTED, the
     decision in force.
+Presumed abort without a row (`Proposal.presumed_if_late`, set for the wire's Commit and Abort)
+    An unknown gtrid whose own deadline has passed is answered ABORTED ("deadline passed") and
+    nothing is written: no Begin row can make it committable any more (a row's deadline is
+    never later than its gtrid's) and every later Commit is late, so presumed abort answers
+    it the same way for good. A peer's made-up gtrids then cost no rows. Recovery's own
+    ABORTs of orphaned branches still write theirs (they carry the branches to finish).
 Ack (`record_acks`)
     Marks a decided transaction completed (phase 2 finished). With one_phase_commit an active
     transaction becomes COMMITTED ("one-phase commit by the client"): the client committed its
@@ -89,6 +95,7 @@ __all__ = [
     "Decision",
     "DecisionLog",
     "ListQuery",
+    "LogBusy",
     "LogUnavailable",
     "Note",
     "Proposal",
@@ -126,6 +133,11 @@ class LogUnavailable(Exception):
     """
 
 
+class LogBusy(LogUnavailable):
+    """The log's queue is full: the request was refused without being queued, so nothing of
+    it was recorded; ask again later."""
+
+
 @dataclass(frozen=True)
 class BranchRecord:
     """One database branch of a transaction (the wire's `Branch`)."""
@@ -153,7 +165,8 @@ class Proposal:
     `fallback_deadline_ms` is the deadline written into the gtrid itself; the log stores it
     when it first hears of the gtrid here (unknown transaction), for recovery to judge by.
     `minted`: the gtrid was made by a client (`ts2`); unknown, a Commit for it is decided by
-    that deadline instead of being aborted as a lost Begin.
+    that deadline instead of being aborted as a lost Begin. `presumed_if_late`: unknown and
+    past that deadline, answered by presumption with no row written (the rule above).
     """
 
     gtrid: str
@@ -162,6 +175,7 @@ class Proposal:
     reason: str = ""
     fallback_deadline_ms: int = 0
     minted: bool = False
+    presumed_if_late: bool = False
 
 
 @dataclass(frozen=True)
@@ -311,7 +325,8 @@ class DecisionLog(Protocol):
     """Where the coordinator's decisions live. Every method is safe to call from any thread."""
 
     def record_begun(self, begun: Sequence[Begun]) -> None:
-        """Queue active rows; returns before they are durable (presumed abort)."""
+        """Queue active rows; returns before they are durable (presumed abort). Raises
+        `LogBusy` (nothing queued) when the queue is full, like `decide` and `record_acks`."""
 
     def decide(self, proposals: Sequence[Proposal]) -> list[Decision]:
         """Apply the rules above; returns the decisions in force, in order, once durable.

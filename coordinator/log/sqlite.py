@@ -13,6 +13,16 @@ Reads use their own connections: WAL readers see the
 last committed (so durable) state and never block the writer. The statements themselves (the
 schema, the rules of `interface` in SQL, the reads) are in `sqlite_statements`.
 
+The queue is bounded: what the wire asks for (`record_begun`, `decide`, `record_acks`) is
+refused with `LogBusy` (nothing queued) once `max_queued` rows wait for the writer, so a flood
+of Begins costs a bounded amount of memory and the caller is told to come back (the servicer
+answers RESOURCE_EXHAUSTED), instead of every caller waiting behind a queue that only grows.
+A proposal counts as one row per branch it carries (at least one). Begins and Acks (nobody
+waits for them) may fill only an eighth of the queue (`_UNWAITED_SHARE`), so a flood of
+Begins leaves room for the decisions clients wait for, and a Commit waits behind few of them.
+Recovery's and the operator's writes (notes, resolutions, prunes) are never refused: they are
+few and they are how the log gets finished work out of the way.
+
 Pruning (`prune`) is one more kind of writer request: at most `limit` rows deleted in the
 writer's transaction, queued behind and ahead of decisions like any other request, so a
 long prune is many short writes between decisions, never one long one. SQLite keeps deleted
@@ -45,6 +55,7 @@ from .interface import (
     Begun,
     Decision,
     ListQuery,
+    LogBusy,
     LogUnavailable,
     Note,
     Proposal,
@@ -62,6 +73,12 @@ LOG_FILE_NAME = "decisions.sqlite3"
 _BUSY_TIMEOUT_MS = 10_000  # wait for another process's write lock (several writers, one file)
 _DECIDE_WAIT_S = 60.0  # a decision not confirmed by then is reported as unavailable: ask again
 _WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file keeps after a checkpoint
+#: The queue holds this many full batches of the wire's rows before it refuses more: enough
+#: that a burst waits its turn, few enough that the last one in waits seconds, not minutes.
+_QUEUED_BATCHES = 20
+#: Begins and Acks may fill 1/this of the queue: a Commit never waits behind more of them than
+#: a few batches' worth (measured: a Begin flood at half the queue kept Commits 1-2 s waiting).
+_UNWAITED_SHARE = 8
 
 
 def _now_ms() -> int:
@@ -96,11 +113,18 @@ class _Request:
     #: Resolved with the request's decisions (or its one `Resolved`) once they are durable.
     done: Future[list[Any]] | None = None
     size: int = field(init=False)
+    bounded_rows: int = 0  # counted against max_queued while queued
 
     def __post_init__(self) -> None:
         self.size = len(self.begun) + len(self.proposals) + len(self.acks) + len(self.notes)
         self.size += self.resolution is not None
         self.size += self.prune[1] if self.prune else 0
+
+    @property
+    def queued_rows(self) -> int:
+        """What the request weighs against `max_queued`: its rows, a proposal's branches."""
+        proposals = sum(max(1, len(p.branches)) for p in self.proposals)
+        return len(self.begun) + proposals + len(self.acks)
 
 
 def _redone_if_lost(request: _Request) -> bool:
@@ -122,13 +146,17 @@ class SqliteDecisionLog:
         data_dir: str | os.PathLike[str],
         *,
         max_batch: int = 1000,
+        max_queued: int | None = None,
         clock: Callable[[], int] = _now_ms,
         busy_timeout_ms: int = _BUSY_TIMEOUT_MS,
     ):
+        """`max_queued`: rows the wire's requests may have waiting for the writer (default
+        `_QUEUED_BATCHES` batches of `max_batch`)."""
         directory = Path(data_dir)
         directory.mkdir(parents=True, exist_ok=True)
         self.path = (directory / LOG_FILE_NAME).resolve()
         self._max_batch = max_batch
+        self._max_queued = max_queued or _QUEUED_BATCHES * max_batch
         self._clock = clock
         self._busy_timeout_ms = busy_timeout_ms
         _owner_only(self.path)
@@ -146,6 +174,7 @@ class SqliteDecisionLog:
         self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._submit_lock = threading.Lock()  # guards _closed and the queue's end: no request
         self._closed = False  # is queued after _STOP, so none is left unanswered
+        self._queued_rows = 0  # the wire's rows queued and not yet taken by the writer
         self._stats_lock = threading.Lock()  # guards _stats (written by the writer and submit)
         self._stats = WriterStats(0, 0, 0, 0, 0)
         self._synced = True  # the writer connection's synchronous setting: FULL (else NORMAL)
@@ -158,10 +187,10 @@ class SqliteDecisionLog:
     # -- DecisionLog ---------------------------------------------------------------------------
 
     def record_begun(self, begun: Sequence[Begun]) -> None:
-        self._submit(_Request(begun=tuple(begun)))
+        self._submit(_Request(begun=tuple(begun)), bounded=True)
 
     def decide(self, proposals: Sequence[Proposal]) -> list[Decision]:
-        return self._wait(_Request(proposals=tuple(proposals), done=Future()))
+        return self._wait(_Request(proposals=tuple(proposals), done=Future()), bounded=True)
 
     def resolve(self, resolution: Resolution) -> Resolved:
         (resolved,) = self._wait(_Request(resolution=resolution, done=Future()))
@@ -193,16 +222,16 @@ class SqliteDecisionLog:
     def take_work(self, gtrids: Sequence[str]) -> contextlib.AbstractContextManager[set[str]]:
         return contextlib.nullcontext(set(gtrids))  # one coordinator per file (its data dir)
 
-    def _wait(self, request: _Request) -> list[Any]:
+    def _wait(self, request: _Request, *, bounded: bool = False) -> list[Any]:
         assert request.done is not None
-        self._submit(request)
+        self._submit(request, bounded=bounded)
         try:
             return request.done.result(timeout=_DECIDE_WAIT_S)
         except TimeoutError as exc:
             raise LogUnavailable("the decision log did not confirm in time") from exc
 
     def record_acks(self, acks: Sequence[Ack]) -> None:
-        self._submit(_Request(acks=tuple(acks)))
+        self._submit(_Request(acks=tuple(acks)), bounded=True)
 
     def flush(self) -> None:
         done: Future[list[Any]] = Future()
@@ -239,10 +268,22 @@ class SqliteDecisionLog:
 
     # -- the writer ----------------------------------------------------------------------------
 
-    def _submit(self, request: _Request) -> None:
+    def _submit(self, request: _Request, *, bounded: bool = False) -> None:
+        """Queue `request`; `bounded`: one of the wire's, refused with `LogBusy` (and not
+        queued) when the rows waiting and its own would be more than `max_queued` (an
+        `_UNWAITED_SHARE` of it for a request nobody waits for: Begins, Acks)."""
         with self._submit_lock:
             if self._closed:
                 raise LogUnavailable("the decision log is closed")
+            if bounded:
+                rows = request.queued_rows
+                limit = self._max_queued if request.done else self._max_queued // _UNWAITED_SHARE
+                if self._queued_rows and self._queued_rows + rows > limit:
+                    raise LogBusy(
+                        f"the decision log's queue is full ({self._queued_rows} rows waiting)"
+                    )
+                request.bounded_rows = rows
+                self._queued_rows += rows
             self._queue.put(request)
             with self._stats_lock:
                 self._stats = dataclasses.replace(self._stats, requests=self._stats.requests + 1)
@@ -264,6 +305,8 @@ class SqliteDecisionLog:
                     break
                 batch.append(request)
                 size += request.size
+            with self._submit_lock:
+                self._queued_rows -= sum(request.bounded_rows for request in batch)
             self._write_batch(batch, size)
 
     def _write_batch(self, batch: list[_Request], size: int) -> None:

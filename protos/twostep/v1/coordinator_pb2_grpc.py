@@ -103,7 +103,10 @@ class CoordinatorServicer:
 
     def Abort(self, request, context):
         """Records ABORT for transactions the client rolled back (or will). Returns
-        the decision in force, which is COMMITTED if that was decided first.
+        the decision in force, which is COMMITTED if that was decided first. A
+        gtrid the coordinator does not know and whose deadline has passed is
+        answered ABORTED ("deadline passed") by presumption, with no record (so
+        for Commit too).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,140 @@
+"""The coordinator's capacity is not for a peer to take: stalled calls, idle connections.
+
+Issue 11's inputs against a real coordinator process: calls that send their headers and never
+their message (one connection, far more of them than worker threads), then another client's
+Begin + Commit and the health check; hundreds of idle connections under a low descriptor
+limit, then a new client. The answers are checked, never how fast they came (the generous
+deadlines only keep a regression from hanging the suite).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from twostep.v1 import coordinator_pb2 as pb
+from twostep.v1 import coordinator_pb2_grpc as pb_grpc
+
+RPC_TIMEOUT = 10.0
+#: A channel of its own: grpcio shares one connection among channels to the same address.
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
+
+
+def never_sends(release: threading.Event) -> Iterator[bytes]:
+    """A request stream whose message never comes (until `release`): headers only."""
+    release.wait()
+    yield from ()
+
+
+def answers_begin_commit_and_health(address: str) -> None:
+    with grpc.insecure_channel(address, options=OWN_CONNECTION) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        begun = stub.Begin(pb.BeginRequest(timeout_ms=30_000), timeout=RPC_TIMEOUT)
+        (started,) = begun.transactions
+        branch = pb.Branch(resource="orders", bqual="orders", dialect="postgresql")
+        item = pb.CommitItem(gtrid=started.gtrid, branches=[branch])
+        decided = stub.Commit(pb.CommitRequest(transactions=[item]), timeout=RPC_TIMEOUT)
+        assert decided.decisions[0].state == pb.TRANSACTION_STATE_COMMITTED
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def idle_connections(address: str, count: int) -> list[grpc.Channel]:
+    """`count` connections that each made one call and then do nothing."""
+    channels = []
+    for _ in range(count):
+        channel = grpc.insecure_channel(address, options=OWN_CONNECTION)
+        pb_grpc.CoordinatorStub(channel).Describe(pb.DescribeRequest(), timeout=RPC_TIMEOUT)
+        channels.append(channel)
+    return channels
+
+
+def test_stalled_calls_on_one_connection_leave_other_clients_and_the_health_check_served(
+    coordinator_factory,
+):
+    coordinator = coordinator_factory(settings={"workers": 4})
+    release = threading.Event()
+    with grpc.insecure_channel(coordinator.address, options=OWN_CONNECTION) as attacker:
+        for method in ("Commit", "Begin", "Abort"):
+            stalled = attacker.stream_unary(f"/twostep.v1.Coordinator/{method}")
+            calls = [stalled.future(never_sends(release)) for _ in range(40)]
+        grpc.channel_ready_future(attacker).result(timeout=RPC_TIMEOUT)
+        time.sleep(0.5)  # let the headers of all 120 reach the server
+        try:
+            answers_begin_commit_and_health(coordinator.address)
+        finally:
+            release.set()
+    assert all(call.done() for call in calls)
+
+
+def test_idle_connections_are_closed_and_give_their_descriptors_back(coordinator_factory):
+    coordinator = coordinator_factory(settings={"connection_idle_s": 1})
+    assert coordinator.pid is not None
+    before = open_descriptors(coordinator.pid)
+    channels = idle_connections(coordinator.address, 100)
+    try:
+        assert open_descriptors(coordinator.pid) >= before + 100
+        deadline = time.monotonic() + 30
+        while open_descriptors(coordinator.pid) > before + 5:
+            assert time.monotonic() < deadline, "the idle connections were not closed"
+            time.sleep(0.2)
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+@pytest.fixture
+def low_descriptor_limit() -> Iterator[int]:
+    """The soft descriptor limit a process started now inherits: 256 (this one's is restored
+    once the test started what it needs)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        yield 256
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_hundreds_of_idle_connections_under_a_low_descriptor_limit_leave_new_clients_served(
+    coordinator_factory, low_descriptor_limit
+):
+    coordinator = coordinator_factory()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ours = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (ours, hard))  # for this side's connections
+    channels = idle_connections(coordinator.address, low_descriptor_limit + 100)
+    try:
+        answers_begin_commit_and_health(coordinator.address)
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def test_connections_beyond_max_connections_are_refused_and_others_served_once_idle_ones_close(
+    coordinator_factory,
+):
+    coordinator = coordinator_factory(settings={"max_connections": 10, "connection_idle_s": 1})
+    channels = idle_connections(coordinator.address, 10)
+    try:
+        with grpc.insecure_channel(coordinator.address, options=OWN_CONNECTION) as late:
+            describe = pb_grpc.CoordinatorStub(late).Describe
+            with pytest.raises(grpc.RpcError) as refused:
+                describe(pb.DescribeRequest(), timeout=RPC_TIMEOUT)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            # The idle ones are closed after a second; then the late client is served.
+            describe(pb.DescribeRequest(), timeout=RPC_TIMEOUT, wait_for_ready=True)
+    finally:
+        for channel in channels:
+            channel.close()
