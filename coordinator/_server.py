@@ -124,6 +124,7 @@ class CoordinatorServer:
         self._run_recovery = run_recovery
         self.address = ""  # "host:port" once started, with the port actually bound
         self.metrics_address = ""  # "host:port" of /metrics once started; "": off
+        self._stopped = False  # stop() ran (it runs once: the event loop is gone after it)
         self._health = _health.aio.HealthServicer()
         self._grpc = AsyncServer(
             workers=settings.workers,
@@ -202,7 +203,10 @@ class CoordinatorServer:
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop recovery and accepting calls, let calls in flight finish (up to `grace` s),
-        close the log and the resources' sessions."""
+        close the log and the resources' sessions. A second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._grpc.run(self._health.enter_graceful_shutdown())
         self.recovery.stop(grace)
         self._grpc.stop(grace)

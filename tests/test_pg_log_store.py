@@ -97,12 +97,18 @@ def random_script(seed: int, clock: FakeClock) -> list[tuple[str, Any]]:
         gtrid = rng.choice(begun + minted)
         deadline = clock.ms + 4_000
         op = rng.choice(["commit", "commit", "abort", "ack", "ack1", "resolve", "note", "tick"])
+        # As from the wire (presumed abort without a row when unknown and late), or not.
+        wire = rng.random() < 0.5
+        own_deadline = clock.ms + rng.choice([-1_000, 4_000]) if wire else deadline
         if op == "commit":
             branches = BRANCHES[: rng.randint(0, 2)]
-            proposal = Proposal(gtrid, True, branches, "", deadline, gtrid.startswith("ts2"))
+            minted_ = gtrid.startswith("ts2")
+            proposal = Proposal(gtrid, True, branches, "", own_deadline, minted_, wire)
             script.append(("decide", [proposal]))
         elif op == "abort":
-            script.append(("decide", [Proposal(gtrid, False, BRANCHES[:1], rng.choice(["", "x"]))]))
+            reason = rng.choice(["", "x"])
+            proposal = Proposal(gtrid, False, BRANCHES[:1], reason, own_deadline, False, wire)
+            script.append(("decide", [proposal]))
         elif op in ("ack", "ack1"):
             script.append(("acks", [Ack(gtrid, one_phase_commit=op == "ack1")]))
         elif op == "resolve":

@@ -246,7 +246,15 @@ def record_acks(db: psycopg.Connection[Any], acks: Sequence[Ack], now: int) -> N
 def decide(db: psycopg.Connection[Any], proposals: Sequence[Proposal], now: int) -> list[Decision]:
     """The Commit or Abort rule of `interface` for each proposal (in gtrid order, one round
     trip); the decisions in force afterwards, in the proposals' order."""
-    order = sorted(range(len(proposals)), key=lambda i: proposals[i].gtrid)
+    late = {p.gtrid for p in proposals if p.presumed_if_late and p.fallback_deadline_ms <= now}
+    rows = db.execute(_DECISIONS_OF, (sorted(late),)).fetchall() if late else []
+    known = {gtrid for gtrid, _, _ in rows}
+    presumed = {  # unknown and late: aborted by presumption, nothing to write (`interface`)
+        i for i, p in enumerate(proposals) if p.gtrid in late and p.gtrid not in known
+    }
+    order = sorted(
+        (i for i in range(len(proposals)) if i not in presumed), key=lambda i: proposals[i].gtrid
+    )
     with db.pipeline():
         cursors = {i: db.execute(*_decision_statement(proposals[i], now)) for i in order}
     answers: dict[int, tuple[str, str]] = {}
@@ -255,6 +263,7 @@ def decide(db: psycopg.Connection[Any], proposals: Sequence[Proposal], now: int)
         if rows:
             answers[i] = rows[0]
     taken = set(answers)  # the statement wrote the row: this call took the decision
+    answers.update({i: (State.ABORTED.value, interface.DEADLINE_PASSED) for i in presumed})
     missing = [i for i in range(len(proposals)) if i not in answers]
     if missing:  # decided before: that decision stands
         gtrids = [proposals[i].gtrid for i in missing]
