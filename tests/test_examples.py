@@ -19,8 +19,11 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # The line of each script's output that says it did what it shows.
 KEY_LINES = {
+    "batch_sync.py": "the next run resumed: copied 6, user_analytics=10",
     "connections.py": "refused in Transaction('main'): TwostepError",
     "heterogeneous_sources.py": "migrated cy: users has id 3, legacy_users has 1 left",
+    "realtime_sync.py": "analytics refused 'enterprise' (DatabaseError): users: pro,"
+    " analytics_user_data: pro",
     "two_phase_commit.py": "rolled back (the welcome e-mail could not be queued): still users=1,"
     " user_analytics=1",
 }
