@@ -20,8 +20,11 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # The line of each script's output that says it did what it shows.
 KEY_LINES = {
     "batch_sync.py": "the next run resumed: copied 6, user_analytics=10",
+    "compensation.py": "60 s later a worker ran 1 compensation; users: ['ann']",
     "connections.py": "refused in Transaction('main'): TwostepError",
+    "event_driven.py": "after retry: worker ran 2, CRM notified of users [1, 2]",
     "heterogeneous_sources.py": "migrated cy: users has id 3, legacy_users has 1 left",
+    "queue_sync.py": "consumed 3 messages: applied 2, skipped 1 duplicate",
     "realtime_sync.py": "analytics refused 'enterprise' (DatabaseError): users: pro,"
     " analytics_user_data: pro",
     "two_phase_commit.py": "rolled back (the welcome e-mail could not be queued): still users=1,"
