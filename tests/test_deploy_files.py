@@ -380,6 +380,21 @@ def test_compose_coordinator_port_volume_and_health_check_agree_with_its_setting
     assert service["healthcheck"]["test"] == ["CMD", *read_image().healthcheck]
 
 
+def test_compose_is_plain_text_for_development_and_publishes_its_ports_on_loopback_only(
+    tmp_path: Path,
+):
+    """compose.yaml is the newcomer's `docker compose up` (README, "Deploy"): plain text and
+    no caller credentials, which the coordinator accepts on 0.0.0.0 only with allow_insecure.
+    What keeps that to this host is that the ports are published on its loopback only."""
+    compose, settings = compose_settings(tmp_path)
+    assert settings.allow_insecure and settings.tls_cert_file is None
+    for published in compose["services"]["coordinator"]["ports"]:
+        host, _, _ = published.rpartition(":")[0].rpartition(":")
+        assert host == LOOPBACK, published
+    text = (DEPLOY / "compose.yaml").read_text(encoding="utf-8")
+    assert text.startswith("# DEVELOPMENT ONLY: the coordinator speaks PLAIN TEXT")
+
+
 #: The official images' variables for the database, user and password file.
 DATABASE_IMAGE_ENVS = {
     "postgresql": ("POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD_FILE"),
