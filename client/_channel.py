@@ -23,6 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 
@@ -51,6 +52,12 @@ class ChannelConfig:
     key_file: Path | None = None
     #: The client token (or the admin token, for an admin), sent in every call.
     token: str | None = field(default=None, repr=False)
+
+    #: Every variable `from_env` reads (a deployment's environment holds them beside the
+    #: coordinator's settings for its health check).
+    ENVIRONMENT: ClassVar[frozenset[str]] = frozenset(
+        {_ENV_CA, _ENV_CERT, _ENV_KEY, _ENV_TOKEN, _ENV_TOKEN_FILE}
+    )
 
     def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):

@@ -15,6 +15,8 @@ scrape) or Prometheus' own `up`.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -29,15 +31,22 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import grpc
 import kubernetes_validate
 import promql_parser
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from tls_certs import Pki
 
+from twostep.client import ChannelConfig
 from twostep.coordinator import CONFIG_ENV, ConfigError, Settings, describe_settings, load_settings
+from twostep.coordinator._callers import check_exposure
+from twostep.coordinator._health import PROBE_TIMEOUT_S
 from twostep.coordinator._metrics import EXPORTED
 from twostep.testing import config_toml
+from twostep.v1 import coordinator_pb2 as pb
+from twostep.v1 import coordinator_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -126,20 +135,23 @@ def deployed_settings(
     argv: Sequence[str],
     environ: Mapping[str, str],
     config_text: str,
-    secrets_dir: str,
-    secret_files: Sequence[str],
+    secrets: Mapping[str, Sequence[str]],
 ) -> Settings:
     """The settings a container would load: `argv` and `environ` as given, the config file
     (`environ[TWOSTEP_CONFIG]`) holding `config_text`, and a file (of made-up content) for each
-    of `secret_files` in the container's `secrets_dir`. The container's secret directory is
-    laid out under `tmp_path`, so a password file the deployment does not mount fails to load.
+    name in `secrets[directory]`, a directory of the container's secrets. The config file's
+    paths into those directories are laid out under `tmp_path`, so a password file the
+    deployment does not mount fails to load; paths in `environ` stay the container's.
     """
-    host_secrets = tmp_path / "secrets"
-    host_secrets.mkdir()
-    for name in secret_files:
-        (host_secrets / name).write_text("made-up-secret-for-the-test\n", encoding="utf-8")
+    # The longest first: /run/secrets/twostep is a prefix of /run/secrets/twostep-tls.
+    for n, directory in enumerate(sorted(secrets, key=len, reverse=True)):
+        host_secrets = tmp_path / f"secrets-{n}"
+        host_secrets.mkdir()
+        for name in secrets[directory]:
+            (host_secrets / name).write_text("made-up-secret-for-the-test\n", encoding="utf-8")
+        config_text = config_text.replace(f"{directory}/", f"{host_secrets}/")
     config = tmp_path / "coordinator.toml"
-    config.write_text(config_text.replace(secrets_dir, str(host_secrets)), encoding="utf-8")
+    config.write_text(config_text, encoding="utf-8")
     assert CONFIG_ENV in environ, "the deployment must name its config file"
     return load_settings(argv, environ={**environ, CONFIG_ENV: str(config)})
 
@@ -216,42 +228,58 @@ class Container:
     start_line: str
     port: int  # the bound port, standing for the container port the runtime maps
 
-    def health_check(self) -> subprocess.CompletedProcess[str]:
-        """The image's HEALTHCHECK command, its container port mapped as the coordinator's."""
+    def health_check(
+        self, command: Sequence[str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`command` (default: the image's HEALTHCHECK command) in the container's
+        environment, its container port mapped as the coordinator's."""
         exposed = f":{self.image.exposed[0]}"
-        command = [word.replace(exposed, f":{self.port}") for word in self.image.healthcheck]
+        command = [
+            word.replace(exposed, f":{self.port}") for word in command or self.image.healthcheck
+        ]
         return subprocess.run(
             command, env=self.env, capture_output=True, text=True, timeout=30, check=False
         )
 
 
-@pytest.fixture
-def image_container(tmp_path: Path, pg_config, maria_config) -> Iterator[Container]:
-    """The image's command line running on the host, with its ENV: the image's paths point
-    into this machine (its virtual environment at the installed one, its volume at a temp
-    dir), its listen address at a free loopback port (the port a container runtime would
-    map), and TWOSTEP_CONFIG at a config naming the test databases, as compose mounts one."""
+@contextlib.contextmanager
+def run_image(
+    tmp_path: Path,
+    databases: Mapping[str, Mapping[str, Any]],
+    env: Mapping[str, str] | None = None,
+    paths: Mapping[str, Path] | None = None,
+) -> Iterator[Container]:
+    """The image's command line running on the host, with its ENV and then `env` (a
+    deployment's): the container's paths point into this machine (the image's virtual
+    environment at the installed one, its volume at a temp dir, each directory of `paths` at
+    its host directory), its listen addresses (gRPC, metrics) at free loopback ports (the ports
+    a container runtime would map), and TWOSTEP_CONFIG at a config naming `databases`
+    (resource name -> connection config), as the deployment mounts one."""
     image = read_image()
-    venv = str(Path(sys.executable).parent.parent)
+    venv = Path(sys.executable).parent.parent
     volume = tmp_path / "volume"
     volume.mkdir()
     config = tmp_path / "coordinator.toml"
-    config.write_text(config_toml({}, {"orders": pg_config, "billing": maria_config}))
+    config.write_text(config_toml({}, dict(databases)))
+    # The longest first: a directory may be a prefix of another.
+    mapped = {"/opt/twostep": venv, image.volumes[0]: volume, **(paths or {})}
+    order = sorted(mapped, key=len, reverse=True)
 
     def on_host(value: str) -> str:
-        for container_path, host_path in (("/opt/twostep", venv), (image.volumes[0], volume)):
-            value = value.replace(container_path, str(host_path))
+        for container_path in order:
+            value = value.replace(container_path, str(mapped[container_path]))
         return value
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOSTEP_")}
-    env |= {name: on_host(value) for name, value in image.env.items()}
-    env["PATH"] = on_host(image.env["PATH"]) + os.environ["PATH"]  # the image appends its own
-    env["TWOSTEP_LISTEN"] = f"{LOOPBACK}:0"
-    env[CONFIG_ENV] = str(config)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TWOSTEP_")}
+    environ |= {name: on_host(value) for name, value in (image.env | dict(env or {})).items()}
+    environ["PATH"] = on_host(image.env["PATH"]) + os.environ["PATH"]  # the image appends its own
+    environ["TWOSTEP_LISTEN"] = f"{LOOPBACK}:0"
+    environ["TWOSTEP_METRICS_LISTEN"] = f"{LOOPBACK}:0"
+    environ[CONFIG_ENV] = str(config)
     output = tmp_path / "output"
     with output.open("ab") as sink:  # append mode: the child's writes never overwrite
         proc = subprocess.Popen(
-            image.command, env=env, cwd=on_host(image.workdir), stdout=sink, stderr=sink
+            image.command, env=environ, cwd=on_host(image.workdir), stdout=sink, stderr=sink
         )
     try:
         deadline = time.monotonic() + 30
@@ -261,11 +289,18 @@ def image_container(tmp_path: Path, pg_config, maria_config) -> Iterator[Contain
             time.sleep(0.05)
         listen = re.search(r"\blisten=(\S+)", started[0])
         assert listen
-        yield Container(image, proc, env, volume, output, started[0], port_of(listen[1]))
+        yield Container(image, proc, environ, volume, output, started[0], port_of(listen[1]))
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.fixture
+def image_container(tmp_path: Path, pg_config, maria_config) -> Iterator[Container]:
+    """The image's command line running on the host against the test databases (`run_image`)."""
+    with run_image(tmp_path, {"orders": pg_config, "billing": maria_config}) as container:
+        yield container
 
 
 def test_the_images_command_line_serves_the_test_databases_and_its_health_check_says_serving(
@@ -327,8 +362,7 @@ def compose_settings(tmp_path: Path) -> tuple[dict[str, Any], Settings]:
         service.get("command", []),
         environ,
         source.read_text(encoding="utf-8"),
-        secrets_dir="/run/secrets",  # where compose mounts a service's secrets
-        secret_files=service["secrets"],
+        secrets={"/run/secrets": service["secrets"]},  # where compose mounts a service's secrets
     )
     return compose, settings
 
@@ -344,6 +378,21 @@ def test_compose_coordinator_port_volume_and_health_check_agree_with_its_setting
     mounts = dict(v.split(":", 1)[::-1] for v in service["volumes"])
     assert mounts[str(settings.data_dir)] in compose["volumes"]  # a named volume
     assert service["healthcheck"]["test"] == ["CMD", *read_image().healthcheck]
+
+
+def test_compose_is_plain_text_for_development_and_publishes_its_ports_on_loopback_only(
+    tmp_path: Path,
+):
+    """compose.yaml is the newcomer's `docker compose up` (README, "Deploy"): plain text and
+    no caller credentials, which the coordinator accepts on 0.0.0.0 only with allow_insecure.
+    What keeps that to this host is that the ports are published on its loopback only."""
+    compose, settings = compose_settings(tmp_path)
+    assert settings.allow_insecure and settings.tls_cert_file is None
+    for published in compose["services"]["coordinator"]["ports"]:
+        host, _, _ = published.rpartition(":")[0].rpartition(":")
+        assert host == LOOPBACK, published
+    text = (DEPLOY / "compose.yaml").read_text(encoding="utf-8")
+    assert text.startswith("# DEVELOPMENT ONLY: the coordinator speaks PLAIN TEXT")
 
 
 #: The official images' variables for the database, user and password file.
@@ -389,7 +438,7 @@ def test_compose_password_files_must_be_mounted_secrets(tmp_path: Path):
     environ = read_image().env | service["environment"]
     text = (DEPLOY / "coordinator.toml").read_text(encoding="utf-8")
     with pytest.raises(ConfigError, match="cannot read password_file"):
-        deployed_settings(tmp_path, [], environ, text, "/run/secrets", service["secrets"][1:])
+        deployed_settings(tmp_path, [], environ, text, {"/run/secrets": service["secrets"][1:]})
 
 
 # -- Kubernetes, one replica -------------------------------------------------------------------
@@ -427,48 +476,85 @@ def test_the_single_coordinator_is_one_stateful_pod():
 def k8s_settings(
     tmp_path: Path, directory: Path = K8S_SINGLE, workload: str = "StatefulSet"
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Settings]:
+    """The manifests, the pod (`pod`: its spec, `container`, `env`: the container's own
+    variables, `mounts`: mount path -> volume, `secret_files`: the container path of every
+    mounted Secret key -> (Secret, key)) and the settings its coordinator would load."""
     manifests = k8s_single(directory)
     pod = manifests[workload]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    environ = read_image().env | {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    environ = read_image().env | env
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: volumes.get(m["name"], m["name"]) for m in container["volumeMounts"]}
     config_path = PurePosixPath(environ[CONFIG_ENV])
     config_volume = mounts[str(config_path.parent)]
     assert config_volume["configMap"]["name"] == manifests["ConfigMap"]["metadata"]["name"]
-    (secrets_dir,) = [path for path, v in mounts.items() if isinstance(v, dict) and "secret" in v]
+    secret_mounts = {
+        path: v["secret"] for path, v in mounts.items() if isinstance(v, dict) and "secret" in v
+    }
     settings = deployed_settings(
         tmp_path,
         container.get("args", []),
         environ,
         manifests["ConfigMap"]["data"][config_path.name],
-        secrets_dir=secrets_dir,
-        secret_files=[item["path"] for item in mounts[secrets_dir]["secret"]["items"]],
+        secrets={
+            path: [item["path"] for item in secret["items"]]
+            for path, secret in secret_mounts.items()
+        },
     )
-    return manifests, {"container": container, "mounts": mounts, "pod": pod}, settings
+    secret_files = {
+        f"{path}/{item['path']}": (secret["secretName"], item["key"])
+        for path, secret in secret_mounts.items()
+        for item in secret["items"]
+    }
+    return (
+        manifests,
+        {
+            "container": container,
+            "env": env,
+            "mounts": mounts,
+            "pod": pod,
+            "secret_files": secret_files,
+        },
+        settings,
+    )
 
 
-def test_the_single_replicas_port_probes_and_service_agree_with_its_settings(tmp_path: Path):
+def test_the_single_replicas_ports_and_service_agree_with_its_settings(tmp_path: Path):
     manifests, pod, settings = k8s_settings(tmp_path)
-    container = pod["container"]
-    assert twostep_envs({e["name"]: e["value"] for e in container["env"]}) <= SETTING_ENVS
-    port = port_of(settings.listen)
-    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert container_ports == {"grpc": port, "metrics": port_of(settings.metrics_listen)}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == port
-    service_ports = {p["name"]: p for p in manifests["Service"]["spec"]["ports"]}
-    assert set(service_ports) == set(container_ports)
-    for name, service_port in service_ports.items():
-        assert service_port["targetPort"] in (name, container_ports[name])
-    annotations = manifests["StatefulSet"]["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(container_ports["metrics"])
-    assert annotations["prometheus.io/path"] == "/metrics"
+    check_ports_and_service(manifests, "StatefulSet", pod["container"], settings)
     assert manifests["Service"]["spec"]["clusterIP"] == "None"  # headless
     assert (
         manifests["StatefulSet"]["spec"]["serviceName"] == manifests["Service"]["metadata"]["name"]
     )
+
+
+def check_ports_and_service(
+    manifests: dict[str, dict[str, Any]],
+    workload: str,
+    container: dict[str, Any],
+    settings: Settings,
+) -> None:
+    """The container's ports are the gRPC port and the metrics endpoint of its settings, the
+    Service forwards both, and the pod template's Prometheus annotations name the latter."""
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container_ports == {
+        "grpc": port_of(settings.listen),
+        "metrics": port_of(settings.metrics_listen),
+    }
+    service_ports = {p["name"]: p for p in manifests["Service"]["spec"]["ports"]}
+    assert set(service_ports) == set(container_ports)
+    for name, service_port in service_ports.items():
+        assert service_port["targetPort"] in (name, container_ports[name])
+    annotations = manifests[workload]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(container_ports["metrics"])
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+#: The Secret of the database passwords and the tokens, and the kubernetes.io/tls one.
+SECRET = "twostep-coordinator"
+TLS_SECRET = "twostep-coordinator-tls"
 
 
 def test_the_single_replicas_data_dir_is_its_persistent_volume_and_secrets_are_files(
@@ -481,9 +567,7 @@ def test_the_single_replicas_data_dir_is_its_persistent_volume_and_secrets_are_f
     assert pod["mounts"][str(settings.data_dir)] in claims
     assert {r.name for r in settings.resources} == {"orders", "billing"}
     assert all(r.connection_config["password"] for r in settings.resources)
-    secrets_dir = next(p for p, v in pod["mounts"].items() if isinstance(v, dict) and "secret" in v)
-    assert settings.admin_token_file is not None
-    assert settings.admin_token_file.parent == Path(secrets_dir)
+    assert pod["secret_files"][str(settings.admin_token_file)] == (SECRET, "admin-token")
 
 
 def test_the_single_replica_runs_as_the_images_non_root_user(tmp_path: Path):
@@ -609,32 +693,20 @@ def test_the_replicas_share_one_postgresql_log_one_cluster_id_and_one_admin_toke
     assert manifests["Deployment"]["spec"]["replicas"] >= 2
     assert settings.log_store == "postgresql" and settings.log_database_url
     assert settings.cluster_id  # the same for every replica: it is in the shared config
-    secrets_dir = next(p for p, v in pod["mounts"].items() if isinstance(v, dict) and "secret" in v)
     password = settings.log_database_password_file
     assert password is not None and password.exists()  # a mounted key of the Secret
-    mounted = {item["path"] for item in pod["mounts"][secrets_dir]["secret"]["items"]}
-    admin_token = settings.admin_token_file
-    assert admin_token is not None and admin_token.parent == Path(secrets_dir)
-    assert admin_token.name in mounted
+    assert pod["secret_files"][str(settings.admin_token_file)] == (SECRET, "admin-token")
     assert pod["mounts"][str(settings.data_dir)] == {"name": "data", "emptyDir": {}}
     assert all(r.connection_config["password"] for r in settings.resources)
 
 
-def test_the_replicas_port_probes_service_and_disruption_budget_agree_with_their_settings(
+def test_the_replicas_ports_service_and_disruption_budget_agree_with_their_settings(
     tmp_path: Path,
 ):
     manifests, pod, settings = k8s_replicated(tmp_path)
-    container = pod["container"]
-    assert twostep_envs({e["name"]: e["value"] for e in container["env"]}) <= SETTING_ENVS
-    port = port_of(settings.listen)
-    (grpc_port,) = container["ports"]
-    assert grpc_port["containerPort"] == port
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == port
+    check_ports_and_service(manifests, "Deployment", pod["container"], settings)
     labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
     service = manifests["Service"]["spec"]
-    (service_port,) = service["ports"]
-    assert service_port["targetPort"] in (grpc_port["name"], port)
     assert service["selector"].items() <= labels.items()
     budget = manifests["PodDisruptionBudget"]["spec"]
     assert budget["selector"]["matchLabels"].items() <= labels.items()
@@ -649,3 +721,102 @@ def test_the_replicas_run_as_the_images_non_root_user(tmp_path: Path):
     assert context["runAsNonRoot"] is True
     assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid))
     assert pod["container"]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+# -- Kubernetes: TLS, caller credentials and the probes (both layouts) -------------------------
+
+K8S_LAYOUTS = [
+    pytest.param(K8S_SINGLE, "StatefulSet", id="single"),
+    pytest.param(K8S_REPLICATED, "Deployment", id="replicated"),
+]
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+
+
+def callers_authenticated(settings: Settings) -> bool:
+    """Whether the coordinator wants caller credentials (as `_server` tells `check_exposure`)."""
+    return bool(settings.client_token or settings.client_token_file or settings.tls_client_ca_file)
+
+
+@pytest.mark.parametrize(("directory", "workload"), K8S_LAYOUTS)
+def test_k8s_grpc_port_speaks_tls_from_the_tls_secret_and_callers_need_tokens_from_the_secret(
+    tmp_path: Path, directory: Path, workload: str
+):
+    _, pod, settings = k8s_settings(tmp_path, directory, workload)
+    files = pod["secret_files"]
+    assert files[str(settings.tls_cert_file)] == (TLS_SECRET, "tls.crt")
+    assert files[str(settings.tls_key_file)] == (TLS_SECRET, "tls.key")
+    assert files[str(settings.client_token_file)] == (SECRET, "client-token")
+    assert files[str(settings.admin_token_file)] == (SECRET, "admin-token")
+    # On 0.0.0.0 without allow_insecure: the coordinator's own check passes without a warning
+    # (it refuses to start in plain text or without caller credentials).
+    assert host_of(settings.listen) in {"0.0.0.0", "[::]"}
+    assert settings.allow_insecure is False
+    assert not [e for e in pod["env"] if "INSECURE" in e]
+    assert callers_authenticated(settings)
+    assert check_exposure(settings, callers_authenticated=True) == []
+
+
+def test_the_exposure_check_refuses_a_manifest_without_tls(tmp_path: Path):
+    """The check above is not vacuous: without the TLS files the same settings are refused."""
+    _, _, settings = k8s_settings(tmp_path)
+    plain = dataclasses.replace(settings, tls_cert_file=None, tls_key_file=None)
+    with pytest.raises(ConfigError, match=r"refusing to listen on 0\.0\.0\.0:\d+ without TLS"):
+        check_exposure(plain, callers_authenticated=callers_authenticated(plain))
+
+
+@pytest.mark.parametrize(("directory", "workload"), K8S_LAYOUTS)
+def test_k8s_probes_run_the_coordinators_health_check_over_tls_trusting_the_secrets_ca(
+    tmp_path: Path, directory: Path, workload: str
+):
+    _, pod, settings = k8s_settings(tmp_path, directory, workload)
+    container, env = pod["container"], pod["env"]
+    # Every variable is a setting of the coordinator's or one its health check reads.
+    assert twostep_envs(env) <= SETTING_ENVS | ChannelConfig.ENVIRONMENT
+    expected = [read_image().command[0], "--health-check", f"{LOOPBACK}:{port_of(settings.listen)}"]
+    for probe in PROBES:
+        assert container[probe]["exec"]["command"] == expected, probe
+        # The kubelet's default is 1 s: the probe must be given the time it takes itself.
+        assert container[probe]["timeoutSeconds"] > PROBE_TIMEOUT_S, probe
+    assert pod["secret_files"][env["TWOSTEP_COORDINATOR_CA"]] == (TLS_SECRET, "ca.crt")
+    if settings.tls_client_ca_file is not None:  # mutual TLS: the handshake wants the probe's
+        assert {"TWOSTEP_COORDINATOR_CERT", "TWOSTEP_COORDINATOR_KEY"} <= set(env)
+
+
+@pytest.mark.parametrize(("directory", "workload"), K8S_LAYOUTS)
+def test_k8s_exec_probe_says_serving_to_a_coordinator_started_from_the_manifest_and_fails_once_it_stopped(  # noqa: E501
+    tmp_path: Path, directory: Path, workload: str, pg_config, maria_config
+):
+    """The container's environment of the manifest, its Secrets' directories holding
+    certificates made here (the server's for 127.0.0.1) and tokens: the coordinator starts
+    with TLS and wants credentials, and the exact probe command line answers SERVING."""
+    (tmp_path / "read").mkdir()
+    _, pod, _ = k8s_settings(tmp_path / "read", directory, workload)
+    pki = Pki(tmp_path / "pki")
+    host_dirs: dict[str, Path] = {}
+    for n, (path, (secret, key)) in enumerate(sorted(pod["secret_files"].items())):
+        directory_in_pod, _, name = path.rpartition("/")
+        host = host_dirs.setdefault(directory_in_pod, tmp_path / f"secret-{n}")
+        host.mkdir(exist_ok=True)
+        source = {"tls.crt": pki.server.cert, "tls.key": pki.server.key, "ca.crt": pki.ca}
+        if key in source:
+            (host / name).write_bytes(source[key].read_bytes())
+        else:  # a password or a token
+            (host / name).write_text(f"{secret}-{key}-made-up-for-the-test\n")
+        (host / name).chmod(0o600)
+    databases = {"orders": pg_config, "billing": maria_config}
+    with run_image(tmp_path, databases, pod["env"], host_dirs) as container:
+        probe = pod["container"]["livenessProbe"]["exec"]["command"]
+        health = container.health_check(probe)
+        assert (health.returncode, health.stdout) == (0, "SERVING\n"), health.stderr
+        # TLS and credentials are really on: TLS without the client token is refused.
+        address = f"{LOOPBACK}:{container.port}"
+        with ChannelConfig(ca_file=pki.ca).open(address) as channel:
+            describe = pb_grpc.CoordinatorStub(channel).Describe
+            with pytest.raises(grpc.RpcError) as refused:
+                describe(pb.DescribeRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        container.proc.send_signal(signal.SIGTERM)
+        assert container.proc.wait(30) == 0, container.output.read_text()
+        stopped = container.health_check(probe)
+        assert stopped.returncode != 0
+        assert "UNAVAILABLE" in stopped.stderr

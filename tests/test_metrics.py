@@ -201,6 +201,16 @@ def test_metrics_count_decisions_recovery_heuristics_and_what_is_prepared(metere
     shown = {n for n in after.names() if not n.endswith("_created")}
     assert shown == set(EXPORTED)
     assert all(n.startswith(PREFIX) for n in EXPORTED)
+    # The endpoint is plain HTTP even where the gRPC port is TLS only (README, "Security"):
+    # no series names a transaction. Labels are fixed classes and the resources' names.
+    labels = {label for _, pairs in after.samples for label, _ in pairs}
+    assert labels == {"outcome", "reason", "state", "action", "result", "resource", "le"}
+    values = {value for _, pairs in after.samples for _, value in pairs}
+    assert not [v for v in values for g in (orphan, heuristic, blocked, waiting) if g in v]
+    assert {v for _, pairs in after.samples for k, v in pairs if k == "resource"} <= {
+        "orders",
+        "billing",
+    }
 
 
 def test_a_coordinator_serves_no_metrics_unless_asked(coordinator):
