@@ -7,9 +7,10 @@ and of others, out-of-range numbers and enums), and such messages with their byt
 and its handler. For each call: it is answered, with a status a handler gives on purpose
 (never DEADLINE_EXCEEDED: a hang; never UNKNOWN or INTERNAL: an exception escaped), and a
 request answered INVALID_ARGUMENT (it did not decode, or a field is invalid) left the decision
-log's rows as they were (but for the audit note of a refused Resolve, kept by design). Then a flood of undecodable requests, and at the end: the process is
-alive, the health check answers SERVING, and its resident memory grew by less than a bound
-(grpcio kept ~19.7 KB per undecodable request before requests were decoded by twostep).
+log's rows as they were (but for the audit note of a refused Resolve, kept by design). Then a
+flood of undecodable requests, and at the end: the process is alive, the health check answers
+SERVING, and its resident memory grew by less than a bound (grpcio kept ~19.7 KB per
+undecodable request before requests were decoded by twostep).
 """
 
 from __future__ import annotations
