@@ -43,7 +43,7 @@ def mint_gtrid(address: str, timeout_s: float) -> str:
     described = client_for(address).description(rpc_timeout=_RPC_TIMEOUT_S)
     timeout_s = min(timeout_s, described.max_timeout_s)
     deadline_s = math.ceil(time.time() + described.clock_offset_s + timeout_s)
-    return new_gtrid(described.cluster, deadline_s, minted=True)
+    return new_gtrid(described.cluster, deadline_s, minted=True, owner=described.owner)
 
 
 def decide_once(address: str, session_id: int = 1) -> bool:

@@ -103,6 +103,9 @@ class Description:
     #: The coordinator's clock minus this process's (s), estimated from one round trip.
     clock_offset_s: float
     fetched_at: float  # time.monotonic() of the answer
+    #: This process's owner tag as the coordinator identifies it (by the channel's token or
+    #: certificate), for the gtrids it makes; "" from a coordinator older than owner tags.
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ class CoordinatorClient:
                 reply.max_timeout_ms / 1000,
                 reply.now_unix_ms / 1000 - (asked + answered) / 2,
                 time.monotonic(),
+                reply.owner_tag,
             )
             return self._description
 

@@ -292,12 +292,15 @@ class GlobalTransaction:
     def _mint_gtrid(self) -> str:
         """The transaction's gtrid, made here (`ts2`) on first need from the coordinator's
         description: its cluster id, its clock for the deadline, its max_timeout, which cuts
-        the block's own deadline. The caller holds `_lock`."""
+        the block's own deadline, and this process's owner tag (only this identity may then
+        commit, abort or acknowledge it). The caller holds `_lock`."""
         if self._gtrid is None:
             described = self._client().description(rpc_timeout=self._rpc_timeout())
             self._deadline = min(self._deadline, time.monotonic() + described.max_timeout_s)
             deadline_s = math.ceil(time.time() + described.clock_offset_s + self._remaining())
-            self._gtrid = new_gtrid(described.cluster, deadline_s, minted=True)
+            self._gtrid = new_gtrid(
+                described.cluster, deadline_s, minted=True, owner=described.owner
+            )
         return self._gtrid
 
     def _mark_rollback_only(self, why: str) -> None:

@@ -168,7 +168,7 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
     def ShowTransaction(
         self, request: _admin_pb.ShowTransactionRequest, context: grpc.ServicerContext
     ) -> _admin_pb.TransactionDetail:
-        info = _wire.gtrid_of(request.gtrid, self._cluster)
+        info = _wire.gtrid_of(request.gtrid, _wire.Scope(self._cluster, current_caller()))
         give_up = time.monotonic() + _wait_for(context)
         record = self._log.get(info.gtrid)
         found, _errors = self._recovery.find_branches(info.gtrid, _left(give_up))
@@ -298,7 +298,7 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
     def Resolve(
         self, request: _admin_pb.ResolveRequest, context: grpc.ServicerContext
     ) -> _admin_pb.ResolveResponse:
-        info = _wire.gtrid_of(request.gtrid, self._cluster)
+        info = _wire.gtrid_of(request.gtrid, _wire.Scope(self._cluster, current_caller()))
         who = f"{context.peer()} ({current_caller().name})"
         verb = "commit" if request.commit else "abort"
         reason = request.reason.strip()

@@ -4,11 +4,19 @@ Three roles, each including the ones below it:
 - *admin*: sends the admin token (`authorization: Bearer <admin token>`), or presents a client
   certificate (mutual TLS) whose subject common name or a subject alternative name is one of
   `tls_admin_names`. May make every call.
-- *client*: sends the client token (`client_token` / `client_token_file`), or presents any
-  client certificate signed by `tls_client_ca_file` (the TLS handshake refuses the others).
-  When neither is configured every caller is a client, unauthenticated: the coordinator then
-  listens on loopback only, or with `allow_insecure` and a warning at every start.
+- *client*: sends a client token (`client_token`, or one of the lines of `client_token_file`),
+  or presents any client certificate signed by `tls_client_ca_file` (the TLS handshake refuses
+  the others). When neither is configured every caller is a client, unauthenticated: the
+  coordinator then listens on loopback only, or with `allow_insecure` and a warning at every
+  start.
 - *anonymous*: anyone else.
+
+Each client is also an *identity*: its token (each line of the token file is one), or the
+names its certificate is known by (grpc's peer identity: the subject alternative names, else
+the common name); in the open mode every caller is one identity. A gtrid carries the owner tag
+of the identity that made it (`Caller.owner`, given out by Describe and written by Begin), and
+`Caller.may_act_on` is the rule of who may act on it (docs/design.md §2, "Who may act on a
+gtrid").
 
 The Coordinator service is for clients, but ListTransactions (it lists every transaction, the
 ACTIVE ones of other clients included) and the whole Admin service are for admins; health and
@@ -49,6 +57,7 @@ from typing import Any
 
 import grpc
 
+from twostep.client.tpc import GtridInfo, owner_tag
 from twostep.v1 import coordinator_pb2 as _pb
 
 from ._config import ConfigError, Settings
@@ -61,8 +70,9 @@ __all__ = [
     "Role",
     "check_exposure",
     "current_caller",
-    "load_client_token",
+    "load_client_tokens",
     "read_token_file",
+    "read_tokens",
     "server_credentials",
 ]
 
@@ -93,11 +103,27 @@ class Role(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: their role, and how they proved it (for logs; never a secret)."""
+    """Who is calling: their role, how they proved it (for logs; never a secret), and the
+    gtrids they may act on."""
 
     role: Role
     name: str  #: e.g. "admin token", "certificate CN=ops", "unauthenticated"
     authenticated: bool  #: False for anonymous and for everyone in the open (dev) mode
+    #: The owner tag (`owner_tag` of the caller's identity in this cluster) of the gtrids the
+    #: caller makes; "" for anonymous callers, who own nothing.
+    owner: str = ""
+    #: May act on every gtrid: an admin, or anyone when the coordinator has one identity
+    #: (the open mode: no client credential configured).
+    any_owner: bool = False
+
+    def may_act_on(self, gtrid: GtridInfo) -> bool:
+        """Who may act on a gtrid (docs/design.md §2), in its one place: the identity whose
+        owner tag the gtrid carries, and admins. The tag is part of the gtrid, fixed by whoever
+        made it (the owner from Describe's answer, or Begin for its caller) before any branch
+        was prepared under it: a message of another identity cannot change whose it is, and a
+        gtrid with another tag names other branches. A gtrid made before owner tags has none:
+        only an admin (or anyone in the open mode) may act on it."""
+        return self.any_owner or (bool(self.owner) and gtrid.owner == self.owner)
 
 
 _UNKNOWN = Caller(Role.ANONYMOUS, "unknown", False)
@@ -112,10 +138,11 @@ def current_caller() -> Caller:
 # -- tokens ------------------------------------------------------------------------------------
 
 
-def read_token_file(path: Path, setting: str) -> str:
-    """The token in `path`, stripped. Raises `FileNotFoundError` if there is no such file and
-    `ConfigError` (naming `setting`) if it cannot be read or is not a usable token; warns when
-    others may read it."""
+def read_tokens(path: Path, setting: str) -> tuple[str, ...]:
+    """The tokens in `path`, one per line (blank lines skipped). Raises `FileNotFoundError` if
+    there is no such file and `ConfigError` (naming `setting`) if it cannot be read, holds no
+    token, a line is not a usable token, or a token is there twice; warns when others may
+    read it."""
     try:
         text = path.read_text()
         mode = path.stat().st_mode
@@ -124,29 +151,41 @@ def read_token_file(path: Path, setting: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or "not UTF-8 text"
         raise ConfigError(f"cannot read the {setting} {path}: {why}") from None
-    token = text.strip()
-    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
-        raise ConfigError(
-            f"{setting} {path}: the token must be at least {MIN_TOKEN_CHARS} printable "
-            "characters without spaces"
-        )
+    tokens = tuple(line.strip() for line in text.splitlines() if line.strip())
+    for token in tokens or ("",):
+        if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
+            raise ConfigError(
+                f"{setting} {path}: a token must be at least {MIN_TOKEN_CHARS} printable "
+                "characters without spaces, one per line"
+            )
+    if len(set(tokens)) < len(tokens):
+        raise ConfigError(f"{setting} {path}: a token is there twice")
     if mode & 0o077:
         log.warning(
             f"the {setting} is readable by others; chmod 600 it",
             extra={setting: path, "mode": oct(mode & 0o777)},
         )
-    return token
+    return tokens
 
 
-def load_client_token(settings: Settings) -> str | None:
-    """The client token (`client_token`, else `client_token_file`), or None if unset.
-    Raises `ConfigError` for a missing or unusable file."""
+def read_token_file(path: Path, setting: str) -> str:
+    """The one token in `path`, as `read_tokens` reads it; `ConfigError` if there are more."""
+    tokens = read_tokens(path, setting)
+    if len(tokens) > 1:
+        raise ConfigError(f"{setting} {path}: one token, on one line")
+    return tokens[0]
+
+
+def load_client_tokens(settings: Settings) -> tuple[str, ...]:
+    """The client tokens: `client_token`, else the lines of `client_token_file` (each one
+    client identity); empty if neither is set. Raises `ConfigError` for a missing or unusable
+    file."""
     if settings.client_token:
-        return settings.client_token
+        return (settings.client_token,)
     if settings.client_token_file is None:
-        return None
+        return ()
     try:
-        return read_token_file(settings.client_token_file, "client_token_file")
+        return read_tokens(settings.client_token_file, "client_token_file")
     except FileNotFoundError:
         raise ConfigError(
             f"client_token_file {settings.client_token_file} does not exist"
@@ -274,17 +313,20 @@ class CallerCheck(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         *,
+        cluster_id: str,
         admin_token: str,
-        client_token: str | None,
+        client_tokens: Sequence[str],
         mutual_tls: bool,
         admin_names: Sequence[str],
     ):
+        self._cluster = cluster_id
         self._admin_digest = _digest(admin_token)
-        self._client_digest = _digest(client_token) if client_token else None
+        self._client_digests = tuple(_digest(token) for token in client_tokens)
         self._mutual_tls = mutual_tls
         self._admin_names = frozenset(admin_names)
-        #: No client credential configured: every caller is a client (loopback / insecure).
-        self._open = client_token is None and not mutual_tls
+        #: No client credential configured: every caller is a client (loopback / insecure),
+        #: and all of them one identity.
+        self._open = not client_tokens and not mutual_tls
         self._decoder = RequestDecoder()
         self._refused = PeerLog(audit, "call refused")
 
@@ -343,28 +385,37 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         return call
 
     def identify(self, context: grpc.ServicerContext) -> Caller:
-        """The caller of this call, from its token and its verified certificate."""
-        by_token = self._token_role(context.invocation_metadata() or ())
+        """The caller of this call, from its token and its verified certificate: of the two,
+        the credential that gives the higher role (the token when equal) names the identity."""
+        by_token, token_identity = self._token_role(context.invocation_metadata() or ())
         if by_token is Role.ANONYMOUS:
             return Caller(Role.ANONYMOUS, "wrong token", False)
-        by_cert, cert_name = self._cert_role(context)
+        by_cert, cert_name, cert_identity = self._cert_role(context)
         if by_token is None and by_cert is None:
             if self._open:
-                return Caller(Role.CLIENT, "unauthenticated", False)
+                return Caller(
+                    Role.CLIENT, "unauthenticated", False, self._owner("open"), any_owner=True
+                )
             return Caller(Role.ANONYMOUS, "no credentials", False)
         token_role = by_token or Role.ANONYMOUS
         cert_role = by_cert or Role.ANONYMOUS
         if token_role >= cert_role:
-            return Caller(token_role, f"{token_role.name.lower()} token", True)
-        return Caller(cert_role, cert_name, True)
+            role, name, identity = token_role, f"{token_role.name.lower()} token", token_identity
+        else:
+            role, name, identity = cert_role, cert_name, cert_identity
+        return Caller(role, name, True, self._owner(identity), any_owner=role is Role.ADMIN)
 
-    def _token_role(self, metadata: Sequence[tuple[str, Any]]) -> Role | None:
-        """The best role a sent token gives; None if none was sent, ANONYMOUS if every token
+    def _owner(self, identity: str) -> str:
+        return owner_tag(self._cluster, identity)
+
+    def _token_role(self, metadata: Sequence[tuple[str, Any]]) -> tuple[Role | None, str]:
+        """The best role a sent token gives and the identity it names (`token:` and the
+        token's SHA-256, never the token); None if none was sent, ANONYMOUS if every token
         sent is wrong."""
         sent = [v for k, v in metadata if k == "authorization"]
         if not sent:
-            return None
-        best = Role.ANONYMOUS
+            return None, ""
+        best, identity = Role.ANONYMOUS, ""
         for value in sent:
             if not isinstance(value, str):
                 continue
@@ -373,30 +424,35 @@ class CallerCheck(grpc.aio.ServerInterceptor):
                 continue
             digest = _digest(presented.strip())
             if hmac.compare_digest(digest, self._admin_digest):
-                best = Role.ADMIN
-            elif self._client_digest is not None and hmac.compare_digest(
-                digest, self._client_digest
-            ):
-                best = max(best, Role.CLIENT)
-        return best
+                best, identity = Role.ADMIN, "admin token"
+            elif best < Role.CLIENT:
+                # Every configured token is compared, so the time taken says nothing of which.
+                matches = [hmac.compare_digest(digest, known) for known in self._client_digests]
+                if any(matches):
+                    best, identity = Role.CLIENT, f"token:{digest.hex()}"
+        return best, identity
 
-    def _cert_role(self, context: grpc.ServicerContext) -> tuple[Role | None, str]:
-        """The role a verified client certificate gives (None without one) and its name."""
+    def _cert_role(self, context: grpc.ServicerContext) -> tuple[Role | None, str, str]:
+        """The role a verified client certificate gives (None without one), its name for the
+        logs and the identity it names (`cert:` and grpc's peer identities: the subject
+        alternative names, else the common name)."""
         if not self._mutual_tls:
-            return None, ""
+            return None, "", ""
         properties = context.auth_context()
         if properties.get("transport_security_type") != [b"ssl"]:
-            return None, ""
+            return None, "", ""
         names = {
             raw.decode(errors="replace")
             for key in _CERT_NAME_KEYS
             for raw in properties.get(key, ())
         }
         if not names:  # a handshake without a client certificate cannot succeed under mTLS
-            return None, ""
+            return None, "", ""
         common = [v.decode(errors="replace") for v in properties.get("x509_common_name", ())]
         shown = f"certificate CN={common[0]}" if common else f"certificate {sorted(names)[0]}"
-        return (Role.ADMIN if names & self._admin_names else Role.CLIENT), shown
+        peer = sorted(raw.decode(errors="replace") for raw in context.peer_identities() or ())
+        identity = "cert:" + "\n".join(peer or sorted(names))
+        return (Role.ADMIN if names & self._admin_names else Role.CLIENT), shown, identity
 
     def _refuse(self, context: grpc.ServicerContext, caller: Caller, rpc: str, needs: Role) -> None:
         self._refused.warning(context.peer(), rpc=rpc, caller=caller.name, needs=needs.name.lower())

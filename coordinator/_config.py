@@ -602,10 +602,12 @@ _SETTINGS = (
         flag="--client-token-file",
         env="TWOSTEP_CLIENT_TOKEN_FILE",
         metavar="FILE",
-        help="file holding the token that Coordinator calls (Begin, Commit, Abort, Ack, "
-        "GetTransaction, Describe) must send as 'authorization: Bearer TOKEN' unless they "
-        "present a client certificate (mutual TLS); unset, together with client_token and "
-        "tls_client_ca_file: every caller may make them (loopback or allow_insecure only)",
+        help="file holding the client tokens, one per line, one of which Coordinator calls "
+        "(Begin, Commit, Abort, Ack, GetTransaction, Describe) must send as 'authorization: "
+        "Bearer TOKEN' unless they present a client certificate (mutual TLS); each token is "
+        "one identity, and a client may act only on its own transactions; unset, together "
+        "with client_token and tls_client_ca_file: every caller may make them (loopback or "
+        "allow_insecure only)",
         parse=_path,
     ),
     _Setting(

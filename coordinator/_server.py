@@ -32,7 +32,7 @@ from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from ._admin import ADMIN_SERVICE_NAME, AdminServicer, load_admin_token
-from ._callers import CallerCheck, check_exposure, load_client_token, server_credentials
+from ._callers import CallerCheck, check_exposure, load_client_tokens, server_credentials
 from ._claim import ClusterClaims
 from ._config import ConfigError, Settings
 from ._datadir import DataDir
@@ -86,14 +86,14 @@ class CoordinatorServer:
             )
             self.settings = settings = replace(settings, cluster_id=cluster_id)
             self.admin_token, self.admin_token_file = load_admin_token(settings)
-            client_token = load_client_token(settings)
-            if client_token is not None and client_token == self.admin_token:
-                raise ConfigError("the client token must differ from the admin token")
+            client_tokens = load_client_tokens(settings)
+            if self.admin_token in client_tokens:
+                raise ConfigError("the client tokens must differ from the admin token")
             self._credentials = server_credentials(settings)
             mutual_tls = settings.tls_client_ca_file is not None
             #: What is insecure about how it listens (logged as warnings at start).
             self.exposure_warnings = check_exposure(
-                settings, callers_authenticated=client_token is not None or mutual_tls
+                settings, callers_authenticated=bool(client_tokens) or mutual_tls
             )
             self.registry = ResourceRegistry(
                 settings.resources, io_timeout=settings.database_timeout_ms / 1000
@@ -130,8 +130,9 @@ class CoordinatorServer:
             workers=settings.workers,
             interceptors=[
                 CallerCheck(
+                    cluster_id=cluster_id,
                     admin_token=self.admin_token,
-                    client_token=client_token,
+                    client_tokens=client_tokens,
                     mutual_tls=mutual_tls,
                     admin_names=settings.tls_admin_names,
                 )

@@ -2,7 +2,8 @@
 
 The rules live in the decision log (`log.interface`), the field checks in `_wire`; a handler
 here only wires them together. `_answering` is the one boundary where errors become status codes:
-`BadRequest` -> INVALID_ARGUMENT (nothing was recorded), `LogBusy` -> RESOURCE_EXHAUSTED (the
+`BadRequest` -> INVALID_ARGUMENT (nothing was recorded), `NotOwner` -> PERMISSION_DENIED (a
+gtrid of another identity: nothing was recorded or read), `LogBusy` -> RESOURCE_EXHAUSTED (the
 log's queue is full: nothing was queued, ask again later), `LogUnavailable` -> UNAVAILABLE (for
 a Commit: the decision may or may not be taken, ask again; Commit is idempotent).
 
@@ -28,6 +29,7 @@ from twostep.v1 import coordinator_pb2 as _pb
 from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 
 from . import _wire
+from ._callers import current_caller
 from ._metrics import Metrics
 from .log import Begun, DecisionLog, LogBusy, LogUnavailable
 
@@ -55,6 +57,8 @@ def _answering(
             return handler(self, request, context)
         except _wire.BadRequest as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except _wire.NotOwner as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except LogBusy as exc:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; ask again later")
         except LogUnavailable as exc:
@@ -90,7 +94,11 @@ class CoordinatorServicer(_pb_grpc.CoordinatorServicer):
         now = self._clock()
         deadline = now + timeout_ms
         deadline_s = -(-deadline // 1000)  # the gtrid's deadline is never earlier than the log's
-        begun = [Begun(new_gtrid(self._cluster, deadline_s), now, deadline) for _ in range(count)]
+        owner = current_caller().owner  # the Begin caller's gtrids
+        begun = [
+            Begun(new_gtrid(self._cluster, deadline_s, owner=owner), now, deadline)
+            for _ in range(count)
+        ]
         self._log.record_begun(begun)  # not durable on return: presumed abort
         return _pb.BeginResponse(
             transactions=[
@@ -108,6 +116,7 @@ class CoordinatorServicer(_pb_grpc.CoordinatorServicer):
             max_timeout_ms=self._max_timeout_ms,
             default_timeout_ms=self._default_timeout_ms,
             now_unix_ms=self._clock(),
+            owner_tag=current_caller().owner,
         )
 
     @_answering
@@ -116,7 +125,7 @@ class CoordinatorServicer(_pb_grpc.CoordinatorServicer):
     ) -> _pb.CommitResponse:
         with self._metrics.commit_seconds.time():
             decisions = self._log.decide(
-                _wire.commit_proposals(request, self._cluster, self._latest_deadline_ms())
+                _wire.commit_proposals(request, self._scope(), self._latest_deadline_ms())
             )
         self._metrics.decided(decisions)
         return _pb.CommitResponse(decisions=[_wire.decision_to_pb(d) for d in decisions])
@@ -124,10 +133,14 @@ class CoordinatorServicer(_pb_grpc.CoordinatorServicer):
     @_answering
     def Abort(self, request: _pb.AbortRequest, context: grpc.ServicerContext) -> _pb.AbortResponse:
         decisions = self._log.decide(
-            _wire.abort_proposals(request, self._cluster, self._latest_deadline_ms())
+            _wire.abort_proposals(request, self._scope(), self._latest_deadline_ms())
         )
         self._metrics.decided(decisions)
         return _pb.AbortResponse(decisions=[_wire.decision_to_pb(d) for d in decisions])
+
+    def _scope(self) -> _wire.Scope:
+        """The gtrids this call's caller may name (`_wire.gtrid_of` applies the rule)."""
+        return _wire.Scope(self._cluster, current_caller())
 
     def _latest_deadline_ms(self) -> int:
         """The latest deadline a gtrid of this coordinator can have now (by its clock)."""
@@ -135,14 +148,14 @@ class CoordinatorServicer(_pb_grpc.CoordinatorServicer):
 
     @_answering
     def Ack(self, request: _pb.AckRequest, context: grpc.ServicerContext) -> _pb.AckResponse:
-        self._log.record_acks(_wire.acks(request, self._cluster))
+        self._log.record_acks(_wire.acks(request, self._scope()))
         return _pb.AckResponse()
 
     @_answering
     def GetTransaction(
         self, request: _pb.GetTransactionRequest, context: grpc.ServicerContext
     ) -> _pb.Transaction:
-        info = _wire.gtrid_of(request.gtrid, self._cluster)
+        info = _wire.gtrid_of(request.gtrid, self._scope())
         record = self._log.get(info.gtrid)
         if record is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no transaction {info.gtrid} in the log")

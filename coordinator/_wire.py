@@ -8,6 +8,10 @@ away than any this coordinator hands out or accepts (`max_timeout` from now) is 
 Commit and Abort alike, so a made-up gtrid is either refused or (already late) answered by
 presumption without a row (`log.interface`, `Proposal.presumed_if_late`). Identifiers are
 checked by the one xid codec (`twostep.client.tpc.xid`), never by a second copy of its rules.
+
+Every gtrid of a Coordinator request passes `gtrid_of`, which also applies the ownership rule
+(`Caller.may_act_on`): a gtrid the caller may not act on fails the whole request with
+`NotOwner` (PERMISSION_DENIED), before anything is recorded or read.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from twostep.client import InvalidIdentifier
 from twostep.client.tpc import GtridInfo, parse_gtrid, validate_bqual, validate_resource_name
 from twostep.v1 import coordinator_pb2 as _pb
 
+from ._callers import Caller
 from .log import (
     Ack,
     BranchRecord,
@@ -39,6 +44,8 @@ __all__ = [
     "MAX_LIST_LIMIT",
     "MAX_REASON_CHARS",
     "BadRequest",
+    "NotOwner",
+    "Scope",
     "abort_proposals",
     "acks",
     "begin_count",
@@ -72,6 +79,19 @@ class BadRequest(ValueError):
     """A request field is invalid; the message says which and why. Nothing was recorded."""
 
 
+class NotOwner(Exception):
+    """A request names a gtrid its caller may not act on (another identity's). Nothing was
+    recorded or read."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which gtrids a request may name: those of `cluster` that `caller` may act on."""
+
+    cluster: str
+    caller: Caller
+
+
 @dataclass(frozen=True)
 class _Field:
     """The path of the field being checked, for messages."""
@@ -102,24 +122,35 @@ def begin_count(request: _pb.BeginRequest) -> int:
     return count
 
 
-def gtrid_of(value: str, cluster: str, at: _Field = _ROOT / "gtrid") -> GtridInfo:
-    """A gtrid of this coordinator's cluster, or `BadRequest`."""
+def gtrid_of(value: str, scope: Scope, at: _Field = _ROOT / "gtrid") -> GtridInfo:
+    """A gtrid of this coordinator's cluster that the caller may act on; `BadRequest` if it is
+    not one of the cluster's, `NotOwner` if it is another identity's."""
     try:
         info = parse_gtrid(value)
     except InvalidIdentifier as exc:
         raise at.bad(str(exc)) from None
-    if info.cluster != cluster:
-        raise at.bad(f"belongs to coordinator cluster {info.cluster!r}, this one is {cluster!r}")
+    if info.cluster != scope.cluster:
+        raise at.bad(
+            f"belongs to coordinator cluster {info.cluster!r}, this one is {scope.cluster!r}"
+        )
+    if not scope.caller.may_act_on(info):
+        whose = (
+            "was made before owner tags: only an admin may act on it"
+            if not info.owner
+            else f"belongs to another identity than this caller's ({scope.caller.name}): only "
+            "its owner or an admin may act on it"
+        )
+        raise NotOwner(f"{at.path}: {info.gtrid} {whose}")
     return info
 
 
 def commit_proposals(
-    request: _pb.CommitRequest, cluster: str, latest_deadline_ms: int
+    request: _pb.CommitRequest, scope: Scope, latest_deadline_ms: int
 ) -> list[Proposal]:
     """Commit proposals; a client-made gtrid's deadline may be no later than
     `latest_deadline_ms` (now + the maximum lifetime, by the coordinator's clock)."""
     proposals = []
-    for at, item, info in _items(request.transactions, cluster, latest_deadline_ms):
+    for at, item, info in _items(request.transactions, scope, latest_deadline_ms):
         if not item.branches:
             raise (at / "branches").bad("Commit needs at least one prepared branch")
         branches = _branches(item.branches, at / "branches")
@@ -129,11 +160,11 @@ def commit_proposals(
 
 
 def abort_proposals(
-    request: _pb.AbortRequest, cluster: str, latest_deadline_ms: int
+    request: _pb.AbortRequest, scope: Scope, latest_deadline_ms: int
 ) -> list[Proposal]:
     """Abort proposals; every gtrid's deadline no later than `latest_deadline_ms`."""
     proposals = []
-    for at, item, info in _items(request.transactions, cluster, latest_deadline_ms):
+    for at, item, info in _items(request.transactions, scope, latest_deadline_ms):
         problem = reason_problem(item.reason)
         if problem:
             raise (at / "reason").bad(problem)
@@ -157,10 +188,10 @@ def reason_problem(reason: str) -> str | None:
     return None
 
 
-def acks(request: _pb.AckRequest, cluster: str) -> list[Ack]:
+def acks(request: _pb.AckRequest, scope: Scope) -> list[Ack]:
     return [
         Ack(info.gtrid, item.one_phase_commit)
-        for _, item, info in _items(request.transactions, cluster)
+        for _, item, info in _items(request.transactions, scope)
     ]
 
 
@@ -184,7 +215,7 @@ def list_query(request: _pb.ListTransactionsRequest, now_ms: int) -> ListQuery:
 
 
 def _items(
-    items: Sequence, cluster: str, latest_deadline_ms: int | None = None
+    items: Sequence, scope: Scope, latest_deadline_ms: int | None = None
 ) -> Iterable[tuple[_Field, Any, GtridInfo]]:
     """(path, item, parsed gtrid) of each item of a batch, checked for count, duplicates,
     branches in all (items with `branches`) and, given `latest_deadline_ms`, deadlines."""
@@ -199,7 +230,7 @@ def _items(
     checked, seen = [], {}
     for i, item in enumerate(items):
         at = where[i]
-        info = gtrid_of(item.gtrid, cluster, at / "gtrid")
+        info = gtrid_of(item.gtrid, scope, at / "gtrid")
         if latest_deadline_ms is not None and info.deadline_unix_s * 1000 > latest_deadline_ms:
             raise (at / "gtrid").bad(
                 "its deadline is further away than this coordinator's max_timeout allows"

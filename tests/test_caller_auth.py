@@ -1,15 +1,19 @@
-"""Who may call the coordinator: client and admin tokens, the insecure mode, message sizes.
+"""Who may call the coordinator: client and admin tokens, the insecure mode, message sizes,
+and who may act on a gtrid (its owner's identity, or an admin).
 
 Issue 11's input: a client dies after its PostgreSQL branch prepared and before its MariaDB one
 did; a second process without credentials lists the ACTIVE transactions and commits the
 PostgreSQL branch alone (or acks it as one-phase, or aborts it). With a client token
 configured every such call is refused before it changes anything, and the transfer stays
-atomic (the bank invariants of the crash suite).
+atomic (the bank invariants of the crash suite). The same second process holding a client
+token of its own (another identity) is refused too: the gtrid carries its owner's tag.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,13 +21,17 @@ from bank import MARIA, PG, Bank
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from twostep.client import ChannelConfig
+from twostep.client.tpc import new_gtrid, parse_gtrid
 from twostep.client.tpc.failpoints import BETWEEN_PREPARES
+from twostep.coordinator._callers import read_tokens
+from twostep.coordinator._config import ConfigError
 from twostep.v1 import admin_pb2 as admin_pb
 from twostep.v1 import admin_pb2_grpc as admin_grpc
 from twostep.v1 import coordinator_pb2 as pb
 from twostep.v1 import coordinator_pb2_grpc as pb_grpc
 
 CLIENT_TOKEN = "client-token-for-the-tests-0123456789"
+OTHER_TOKEN = "another-clients-token-0123456789"  # a second identity
 RECOVERY = {"recovery_interval_s": 30, "recovery_grace_s": 0, "kill_grace_s": 1}
 RPC_TIMEOUT = 10.0
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -47,9 +55,42 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def test_a_peer_without_credentials_cannot_tear_a_transfer(bank, coordinator_factory):
-    args = bank.coordinator_args(**RECOVERY, client_token=CLIENT_TOKEN)
-    coordinator = coordinator_factory(bank.coordinator_dir, args=args)
+def token_file(path: Path, *tokens: str) -> Path:
+    path.write_text("".join(f"{token}\n" for token in tokens))
+    path.chmod(0o600)
+    return path
+
+
+def forged_calls(stub: pb_grpc.CoordinatorStub, gtrid: str) -> list:
+    """What a forger does with a dead client's gtrid: commit its PostgreSQL branch alone, ack
+    it as a one-phase commit, abort it, read it (each call takes the metadata)."""
+    pg_branch = pb.Branch(resource=PG, bqual=PG, dialect="postgresql")
+    commit = pb.CommitRequest(transactions=[pb.CommitItem(gtrid=gtrid, branches=[pg_branch])])
+    ack = pb.AckRequest(transactions=[pb.AckItem(gtrid=gtrid, one_phase_commit=True)])
+    abort = pb.AbortRequest(transactions=[pb.AbortItem(gtrid=gtrid, reason="mine now")])
+    return [
+        lambda m, c=call, r=request: c(r, metadata=m, timeout=RPC_TIMEOUT)
+        for call, request in (
+            (stub.Commit, commit),
+            (stub.Ack, ack),
+            (stub.Abort, abort),
+            (stub.GetTransaction, pb.GetTransactionRequest(gtrid=gtrid)),
+        )
+    ]
+
+
+def assert_transfer_stays_atomic(bank: Bank, coordinator, transfer) -> None:
+    coordinator.channel = ChannelConfig(token=CLIENT_TOKEN)  # the owner's identity
+    assert coordinator.get(transfer.gtrid) is None  # nothing of the refused calls was recorded
+    bank.recover(coordinator)
+    assert bank.violations(coordinator) == []
+    assert coordinator.get(transfer.gtrid).state_name == "ABORTED"
+    assert transfer.id not in bank.transfer_ids()
+    assert MARIA not in {x.resource for _, x in bank.prepared_branches()}
+
+
+def killed_between_prepares(bank: Bank, coordinator):
+    """The transfer of a worker killed after its PostgreSQL branch prepared, before MariaDB's."""
     worker = bank.worker(
         coordinator,
         failpoints=BETWEEN_PREPARES,
@@ -58,41 +99,109 @@ def test_a_peer_without_credentials_cannot_tear_a_transfer(bank, coordinator_fac
     )
     assert worker.wait_exit(30) == -9, worker.output
     (transfer,) = bank.journal().transfers.values()
-    gtrid = transfer.gtrid
-    assert gtrid is not None
-    assert {x.resource for _, x in bank.prepared_branches() if x.gtrid == gtrid} == {PG}
+    assert transfer.gtrid is not None
+    prepared = {x.resource for _, x in bank.prepared_branches() if x.gtrid == transfer.gtrid}
+    assert prepared == {PG}
+    return transfer
 
-    pg_branch = pb.Branch(resource=PG, bqual=PG, dialect="postgresql")
-    commit = pb.CommitRequest(transactions=[pb.CommitItem(gtrid=gtrid, branches=[pg_branch])])
-    ack = pb.AckRequest(transactions=[pb.AckItem(gtrid=gtrid, one_phase_commit=True)])
-    abort = pb.AbortRequest(transactions=[pb.AbortItem(gtrid=gtrid, reason="mine now")])
+
+def test_a_peer_without_credentials_cannot_tear_a_transfer(bank, coordinator_factory):
+    args = bank.coordinator_args(**RECOVERY, client_token=CLIENT_TOKEN)
+    coordinator = coordinator_factory(bank.coordinator_dir, args=args)
+    transfer = killed_between_prepares(bank, coordinator)
     listing = pb.ListTransactionsRequest(states=[pb.TRANSACTION_STATE_ACTIVE])
     with grpc.insecure_channel(coordinator.address) as channel:
         stub = pb_grpc.CoordinatorStub(channel)
+        list_all = stub.ListTransactions
         for metadata in ((), bearer("a-guessed-token-that-is-long-enough")):
-            for call, request in (
-                (stub.ListTransactions, listing),
-                (stub.Commit, commit),
-                (stub.Ack, ack),
-                (stub.Abort, abort),
-                (stub.GetTransaction, pb.GetTransactionRequest(gtrid=gtrid)),
-            ):
-                assert code_of(
-                    lambda c=call, r=request, m=metadata: c(r, metadata=m, timeout=RPC_TIMEOUT)
-                ) == (UNAUTHENTICATED)
+            assert code_of(lambda m=metadata: list_all(listing, metadata=m, timeout=10)) == (
+                UNAUTHENTICATED
+            )
+            for call in forged_calls(stub, transfer.gtrid):
+                assert code_of(lambda c=call, m=metadata: c(m)) == UNAUTHENTICATED
         # A client may make its own calls, but the listing of everyone's is for admins.
         client = bearer(CLIENT_TOKEN)
         assert code_of(
             lambda: stub.ListTransactions(listing, metadata=client, timeout=RPC_TIMEOUT)
         ) == (PERMISSION_DENIED)
+    assert_transfer_stays_atomic(bank, coordinator, transfer)
 
-    coordinator.channel = ChannelConfig(token=CLIENT_TOKEN)
-    assert coordinator.get(gtrid) is None  # nothing of the refused calls was recorded
-    bank.recover(coordinator)
-    assert bank.violations(coordinator) == []
-    assert coordinator.get(gtrid).state_name == "ABORTED"
-    assert transfer.id not in bank.transfer_ids()
-    assert MARIA not in {x.resource for _, x in bank.prepared_branches()}
+
+def test_another_client_with_its_own_token_cannot_tear_a_transfer_nor_end_or_read_it(
+    bank, coordinator_factory, tmp_path
+):
+    tokens = token_file(tmp_path / "client-tokens", CLIENT_TOKEN, OTHER_TOKEN)
+    args = bank.coordinator_args(**RECOVERY, client_token_file=str(tokens))
+    coordinator = coordinator_factory(bank.coordinator_dir, args=args)
+    transfer = killed_between_prepares(bank, coordinator)
+    with grpc.insecure_channel(coordinator.address) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        described = {
+            token: stub.Describe(pb.DescribeRequest(), metadata=bearer(token), timeout=10)
+            for token in (CLIENT_TOKEN, OTHER_TOKEN)
+        }
+        # The client wrote its own tag into the gtrid; the other identity has another one.
+        assert parse_gtrid(transfer.gtrid).owner == described[CLIENT_TOKEN].owner_tag
+        assert described[OTHER_TOKEN].owner_tag != described[CLIENT_TOKEN].owner_tag
+        for call in forged_calls(stub, transfer.gtrid):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(bearer(OTHER_TOKEN))
+            assert refused.value.code() == PERMISSION_DENIED
+            assert "another identity" in refused.value.details()
+    assert_transfer_stays_atomic(bank, coordinator, transfer)
+
+
+def test_ack_as_a_one_phase_commit_is_taken_from_the_owner_or_an_admin_only(
+    coordinator_factory, tmp_path
+):
+    tokens = token_file(tmp_path / "client-tokens", CLIENT_TOKEN, OTHER_TOKEN)
+    coordinator = coordinator_factory(settings={"client_token_file": str(tokens)})
+    coordinator.channel = ChannelConfig(token=CLIENT_TOKEN)  # get() as the owner
+    admin_token = (coordinator.data_dir / "admin-token").read_text().strip()
+    mine, theirs, admin = bearer(CLIENT_TOKEN), bearer(OTHER_TOKEN), bearer(admin_token)
+
+    def one_phase(gtrid: str) -> pb.AckRequest:
+        return pb.AckRequest(transactions=[pb.AckItem(gtrid=gtrid, one_phase_commit=True)])
+
+    with grpc.insecure_channel(coordinator.address) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        owner = stub.Describe(pb.DescribeRequest(), metadata=mine, timeout=10).owner_tag
+        begun = stub.Begin(pb.BeginRequest(count=2), metadata=mine, timeout=10).transactions
+        by_owner, by_admin = (started.gtrid for started in begun)
+        assert {parse_gtrid(g).owner for g in (by_owner, by_admin)} == {owner}  # Begin's tag
+        for gtrid in (by_owner, by_admin):
+            coordinator.wait_for(gtrid, lambda t: t.state_name == "ACTIVE")
+            assert code_of(lambda g=gtrid: stub.Ack(one_phase(g), metadata=theirs, timeout=10)) == (
+                PERMISSION_DENIED
+            )
+        stub.Ack(one_phase(by_owner), metadata=mine, timeout=RPC_TIMEOUT)
+        stub.Ack(one_phase(by_admin), metadata=admin, timeout=RPC_TIMEOUT)
+        for gtrid in (by_owner, by_admin):
+            assert coordinator.wait_for(gtrid, lambda t: t.state_name != "ACTIVE").state_name == (
+                "COMMITTED"
+            )
+        # A gtrid made before owner tags is no client's: only an admin may act on it.
+        untagged = new_gtrid(coordinator.cluster_id, int(time.time()) + 30, minted=True)
+        ack = one_phase(untagged)
+        assert code_of(lambda: stub.Ack(ack, metadata=mine, timeout=10)) == PERMISSION_DENIED
+        get = pb.GetTransactionRequest(gtrid=untagged)
+        assert code_of(lambda: stub.GetTransaction(get, metadata=admin, timeout=10)) == (
+            grpc.StatusCode.NOT_FOUND  # the admin may read it: nothing was recorded
+        )
+
+
+def test_a_client_token_file_holds_one_token_per_line(tmp_path):
+    listed = token_file(tmp_path / "tokens", CLIENT_TOKEN, OTHER_TOKEN)
+    listed.write_text(listed.read_text() + "\n\n")  # blank lines are skipped
+    assert read_tokens(listed, "client_token_file") == (CLIENT_TOKEN, OTHER_TOKEN)
+    for bad in (
+        [CLIENT_TOKEN, CLIENT_TOKEN],
+        [CLIENT_TOKEN, "short"],
+        [f"{CLIENT_TOKEN} {OTHER_TOKEN}"],
+        [],
+    ):
+        with pytest.raises(ConfigError, match="client_token_file"):
+            read_tokens(token_file(tmp_path / "bad", *bad), "client_token_file")
 
 
 def test_client_and_admin_tokens_open_their_own_calls_only(coordinator_factory):

@@ -52,7 +52,10 @@ def begin_and_commit(address: str) -> str:
     return gtrid
 
 
-def test_list_shows_committing_transactions_as_json_and_as_a_table(run, coordinator):
+def test_list_shows_committing_transactions_as_json_and_as_a_table(run, coordinator, monkeypatch):
+    # The gtrid (61 characters: a 16-character cluster id, an owner tag) is never cut; the
+    # branches column follows it from 100 columns on (on 80, only the state does).
+    monkeypatch.setenv("COLUMNS", "100")
     gtrid = begin_and_commit(coordinator.address)
     admin = ("--coordinator", coordinator.address, "--data-dir", str(coordinator.data_dir))
     result = run(*admin, "--json", "list", "--state", "committing")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from twostep.client import (
     global_transaction,
 )
 from twostep.client._cli import cli
+from twostep.client.tpc import new_gtrid, parse_gtrid
 from twostep.testing import CoordinatorProcess, coordinator_processes
 from twostep.v1 import admin_pb2 as admin_pb
 from twostep.v1 import admin_pb2_grpc as admin_grpc
@@ -118,6 +120,39 @@ def test_a_plain_client_certificate_may_not_list_or_call_admin(mtls, pki):
             grpc.StatusCode.PERMISSION_DENIED
         )
     assert "call refused" in mtls.output and "caller=" in mtls.output
+
+
+def test_a_gtrid_belongs_to_its_certificates_identity_and_another_certificate_is_refused(mtls, pki):
+    address = mtls.address
+    with (
+        channel_of(pki, "app", address) as app,
+        channel_of(pki, "billing", address) as other,
+        channel_of(pki, "ops", address) as admin,
+    ):
+        owner = describe(app).owner_tag
+        assert describe(other).owner_tag != owner
+        with channel_of(pki, "app", address) as renewed:  # a new certificate, the same name
+            assert describe(renewed).owner_tag == owner
+        (begun,) = pb_grpc.CoordinatorStub(app).Begin(pb.BeginRequest(), timeout=10).transactions
+        assert parse_gtrid(begun.gtrid).owner == owner
+        gtrid = new_gtrid(mtls.cluster_id, int(time.time()) + 30, minted=True, owner=owner)
+        branch = pb.Branch(resource="orders", bqual="orders", dialect="postgresql")
+        commit = pb.CommitRequest(transactions=[pb.CommitItem(gtrid=gtrid, branches=[branch])])
+        get = pb.GetTransactionRequest(gtrid=gtrid)
+        theirs, admins = pb_grpc.CoordinatorStub(other), pb_grpc.CoordinatorStub(admin)
+        assert code_of(lambda: theirs.Commit(commit, timeout=RPC_TIMEOUT)) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        assert code_of(lambda: theirs.GetTransaction(get, timeout=RPC_TIMEOUT)) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        assert code_of(lambda: admins.GetTransaction(get, timeout=RPC_TIMEOUT)) == (
+            grpc.StatusCode.NOT_FOUND  # nothing recorded for the refused Commit
+        )
+        decided = pb_grpc.CoordinatorStub(app).Commit(commit, timeout=RPC_TIMEOUT)
+        assert decided.decisions[0].state == pb.TRANSACTION_STATE_COMMITTED
+        shown = admins.GetTransaction(get, timeout=RPC_TIMEOUT)  # an admin may read any
+        assert shown.state == pb.TRANSACTION_STATE_COMMITTED
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from twostep.client.tpc import (
     FORMAT_ID,
     Xid,
     new_gtrid,
+    owner_tag,
     parse_gtrid,
     validate_cluster_id,
     validate_resource_name,
@@ -20,26 +21,65 @@ from twostep.client.tpc import (
 
 clusters = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?", fullmatch=True)
 resources = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", fullmatch=True)
-deadlines = st.integers(min_value=0, max_value=36**10 - 1)
+deadlines = st.integers(min_value=0, max_value=36**7 - 1)  # until the year 4453
+owners = st.one_of(st.just(""), st.from_regex(r"[a-z2-7]{8}", fullmatch=True))
 
 
-@given(clusters, deadlines, resources)
-def test_xid_round_trips_through_both_databases_encodings(cluster, deadline, resource):
-    gtrid = new_gtrid(cluster, deadline)
+@given(clusters, deadlines, owners, st.booleans(), resources)
+def test_xid_round_trips_through_both_databases_encodings(
+    cluster, deadline, owner, minted, resource
+):
+    gtrid = new_gtrid(cluster, deadline, minted=minted, owner=owner)
     xid = Xid.of(gtrid, resource)
-    assert parse_gtrid(gtrid).cluster == cluster
-    assert parse_gtrid(gtrid).deadline_unix_s == deadline
+    info = parse_gtrid(gtrid)
+    assert (info.cluster, info.deadline_unix_s, info.owner, info.minted) == (
+        cluster,
+        deadline,
+        owner,
+        minted,
+    )
     assert Xid.from_pg_gid(xid.pg_gid()) == xid
     raw = (gtrid + resource).encode()
     assert Xid.from_mysql_recover(FORMAT_ID, len(gtrid), len(resource), raw) == xid
 
 
-@given(clusters, deadlines, resources)
-def test_encoded_xids_fit_the_databases_limits(cluster, deadline, resource):
-    xid = Xid.of(new_gtrid(cluster, deadline), resource)
+@given(clusters, deadlines, owners, resources)
+def test_encoded_xids_fit_the_databases_limits(cluster, deadline, owner, resource):
+    xid = Xid.of(new_gtrid(cluster, deadline, minted=True, owner=owner), resource)
     assert len(xid.gtrid.encode()) <= 64  # MySQL gtrid
     assert len(xid.bqual.encode()) <= 64  # MySQL bqual
     assert len(xid.pg_gid().encode()) < 200  # PostgreSQL gid
+
+
+def test_a_gtrid_made_before_owner_tags_still_parses_with_no_owner():
+    info = parse_gtrid("ts2.main.sp3ruo.aaaaaaaaaaaaaaaaaaaaaaaa")
+    assert (info.cluster, info.minted, info.owner) == ("main", True, "")
+
+
+def test_owner_tags_differ_by_identity_and_by_cluster_and_fit_a_gtrid():
+    tags = {owner_tag(c, i) for c in ("main", "other") for i in ("token:a", "token:b")}
+    assert len(tags) == 4
+    tag = owner_tag("main", "cert:app")
+    assert tag == owner_tag("main", "cert:app")  # stable: replicas and restarts agree
+    assert parse_gtrid(new_gtrid("main", int(time.time()), owner=tag)).owner == tag
+
+
+@pytest.mark.parametrize("bad", ["x", "ABCDEFGH", "abcdefg", "abcdefgh2", "abcdefg1", "abc.efgh"])
+def test_a_malformed_owner_tag_is_refused(bad):
+    with pytest.raises(InvalidIdentifier):
+        new_gtrid("main", 0, owner=bad)
+
+
+def test_a_gtrid_longer_than_64_characters_is_refused():
+    with pytest.raises(InvalidIdentifier):
+        new_gtrid("a" * 16, 36**9, owner="abcdefgh")
+    version, cluster, deadline, owner, nonce = new_gtrid(
+        "a" * 16, 36**7 - 1, owner="abcdefgh"
+    ).split(".")
+    too_long = ".".join((version, cluster, "000" + deadline, owner, nonce))
+    assert len(too_long) == 65
+    with pytest.raises(InvalidIdentifier):
+        parse_gtrid(too_long)
 
 
 def test_gtrids_are_unique():

@@ -1,11 +1,15 @@
 """Transaction identifiers: the one module that encodes, validates and parses them.
 
-A twostep gtrid reads `ts1.<cluster>.<deadline>.<random>` when a coordinator's Begin handed it
-out, `ts2.` the same when a client made it itself under the coordinator's description (its
-cluster id, its maximum lifetime and its clock; docs/design.md §2): the cluster id keeps two
-twostep clusters (or other XA users) on one database apart, and the deadline (unix seconds,
-base 36, by the coordinator's clock) lets recovery judge an orphaned branch even when the
-coordinator's log never heard of it (presumed abort).
+A twostep gtrid reads `ts1.<cluster>.<deadline>.<owner>.<random>` when a coordinator's Begin
+handed it out, `ts2.` the same when a client made it itself under the coordinator's
+description (its cluster id, its maximum lifetime, its clock and the caller's owner tag;
+docs/design.md §2): the cluster id keeps two twostep clusters (or other XA users) on one
+database apart, the deadline (unix seconds, base 36, by the coordinator's clock) lets recovery
+judge an orphaned branch even when the coordinator's log never heard of it (presumed abort),
+and the owner tag (`owner_tag`: 40 bits of a digest of the cluster id and the identity the
+coordinator sees) names who alone may commit, abort, acknowledge or read it (§2, "Who may act
+on a gtrid"). Gtrids made before owner tags (`ts1.<cluster>.<deadline>.<random>`) still parse,
+with no owner: recovery finishes them like any other of its cluster.
 
 A branch's xid is (FORMAT_ID, gtrid, bqual) where bqual is the resource name, and for a MySQL
 branch `<resource>#<session id>`. On the wire to the databases:
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import secrets
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ __all__ = [
     "GtridInfo",
     "Xid",
     "new_gtrid",
+    "owner_tag",
     "parse_gtrid",
     "validate_bqual",
     "validate_cluster_id",
@@ -54,9 +60,13 @@ _BQUAL_RE = re.compile(
 )
 _GTRID_RE = re.compile(
     r"(?P<version>ts[12])\.(?P<cluster>[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?)"
-    r"\.(?P<deadline>[0-9a-z]{1,10})\.(?P<nonce>[a-z2-7]{24})"
+    r"\.(?P<deadline>[0-9a-z]{1,10})(?:\.(?P<owner>[a-z2-7]{8}))?\.(?P<nonce>[a-z2-7]{24})"
 )
 _NONCE_BYTES = 15  # 120 random bits: 24 base32 characters, no padding
+_OWNER_RE = re.compile(r"[a-z2-7]{8}")
+#: 40 bits: another identity's credential matching a given tag takes ~2^40 credentials the
+#: operator issued (tokens or certificates), and the tag keeps the gtrid within 64 bytes.
+_OWNER_BYTES = 5
 
 
 def _reject(kind: str, value: object, rule: str) -> InvalidIdentifier:
@@ -96,28 +106,52 @@ class GtridInfo:
     #: Made by a client (`ts2`), not handed out by Begin (`ts1`): a coordinator that never saw
     #: it decides a Commit for it by its deadline (docs/design.md §2).
     minted: bool = False
+    #: The owner tag (`owner_tag`) of the identity the gtrid belongs to; "" in a gtrid made
+    #: before owner tags (or by `Transaction(conn).prepare()`), which no client owns.
+    owner: str = ""
 
 
 def parse_gtrid(value: object) -> GtridInfo:
     """Validate a twostep gtrid and return its parts; `InvalidIdentifier` if it is not one."""
-    match = _GTRID_RE.fullmatch(value) if isinstance(value, str) else None
+    fits = isinstance(value, str) and len(value) <= _MAX_PART
+    match = _GTRID_RE.fullmatch(value) if isinstance(value, str) and fits else None
     if match is None:
-        rule = "not a twostep gtrid (ts1 or ts2.<cluster>.<deadline>.<nonce>)"
+        rule = (
+            "not a twostep gtrid (ts1 or ts2.<cluster>.<deadline>[.<owner>].<nonce>, "
+            "at most 64 characters)"
+        )
         raise _reject("gtrid", value, rule)
     deadline = int(match["deadline"], 36)
-    return GtridInfo(value, match["cluster"], deadline, match["version"] == _MINTED)
+    minted = match["version"] == _MINTED
+    return GtridInfo(match.string, match["cluster"], deadline, minted, match["owner"] or "")
 
 
-def new_gtrid(cluster: str, deadline_unix_s: int, *, minted: bool = False) -> str:
+def owner_tag(cluster: str, identity: str) -> str:
+    """The owner tag of `identity` (a caller as the coordinator identifies it, e.g.
+    `token:<sha256 of the token>`) in `cluster`: 8 characters of a-z and 2-7 (40 bits of
+    SHA-256). The cluster id is in the digest, so one identity's tags in two clusters differ."""
+    validate_cluster_id(cluster)
+    digest = hashlib.sha256(f"twostep owner\0{cluster}\0{identity}".encode()).digest()
+    return base64.b32encode(digest[:_OWNER_BYTES]).decode().lower()
+
+
+def new_gtrid(cluster: str, deadline_unix_s: int, *, minted: bool = False, owner: str = "") -> str:
     """A fresh gtrid: unique by 120 random bits, so a restarted coordinator never reuses one.
 
-    `minted`: made by a client rather than a coordinator's Begin (the `ts2` form).
+    `minted`: made by a client rather than a coordinator's Begin (the `ts2` form). `owner`:
+    the owner tag (`owner_tag`, a client has it from Describe) of the identity the gtrid
+    belongs to; "" only for gtrids no client owns (`Transaction(conn).prepare()`).
+    `InvalidIdentifier` for a bad cluster id or tag, or a gtrid over 64 characters.
     """
     validate_cluster_id(cluster)
+    if owner and not _OWNER_RE.fullmatch(owner):
+        raise _reject("owner tag", owner, "8 of a-z and 2-7")
     nonce = base64.b32encode(secrets.token_bytes(_NONCE_BYTES)).decode().lower()
     version = _MINTED if minted else _ISSUED
-    gtrid = f"{version}.{cluster}.{_base36(deadline_unix_s)}.{nonce}"
-    assert len(gtrid) <= _MAX_PART
+    tagged = f".{owner}" if owner else ""
+    gtrid = f"{version}.{cluster}.{_base36(deadline_unix_s)}{tagged}.{nonce}"
+    if len(gtrid) > _MAX_PART:  # a 16-character cluster id leaves 7 digits: until year 4453
+        raise _reject("gtrid", gtrid, "longer than 64 characters: the deadline is too far")
     return gtrid
 
 

@@ -200,7 +200,8 @@ def decide(db: sqlite3.Connection, proposal: Proposal, now: int) -> Decision:
     if proposal.presumed_if_late and proposal.fallback_deadline_ms <= now:
         row = db.execute(_DECISION_OF, (proposal.gtrid,)).fetchone()
         if row is None:  # unknown and late: aborted by presumption, nothing to write
-            return Decision(proposal.gtrid, State.ABORTED, interface.DEADLINE_PASSED, False)
+            # Not taken: nothing was written, so no decision is counted for it.
+            return Decision(proposal.gtrid, State.ABORTED, interface.DEADLINE_PASSED, taken=False)
     if proposal.commit:
         state, reason = interface.unknown_commit_decision(proposal, now)
         params.update(first_state=state.value, first_reason=reason, late=interface.DEADLINE_PASSED)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctwostep/v1/coordinator.proto\x12\ntwostep.v1\"f\n\x06\x42ranch\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05\x62qual\x18\x02 \x01(\t\x12\x0f\n\x07\x64ialect\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\x04\x12\x16\n\x0etransaction_id\x18\x05 \x01(\x04\"1\n\x0c\x42\x65ginRequest\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"F\n\x07Started\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x02 \x01(\x03\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\":\n\rBeginResponse\x12)\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x13.twostep.v1.Started\"\x11\n\x0f\x44\x65scribeRequest\"o\n\x10\x44\x65scribeResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x16\n\x0emax_timeout_ms\x18\x02 \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_timeout_ms\x18\x03 \x01(\r\x12\x13\n\x0bnow_unix_ms\x18\x04 \x01(\x03\"A\n\nCommitItem\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12$\n\x08\x62ranches\x18\x02 \x03(\x0b\x32\x12.twostep.v1.Branch\"=\n\rCommitRequest\x12,\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x16.twostep.v1.CommitItem\"V\n\x08\x44\x65\x63ision\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.twostep.v1.TransactionState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x0e\x43ommitResponse\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.twostep.v1.Decision\"P\n\tAbortItem\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12$\n\x08\x62ranches\x18\x03 \x03(\x0b\x32\x12.twostep.v1.Branch\";\n\x0c\x41\x62ortRequest\x12+\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x15.twostep.v1.AbortItem\"8\n\rAbortResponse\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.twostep.v1.Decision\"2\n\x07\x41\x63kItem\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x18\n\x10one_phase_commit\x18\x02 \x01(\x08\"7\n\nAckRequest\x12)\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x13.twostep.v1.AckItem\"\r\n\x0b\x41\x63kResponse\"&\n\x15GetTransactionRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\"\xdc\x01\n\x0bTransaction\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.twostep.v1.TransactionState\x12\x15\n\rbegun_unix_ms\x18\x03 \x01(\x03\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x04 \x01(\x03\x12\x17\n\x0f\x64\x65\x63ided_unix_ms\x18\x05 \x01(\x03\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12$\n\x08\x62ranches\x18\x07 \x03(\x0b\x32\x12.twostep.v1.Branch\x12\x11\n\tcompleted\x18\x08 \x01(\x08\"\x85\x01\n\x17ListTransactionsRequest\x12,\n\x06states\x18\x01 \x03(\x0e\x32\x1c.twostep.v1.TransactionState\x12\x14\n\x0colder_than_s\x18\x02 \x01(\r\x12\x17\n\x0fincomplete_only\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\r\"I\n\x18ListTransactionsResponse\x12-\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x17.twostep.v1.Transaction*\x93\x01\n\x10TransactionState\x12!\n\x1dTRANSACTION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSACTION_STATE_ACTIVE\x10\x01\x12\x1f\n\x1bTRANSACTION_STATE_COMMITTED\x10\x02\x12\x1d\n\x19TRANSACTION_STATE_ABORTED\x10\x03\x32\xf6\x03\n\x0b\x43oordinator\x12<\n\x05\x42\x65gin\x12\x18.twostep.v1.BeginRequest\x1a\x19.twostep.v1.BeginResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.twostep.v1.DescribeRequest\x1a\x1c.twostep.v1.DescribeResponse\x12?\n\x06\x43ommit\x12\x19.twostep.v1.CommitRequest\x1a\x1a.twostep.v1.CommitResponse\x12<\n\x05\x41\x62ort\x12\x18.twostep.v1.AbortRequest\x1a\x19.twostep.v1.AbortResponse\x12\x36\n\x03\x41\x63k\x12\x16.twostep.v1.AckRequest\x1a\x17.twostep.v1.AckResponse\x12L\n\x0eGetTransaction\x12!.twostep.v1.GetTransactionRequest\x1a\x17.twostep.v1.Transaction\x12]\n\x10ListTransactions\x12#.twostep.v1.ListTransactionsRequest\x1a$.twostep.v1.ListTransactionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctwostep/v1/coordinator.proto\x12\ntwostep.v1\"f\n\x06\x42ranch\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05\x62qual\x18\x02 \x01(\t\x12\x0f\n\x07\x64ialect\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\x04\x12\x16\n\x0etransaction_id\x18\x05 \x01(\x04\"1\n\x0c\x42\x65ginRequest\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"F\n\x07Started\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x02 \x01(\x03\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\":\n\rBeginResponse\x12)\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x13.twostep.v1.Started\"\x11\n\x0f\x44\x65scribeRequest\"\x82\x01\n\x10\x44\x65scribeResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x16\n\x0emax_timeout_ms\x18\x02 \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_timeout_ms\x18\x03 \x01(\r\x12\x13\n\x0bnow_unix_ms\x18\x04 \x01(\x03\x12\x11\n\towner_tag\x18\x05 \x01(\t\"A\n\nCommitItem\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12$\n\x08\x62ranches\x18\x02 \x03(\x0b\x32\x12.twostep.v1.Branch\"=\n\rCommitRequest\x12,\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x16.twostep.v1.CommitItem\"V\n\x08\x44\x65\x63ision\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.twostep.v1.TransactionState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x0e\x43ommitResponse\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.twostep.v1.Decision\"P\n\tAbortItem\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12$\n\x08\x62ranches\x18\x03 \x03(\x0b\x32\x12.twostep.v1.Branch\";\n\x0c\x41\x62ortRequest\x12+\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x15.twostep.v1.AbortItem\"8\n\rAbortResponse\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.twostep.v1.Decision\"2\n\x07\x41\x63kItem\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x18\n\x10one_phase_commit\x18\x02 \x01(\x08\"7\n\nAckRequest\x12)\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x13.twostep.v1.AckItem\"\r\n\x0b\x41\x63kResponse\"&\n\x15GetTransactionRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\"\xdc\x01\n\x0bTransaction\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.twostep.v1.TransactionState\x12\x15\n\rbegun_unix_ms\x18\x03 \x01(\x03\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x04 \x01(\x03\x12\x17\n\x0f\x64\x65\x63ided_unix_ms\x18\x05 \x01(\x03\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12$\n\x08\x62ranches\x18\x07 \x03(\x0b\x32\x12.twostep.v1.Branch\x12\x11\n\tcompleted\x18\x08 \x01(\x08\"\x85\x01\n\x17ListTransactionsRequest\x12,\n\x06states\x18\x01 \x03(\x0e\x32\x1c.twostep.v1.TransactionState\x12\x14\n\x0colder_than_s\x18\x02 \x01(\r\x12\x17\n\x0fincomplete_only\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\r\"I\n\x18ListTransactionsResponse\x12-\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x17.twostep.v1.Transaction*\x93\x01\n\x10TransactionState\x12!\n\x1dTRANSACTION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSACTION_STATE_ACTIVE\x10\x01\x12\x1f\n\x1bTRANSACTION_STATE_COMMITTED\x10\x02\x12\x1d\n\x19TRANSACTION_STATE_ABORTED\x10\x03\x32\xf6\x03\n\x0b\x43oordinator\x12<\n\x05\x42\x65gin\x12\x18.twostep.v1.BeginRequest\x1a\x19.twostep.v1.BeginResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.twostep.v1.DescribeRequest\x1a\x1c.twostep.v1.DescribeResponse\x12?\n\x06\x43ommit\x12\x19.twostep.v1.CommitRequest\x1a\x1a.twostep.v1.CommitResponse\x12<\n\x05\x41\x62ort\x12\x18.twostep.v1.AbortRequest\x1a\x19.twostep.v1.AbortResponse\x12\x36\n\x03\x41\x63k\x12\x16.twostep.v1.AckRequest\x1a\x17.twostep.v1.AckResponse\x12L\n\x0eGetTransaction\x12!.twostep.v1.GetTransactionRequest\x1a\x17.twostep.v1.Transaction\x12]\n\x10ListTransactions\x12#.twostep.v1.ListTransactionsRequest\x1a$.twostep.v1.ListTransactionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'twostep.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSACTIONSTATE']._serialized_start=1540
-  _globals['_TRANSACTIONSTATE']._serialized_end=1687
+  _globals['_TRANSACTIONSTATE']._serialized_start=1560
+  _globals['_TRANSACTIONSTATE']._serialized_end=1707
   _globals['_BRANCH']._serialized_start=44
   _globals['_BRANCH']._serialized_end=146
   _globals['_BEGINREQUEST']._serialized_start=148
@@ -43,36 +43,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BEGINRESPONSE']._serialized_end=329
   _globals['_DESCRIBEREQUEST']._serialized_start=331
   _globals['_DESCRIBEREQUEST']._serialized_end=348
-  _globals['_DESCRIBERESPONSE']._serialized_start=350
-  _globals['_DESCRIBERESPONSE']._serialized_end=461
-  _globals['_COMMITITEM']._serialized_start=463
-  _globals['_COMMITITEM']._serialized_end=528
-  _globals['_COMMITREQUEST']._serialized_start=530
-  _globals['_COMMITREQUEST']._serialized_end=591
-  _globals['_DECISION']._serialized_start=593
-  _globals['_DECISION']._serialized_end=679
-  _globals['_COMMITRESPONSE']._serialized_start=681
-  _globals['_COMMITRESPONSE']._serialized_end=738
-  _globals['_ABORTITEM']._serialized_start=740
-  _globals['_ABORTITEM']._serialized_end=820
-  _globals['_ABORTREQUEST']._serialized_start=822
-  _globals['_ABORTREQUEST']._serialized_end=881
-  _globals['_ABORTRESPONSE']._serialized_start=883
-  _globals['_ABORTRESPONSE']._serialized_end=939
-  _globals['_ACKITEM']._serialized_start=941
-  _globals['_ACKITEM']._serialized_end=991
-  _globals['_ACKREQUEST']._serialized_start=993
-  _globals['_ACKREQUEST']._serialized_end=1048
-  _globals['_ACKRESPONSE']._serialized_start=1050
-  _globals['_ACKRESPONSE']._serialized_end=1063
-  _globals['_GETTRANSACTIONREQUEST']._serialized_start=1065
-  _globals['_GETTRANSACTIONREQUEST']._serialized_end=1103
-  _globals['_TRANSACTION']._serialized_start=1106
-  _globals['_TRANSACTION']._serialized_end=1326
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=1329
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=1462
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=1464
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=1537
-  _globals['_COORDINATOR']._serialized_start=1690
-  _globals['_COORDINATOR']._serialized_end=2192
+  _globals['_DESCRIBERESPONSE']._serialized_start=351
+  _globals['_DESCRIBERESPONSE']._serialized_end=481
+  _globals['_COMMITITEM']._serialized_start=483
+  _globals['_COMMITITEM']._serialized_end=548
+  _globals['_COMMITREQUEST']._serialized_start=550
+  _globals['_COMMITREQUEST']._serialized_end=611
+  _globals['_DECISION']._serialized_start=613
+  _globals['_DECISION']._serialized_end=699
+  _globals['_COMMITRESPONSE']._serialized_start=701
+  _globals['_COMMITRESPONSE']._serialized_end=758
+  _globals['_ABORTITEM']._serialized_start=760
+  _globals['_ABORTITEM']._serialized_end=840
+  _globals['_ABORTREQUEST']._serialized_start=842
+  _globals['_ABORTREQUEST']._serialized_end=901
+  _globals['_ABORTRESPONSE']._serialized_start=903
+  _globals['_ABORTRESPONSE']._serialized_end=959
+  _globals['_ACKITEM']._serialized_start=961
+  _globals['_ACKITEM']._serialized_end=1011
+  _globals['_ACKREQUEST']._serialized_start=1013
+  _globals['_ACKREQUEST']._serialized_end=1068
+  _globals['_ACKRESPONSE']._serialized_start=1070
+  _globals['_ACKRESPONSE']._serialized_end=1083
+  _globals['_GETTRANSACTIONREQUEST']._serialized_start=1085
+  _globals['_GETTRANSACTIONREQUEST']._serialized_end=1123
+  _globals['_TRANSACTION']._serialized_start=1126
+  _globals['_TRANSACTION']._serialized_end=1346
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=1349
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=1482
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=1484
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=1557
+  _globals['_COORDINATOR']._serialized_start=1710
+  _globals['_COORDINATOR']._serialized_end=2212
 # @@protoc_insertion_point(module_scope)

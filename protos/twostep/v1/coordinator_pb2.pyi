@@ -61,16 +61,18 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("cluster_id", "max_timeout_ms", "default_timeout_ms", "now_unix_ms")
+    __slots__ = ("cluster_id", "max_timeout_ms", "default_timeout_ms", "now_unix_ms", "owner_tag")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     NOW_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_TAG_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     max_timeout_ms: int
     default_timeout_ms: int
     now_unix_ms: int
-    def __init__(self, cluster_id: _Optional[str] = ..., max_timeout_ms: _Optional[int] = ..., default_timeout_ms: _Optional[int] = ..., now_unix_ms: _Optional[int] = ...) -> None: ...
+    owner_tag: str
+    def __init__(self, cluster_id: _Optional[str] = ..., max_timeout_ms: _Optional[int] = ..., default_timeout_ms: _Optional[int] = ..., now_unix_ms: _Optional[int] = ..., owner_tag: _Optional[str] = ...) -> None: ...
 
 class CommitItem(_message.Message):
     __slots__ = ("gtrid", "branches")
