@@ -141,8 +141,8 @@ def current_caller() -> Caller:
 def read_tokens(path: Path, setting: str) -> tuple[str, ...]:
     """The tokens in `path`, one per line (blank lines skipped). Raises `FileNotFoundError` if
     there is no such file and `ConfigError` (naming `setting`) if it cannot be read, holds no
-    token, a line is not a usable token, or a token is there twice; warns when others may
-    read it."""
+    token, a line is not a usable token, or a token is there twice; warns when users other
+    than its owner and group may read it, or its group may change it."""
     try:
         text = path.read_text()
         mode = path.stat().st_mode
@@ -160,9 +160,10 @@ def read_tokens(path: Path, setting: str) -> tuple[str, ...]:
             )
     if len(set(tokens)) < len(tokens):
         raise ConfigError(f"{setting} {path}: a token is there twice")
-    if mode & 0o077:
+    # Group read is allowed: Kubernetes mounts Secret files 0440 for the pod's fsGroup.
+    if mode & 0o027:
         log.warning(
-            f"the {setting} is readable by others; chmod 600 it",
+            f"the {setting} may be read or changed by other users; chmod 600 (or 640) it",
             extra={setting: path, "mode": oct(mode & 0o777)},
         )
     return tokens

@@ -22,6 +22,7 @@ from twostep.client._cli import cli
 from twostep.client._coordinator_client import MAX_REASON_CHARS, bounded_reason
 from twostep.client._transaction import Transaction
 from twostep.coordinator import CoordinatorServer, Settings, _wire
+from twostep.coordinator._callers import read_tokens
 from twostep.coordinator._datadir import DataDir
 from twostep.coordinator._log_format import JsonFormatter, LogfmtFormatter
 from twostep.coordinator.log import SqliteDecisionLog
@@ -169,3 +170,19 @@ def test_an_existing_data_dir_and_log_are_made_private(tmp_path, no_umask):
     SqliteDecisionLog(data_dir).close()
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((data_dir / "decisions.sqlite3").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("mode", "warned"),
+    [(0o600, False), (0o440, False), (0o640, False), (0o644, True), (0o660, True), (0o604, True)],
+)
+def test_a_token_file_others_may_read_is_warned_about_and_a_group_readable_one_is_not(
+    tmp_path, caplog, mode, warned
+):
+    # Kubernetes mounts Secret files 0440 for the pod's group (fsGroup): no warning for that.
+    path = tmp_path / "token"
+    path.write_text("t" * 32 + "\n")
+    path.chmod(mode)
+    with caplog.at_level(logging.WARNING, logger="twostep.coordinator"):
+        assert read_tokens(path, "client_token_file") == ("t" * 32,)
+    assert any("other users" in r.getMessage() for r in caplog.records) is warned
