@@ -313,6 +313,16 @@ class AdminServicer(_admin_pb_grpc.AdminServicer):
             raise _wire.BadRequest(f"reason: {problem}")
 
         found, errors = self._recovery.find_branches(info.gtrid, _wait_for(context))
+        if not (found or errors or request.force) and self._log.get(info.gtrid) is None:
+            # Nowhere: most likely a mistyped id. Recording a decision for it would tell the
+            # operator "done" while the transaction they meant stays in doubt.
+            log.warning("resolve of an unknown gtrid refused", extra={"gtrid": info.gtrid})
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no transaction {info.gtrid}: the decision log has no row of it and no "
+                "registered resource has a branch of it prepared (check the id; --force "
+                "records the decision anyway)",
+            )
         resolved = self._log.resolve(
             Resolution(
                 gtrid=info.gtrid,

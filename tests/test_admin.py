@@ -339,6 +339,23 @@ def test_resolve_aborts_an_orphan_but_commits_one_only_with_force(in_process, db
     assert reply.decision.state == COMMITTED and dbs.rows("orders") == {5}
 
 
+@pytest.mark.parametrize("commit", [False, True])
+def test_resolve_of_a_gtrid_that_is_nowhere_is_not_found_and_records_nothing(
+    in_process, dbs, commit
+):
+    # A mistyped id: not in the log, no branch prepared anywhere. "Done" would be a lie.
+    c = in_process()
+    typo = new_gtrid(c.server.settings.cluster_id, int(time.time()) + 60)
+    error = rpc_error(resolve, c.client, typo, commit=commit, reason="stuck since the deploy")
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert "no transaction" in error.details() and "check the id" in error.details()
+    assert c.server.decision_log.get(typo) is None
+    assert c.server.decision_log.notes(typo) == []
+    # Forced, the operator's decision is recorded all the same.
+    reply = resolve(c.client, typo, commit=False, reason="on purpose", force=True)
+    assert reply.decision.state == ABORTED
+
+
 # -- secrets -----------------------------------------------------------------------------------
 
 
