@@ -583,11 +583,10 @@ def scan(ctx: _Context, resource: str) -> None:
     ctx.emit(reply, render)
 
 
-def _actions_table(actions: Any) -> Table:
-    table = Table("gtrid", "resource", "action", "result")
-    for a in actions:
-        table.add_row(*map(_shown, (a.gtrid, a.resource, a.action, a.result)))
-    return table
+def _actions_table(width: int, actions: Any) -> Table:
+    columns = [("gtrid", 0), ("resource", 10), ("action", 8), ("result", 12)]
+    rows = [[a.gtrid, a.resource, a.action, a.result] for a in actions]
+    return _table(width, columns, rows)
 
 
 @cli.command()
@@ -598,7 +597,7 @@ def recover(ctx: _Context, dry_run: bool) -> None:
     reply = ctx.admin_call("Recover", _admin.RecoverRequest(dry_run=dry_run), timeout=300)
 
     def render(r: Any) -> None:
-        ctx.console.print(_actions_table(r.actions))
+        ctx.console.print(_actions_table(ctx.console.width, r.actions))
         for error in r.errors:
             ctx.console.print(Text.assemble(("error", "red"), ": ", _printable(error)))
 
@@ -632,7 +631,7 @@ def resolve(ctx: _Context, gtrid: str, outcome: str | None, reason: str, force: 
 
     def render(r: Any) -> None:
         ctx.console.print(_shown(f"{r.decision.gtrid}: {_DECISIONS[r.decision.state]}"))
-        ctx.console.print(_actions_table(r.actions))
+        ctx.console.print(_actions_table(ctx.console.width, r.actions))
 
     ctx.emit(reply, render)
 
