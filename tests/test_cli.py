@@ -323,7 +323,6 @@ def test_gtrids_are_never_cut_in_an_80_column_table(run, in_process, dbs, monkey
         (["list", "--state", "in-doubt"], committing),
         (["scan", "billing"], orphan),
         (["show", committing], committing),
-        (["resolve", orphan, "--abort", "--reason", "stuck"], orphan),  # its actions table
     )
     for command, listed in commands:
         output = run(*admin, *command).output
@@ -332,3 +331,14 @@ def test_gtrids_are_never_cut_in_an_80_column_table(run, in_process, dbs, monkey
         assert listed in copied, output
         for gtrid in copied:  # what was copied from the table is what show takes
             assert run(*admin, "show", gtrid).exit_code == 0
+
+
+def test_the_resolve_actions_table_never_cuts_a_gtrid(run, in_process, dbs, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "56")  # a gtrid and little else fits
+    c = in_process()
+    _, orphan = in_doubt_three_ways(c, dbs)
+    admin = ("--coordinator", c.server.address, "--token", TOKEN)
+    output = run(*admin, "resolve", orphan, "--abort", "--reason", "stuck").output
+    copied = re.findall(r"ts[12]\.[A-Za-z0-9.]+", output)
+    # The decision line and a row per action, each the whole id.
+    assert len(copied) >= 2 and set(copied) == {orphan}, output
