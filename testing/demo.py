@@ -378,7 +378,8 @@ def _wait_with_everything_running(
         f"  psql -h {pg.host} -p {pg.port} -U postgres {DATABASE}",
         f"  mariadb -h {maria.host} -P {maria.port} -u {MariaDBServer.user} "
         f"-p{MariaDBServer.password} {DATABASE}",
-        f"  twostep --coordinator {coordinator.address} --data-dir {coordinator.data_dir} status",
+        f"  {_cli_path()} --coordinator {coordinator.address} --data-dir {coordinator.data_dir}"
+        " status",
         f"  client configs: {PG} = {json.dumps(pg.config(DATABASE))}",
         f"                  {MARIA} = {json.dumps(maria.config(DATABASE))}",
         f"Ctrl-C stops them and removes {base}.",
@@ -437,3 +438,10 @@ def _uninterruptible() -> Iterator[None]:
 
 
 _ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _cli_path() -> str:
+    """The `twostep` command beside this Python (a clone's `.venv/bin/twostep` is on no PATH),
+    else the bare name."""
+    beside = Path(sys.executable).with_name("twostep")
+    return str(beside) if beside.exists() else "twostep"
