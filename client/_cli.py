@@ -15,6 +15,7 @@ import enum
 import importlib.metadata
 import json
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -57,7 +58,10 @@ class ExitCode(enum.IntEnum):
     OK = 0, "done"
     FAILED = 1, "refused or failed (e.g. resolve contradicting a decision without --force)"
     USAGE = 2, "usage error: a bad or conflicting option or argument; nothing was sent"
-    UNREACHABLE = 3, "coordinator unreachable (not listening, or no answer in time)"
+    UNREACHABLE = (
+        3,
+        "coordinator unreachable (not listening, no answer in time, or the TLS handshake failed)",
+    )
     NOT_FOUND = 4, "no such transaction or resource"
     TOKEN = 5, "admin token missing (none found) or refused by the coordinator"
     DATABASE = 6, "a database could not be reached by the coordinator (scan)"
@@ -66,6 +70,7 @@ class ExitCode(enum.IntEnum):
 #: Trailing metadata of an UNAVAILABLE answer from the coordinator itself: it was reached, a
 #: database it needed was not (the value names the resource; admin.proto, ScanResource).
 UNREACHABLE_RESOURCE_KEY = "twostep-unreachable-resource"
+_PROBE_TIMEOUT_S = 1.0  # a TCP connect to tell "not listening" from "handshake failed"
 _EXIT_BY_STATUS = {
     grpc.StatusCode.UNAVAILABLE: ExitCode.UNREACHABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: ExitCode.UNREACHABLE,
@@ -244,9 +249,40 @@ def _rpc(ctx: _Context) -> Iterator[None]:
         trailers = dict(exc.trailing_metadata() or ())
         if code == grpc.StatusCode.UNAVAILABLE and UNREACHABLE_RESOURCE_KEY in trailers:
             _fail(ExitCode.DATABASE, details)
+        if code == grpc.StatusCode.UNAVAILABLE and _accepts_connections(ctx.address):
+            _fail(
+                ExitCode.UNREACHABLE,
+                f"coordinator at {ctx.address} accepts connections but no call got through "
+                f"({details}): {_handshake_hint(ctx.tls)}",
+            )
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             _fail(ExitCode.UNREACHABLE, f"coordinator unreachable at {ctx.address}: {details}")
         _fail(_EXIT_BY_STATUS.get(code, ExitCode.FAILED), f"{code.name}: {details}")
+
+
+def _accepts_connections(address: str) -> bool:
+    """Whether something accepts a TCP connection at `address` (HOST:PORT) within
+    `_PROBE_TIMEOUT_S`: then an UNAVAILABLE call failed in the handshake (TLS on one side
+    only, a certificate not trusted or not sent), not for want of a listener."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), _PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _handshake_hint(tls: ChannelConfig) -> str:
+    if not tls.tls:
+        return (
+            "if it speaks TLS, pass --tls-ca (its CA certificate), and --tls-cert/--tls-key "
+            "if it asks for a client certificate"
+        )
+    return (
+        "check that --tls-ca is the CA of its certificate and that the certificate names this "
+        "host, whether it asks for a client certificate (--tls-cert/--tls-key, from the CA "
+        "it trusts), and that it speaks TLS at all (a plain-text coordinator takes no --tls-*)"
+    )
 
 
 _TOKEN_OPTIONS = ("token", "token_file", "data_dir")  # the first one given is used

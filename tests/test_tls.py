@@ -184,6 +184,24 @@ def test_the_admin_cli_speaks_mutual_tls_with_an_admin_certificate(mtls, pki, mo
     assert refused.exit_code != 0 and "PERMISSION_DENIED" in refused.output
 
 
+def test_the_cli_without_tls_options_says_the_coordinator_listens_and_wants_tls(mtls, pki):
+    result = CliRunner().invoke(cli, ["--coordinator", mtls.address, "--token", "t", "status"])
+    assert result.exit_code == 3, result.output
+    assert f"coordinator at {mtls.address} accepts connections" in result.output
+    assert "if it speaks TLS, pass --tls-ca" in result.output
+    assert "unreachable at" not in result.output
+
+
+def test_the_cli_trusting_another_ca_is_told_to_check_its_tls_options(mtls, pki, tmp_path):
+    other = Pki(tmp_path / "other")
+    admin = pki.client("ops")
+    tls = ["--tls-ca", str(other.ca), "--tls-cert", str(admin.cert), "--tls-key", str(admin.key)]
+    result = CliRunner().invoke(cli, ["--coordinator", mtls.address, *tls, "status"])
+    assert result.exit_code == 3, result.output
+    assert "accepts connections" in result.output
+    assert "check that --tls-ca is the CA of its certificate" in result.output
+
+
 def test_the_health_check_asks_over_tls_with_the_client_environment(mtls, pki):
     probe = pki.client("probe")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWOSTEP_")}
