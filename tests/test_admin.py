@@ -310,6 +310,20 @@ def test_resolve_refuses_to_contradict_a_decision_unless_forced(in_process, dbs)
     assert resolve(c.client, gtrid, commit=True, reason="again").decision.state == COMMITTED
 
 
+def test_resolve_refusing_to_abort_a_committed_transaction_says_its_client_committed_it(
+    in_process, dbs
+):
+    c = in_process()
+    gtrid = c.begin()
+    held = [prepare(dbs, "orders", gtrid, 6), prepare(dbs, "billing", gtrid, 6)]
+    assert c.client.commit(gtrid, [h.branch() for h in held]).state == COMMITTED
+    error = rpc_error(resolve, c.client, gtrid, commit=False, reason="undo it")
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == (
+        "the logged decision is COMMITTED (by its client's Commit): contradicting it needs force"
+    )
+
+
 def test_resolve_aborts_an_orphan_but_commits_one_only_with_force(in_process, dbs):
     c = in_process()
     gtrid = c.begin()  # active, before its deadline: its client may still be working

@@ -294,9 +294,12 @@ def refusal_of(resolution: Resolution, previous: State | None, previous_reason: 
         return ""
     wanted = State.COMMITTED if resolution.commit else State.ABORTED
     if previous is not wanted and not resolution.force:
+        # A client's Commit records no reason; an abort always has one.
+        why = previous_reason or (
+            "by its client's Commit" if previous is State.COMMITTED else "no reason recorded"
+        )
         return (
-            f"the logged decision is {previous.value.upper()} "
-            f"({previous_reason or 'no reason given'}): contradicting it needs force"
+            f"the logged decision is {previous.value.upper()} ({why}): contradicting it needs force"
         )
     return ""
 
