@@ -8,7 +8,7 @@
 - `rpcs_to(address)`: how many RPCs this process has started to `address`, from gRPC's own
   channel counters (channelz), so no client code needs to count them.
 - `resident_mb(pid)`: a process's resident memory now and at its peak; `cpu_s(pid)`: the CPU
-  time it has used.
+  time it has used; `server_cpu_s(pid)`: with its child processes (PostgreSQL's backends).
 - `machine()`: one line naming the date, the CPU and the core count, for a table's caption.
 """
 
@@ -40,6 +40,7 @@ __all__ = [
     "private_servers",
     "resident_mb",
     "rpcs_to",
+    "server_cpu_s",
 ]
 
 DATABASE = "bench"
@@ -133,11 +134,31 @@ def resident_mb(pid: int) -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+def _stat_fields(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()  # the name may hold spaces and parentheses
+
+
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) process `pid` has used, all its threads (/proc stat)."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces and parentheses
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds used by a server process `pid` and its child processes (PostgreSQL's
+    backends): the live children's own, and the exited ones' that it has reaped (cutime,
+    cstime), so that a backend ending between two readings is still counted."""
+    fields = _stat_fields(pid)
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            child = _stat_fields(int(entry))
+            if int(child[1]) == pid:  # ppid
+                ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def machine() -> str:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import os
 import random
 import sys
 import uuid
@@ -35,7 +37,7 @@ from typing import Any
 from twostep.testing import CoordinatorProcess
 
 from ._args import counts, key_value
-from ._env import Servers, machine, private_servers
+from ._env import Servers, cpu_s, machine, private_servers, server_cpu_s
 from ._load import Run, run_threads
 from ._report import percentile, table
 from .variants import (
@@ -90,13 +92,16 @@ QUICK = {"rounds": 1, "slice_s": 2.0, "warmup_s": 0.5}
 @dataclass
 class Report:
     """What `measure` found: per (variant, clients) the timed slices of every round, and the
-    money checks (each a line; `ok` False if an atomic variant broke one)."""
+    money checks (each a line; `ok` False if an atomic variant broke one), and the CPU each
+    process used (when `measure` was given probes)."""
 
     options: Options
     slices: dict[tuple[str, int], list[Run]]
     checks: list[str]
     ok: bool
     caption: str = ""
+    #: Per (variant, clients): CPU seconds each measured process used during its slices.
+    cpu: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, int, float, float, float, str, int]]:
         out = []
@@ -130,6 +135,8 @@ class Report:
                 ratio_rows.append((str(clients), mine, *ratios))
             headers = ["clients", "twostep txn/s", *(f"twostep / {SHORT[v]}" for v in baselines)]
             parts += ["", table(headers, ratio_rows)]
+        if self.cpu:
+            parts += ["", self.cpu_table()]
         errors = [
             f"- {LABELS[v]}, {c} clients: {e}"
             for (v, c), done in self.slices.items()
@@ -140,8 +147,25 @@ class Report:
         parts += ["", "Money:", *(f"- {line}" for line in self.checks)]
         return "\n".join(parts)
 
+    def cpu_table(self) -> str:
+        """CPU ms per committed transfer, by process: where each variant's cost goes."""
+        names = list(next(iter(self.cpu.values())))
+        rows = []
+        for clients in self.options.threads:
+            for variant in self.options.variants:
+                spent = self.cpu.get((variant, clients))
+                done = sum(len(s.latencies_ms) for s in self.slices.get((variant, clients), []))
+                if not spent or not done:
+                    continue
+                per = [spent[n] * 1000 / done for n in names]
+                rows.append((LABELS[variant], clients, *per, sum(per)))
+        headers = ["variant", "clients", *(f"{n} CPU ms" for n in names), "total CPU ms"]
+        return "CPU per transfer, by process (ms):\n\n" + table(headers, rows)
+
 
 Progress = Callable[[str], None]
+#: Named readings of CPU seconds used so far (a process, or a server and its children).
+CpuProbes = Mapping[str, Callable[[], float]]
 
 
 def _to_stderr(line: str) -> None:
@@ -154,11 +178,14 @@ def measure(
     my_config: Mapping[str, Any],
     coordinator: CoordinatorProcess,
     progress: Progress = _to_stderr,
+    cpu_probes: CpuProbes | None = None,
 ) -> Report:
     """Set up the accounts in the (empty) databases of `pg_config` / `my_config`, run the
     interleaved rounds and check the money. `coordinator` has both databases registered
     under the names `bench_pg` / `bench_my` (it finishes what a failed twostep transfer left).
+    `cpu_probes`: read before and after every slice, summed per variant and client count.
     """
+    probes = cpu_probes or {}
     _create_accounts(pg_config, my_config, options.accounts)
     most = max(options.threads)
     variants = make_variants(
@@ -172,6 +199,7 @@ def measure(
     )
     committed: dict[str, list[str]] = {name: [] for name in variants}
     slices: dict[tuple[str, int], list[Run]] = {}
+    cpu: dict[tuple[str, int], dict[str, float]] = {}
     try:
         for name, variant in variants.items():  # sessions and pools filled, not timed
             variant.open(most)
@@ -180,6 +208,7 @@ def measure(
         for round_no in range(options.rounds):
             for clients in options.threads:
                 for name in order:
+                    before = {n: read() for n, read in probes.items()}
                     result = _run_slice(
                         variants[name],
                         name,
@@ -189,6 +218,9 @@ def measure(
                         committed[name],
                     )
                     slices.setdefault((name, clients), []).append(result)
+                    spent = cpu.setdefault((name, clients), dict.fromkeys(probes, 0.0))
+                    for n, read in probes.items():
+                        spent[n] += read() - before[n]
                     progress(
                         f"round {round_no + 1}/{options.rounds}, {clients:>2} clients: "
                         f"{LABELS[name]:<27} {result.rate:8.0f} txn/s"
@@ -201,7 +233,7 @@ def measure(
     if any(s.errors for (name, _), done in slices.items() if name == "twostep" for s in done):
         coordinator.settle(timeout=60)  # what a failed transfer left prepared
     checks, ok = _check_money(pg_config, my_config, options.accounts, committed)
-    return Report(options, slices, checks, ok)
+    return Report(options, slices, checks, ok, cpu=cpu)
 
 
 def _create_accounts(pg_config: Mapping[str, Any], my_config: Mapping[str, Any], n: int) -> None:
@@ -331,10 +363,34 @@ def run(args: argparse.Namespace) -> int:
     with private_servers(PG_SETTINGS, MARIA_SETTINGS) as servers:
         coordinator = servers.coordinator(resources=servers.resources())
         with coordinator:
-            report = measure(options, servers.pg_config, servers.maria_config, coordinator)
+            report = measure(
+                options,
+                servers.pg_config,
+                servers.maria_config,
+                coordinator,
+                cpu_probes=_cpu_probes(servers, coordinator),
+            )
         report.caption = _caption(options, servers)
     print(report.render())
     return 0 if report.ok else 1
+
+
+def _cpu_probes(servers: Servers, coordinator: CoordinatorProcess) -> CpuProbes:
+    """This process (the client threads of every variant), the coordinator, each server."""
+    found = {
+        "coordinator": coordinator.pid,
+        "PostgreSQL": servers.pg.pid,
+        "MariaDB": servers.maria.pid,
+    }
+    pids = {name: pid for name, pid in found.items() if pid is not None}
+    if len(pids) < len(found):
+        raise RuntimeError(f"a process to measure is not running: {found}")
+    return {
+        "client": functools.partial(cpu_s, os.getpid()),
+        "coordinator": functools.partial(cpu_s, pids["coordinator"]),
+        "PostgreSQL": functools.partial(server_cpu_s, pids["PostgreSQL"]),
+        "MariaDB": functools.partial(cpu_s, pids["MariaDB"]),
+    }
 
 
 def _timing(args: argparse.Namespace, quick: Mapping[str, float]) -> dict[str, float]:

@@ -4,11 +4,12 @@ variant ran and the money and the branches came out right."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from bench import coordinator_alone, recovery, transfer
-from bench._env import MY_NAME, PG_NAME
+from bench._env import MY_NAME, PG_NAME, cpu_s
 from bench._report import table
 from bench.variants import VARIANTS
 
@@ -19,7 +20,11 @@ def test_the_transfer_benchmark_runs_every_variant_and_conserves_the_money(
     coordinator = coordinator_factory(resources={PG_NAME: pg_config, MY_NAME: maria_config})
     options = transfer.Options(threads=(1, 2), rounds=1, slice_s=0.3, warmup_s=0.2, accounts=20)
 
-    report = transfer.measure(options, pg_config, maria_config, coordinator, progress=print)
+    probes = {"client": lambda: cpu_s(os.getpid()), "coordinator": lambda: cpu_s(coordinator.pid)}
+
+    report = transfer.measure(
+        options, pg_config, maria_config, coordinator, progress=print, cpu_probes=probes
+    )
 
     assert report.ok, report.render()
     assert set(report.slices) == {(v, c) for v in VARIANTS for c in (1, 2)}
@@ -27,6 +32,11 @@ def test_the_transfer_benchmark_runs_every_variant_and_conserves_the_money(
     text = report.render()
     assert "each on both sides" in text
     assert "twostep / hand 2PC" in text
+    # CPU by process per variant: only twostep's transfers keep the coordinator busy.
+    assert set(report.cpu) == set(report.slices)
+    assert all(spent["client"] > 0 for spent in report.cpu.values())
+    assert report.cpu[("twostep", 1)]["coordinator"] > 0
+    assert "| twostep " in report.cpu_table() and "coordinator CPU ms" in text
 
 
 def test_the_coordinator_benchmark_counts_at_most_a_commit_and_an_ack_rpc_per_decision(
