@@ -11,7 +11,7 @@ Reads see what the log has made durable: right after Begin (which does not wait 
 GetTransaction may still answer NOT_FOUND for the new gtrid, for a few milliseconds.
 
 There is no lock here: the servicer holds no mutable state. The decision path's only lock is
-the log's (see `log.sqlite`).
+the log's (see `log.writer`).
 """
 
 from __future__ import annotations
