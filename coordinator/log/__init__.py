@@ -30,11 +30,12 @@ from .interface import (
 )
 from .postgresql import PostgresDecisionLog
 from .sqlite import LOG_FILE_NAME, SqliteDecisionLog
-from .writer import WriterStats
+from .writer import DECIDE_WAIT_S, WriterStats
 
 __all__ = [
     "ABORTED_BY_CLIENT",
     "DEADLINE_PASSED",
+    "DECIDE_WAIT_S",
     "LOG_FILE_NAME",
     "ONE_PHASE_COMMIT",
     "RESOLVED_BY_OPERATOR",

@@ -109,6 +109,10 @@ class SqliteDecisionLog:
     def decide(self, proposals: Sequence[Proposal]) -> list[Decision]:
         return self._writer.wait(Request(proposals=tuple(proposals), done=Future()), bounded=True)
 
+    def decide_nowait(self, proposals: Sequence[Proposal]) -> Future[list[Decision]]:
+        request = Request(proposals=tuple(proposals), done=Future())
+        return self._writer.pending(request, bounded=True)  # type: ignore[return-value]
+
     def resolve(self, resolution: Resolution) -> Resolved:
         (resolved,) = self._writer.wait(Request(resolution=resolution, done=Future()))
         return resolved  # type: ignore[no-any-return]

@@ -151,21 +151,26 @@ class GroupCommitWriter:
             self._queue.put(request)
             self._requests += 1
 
-    def wait(self, request: Request, *, bounded: bool = False) -> list[Any]:
-        """Queue `request` (which has `done`) and return its results once committed; raises
-        like `submit`, or `LogUnavailable` when the write failed or took `DECIDE_WAIT_S`."""
+    def pending(self, request: Request, *, bounded: bool = False) -> Future[list[Any]]:
+        """Queue `request` (which has `done`) and return `done`: its results once committed,
+        or `LogUnavailable` when the write failed. Raises like `submit`. The future cannot be
+        cancelled: a caller that stops waiting leaves the writer its answer to set."""
         assert request.done is not None
+        request.done.set_running_or_notify_cancel()
         self.submit(request, bounded=bounded)
+        return request.done
+
+    def wait(self, request: Request, *, bounded: bool = False) -> list[Any]:
+        """`pending(request)`'s results, waited for; `LogUnavailable` when not confirmed in
+        `DECIDE_WAIT_S`."""
         try:
-            return request.done.result(timeout=DECIDE_WAIT_S)
+            return self.pending(request, bounded=bounded).result(timeout=DECIDE_WAIT_S)
         except TimeoutError as exc:
             raise LogUnavailable("the decision log did not confirm in time") from exc
 
     def flush(self) -> None:
         """Return once everything queued before the call is committed (or failed)."""
-        done: Future[list[Any]] = Future()
-        self.submit(Request(done=done))
-        done.result()
+        self.pending(Request(done=Future())).result()
 
     def close(self) -> None:
         """Write what is queued, then stop the thread (idempotent)."""
