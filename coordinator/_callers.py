@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import enum
+import functools
 import hashlib
 import hmac
 import inspect
@@ -325,7 +326,6 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         mutual_tls: bool,
         admin_names: Sequence[str],
     ):
-        self._cluster = cluster_id
         self._admin_digest = _digest(admin_token)
         self._client_digests = tuple(_digest(token) for token in client_tokens)
         self._mutual_tls = mutual_tls
@@ -335,6 +335,11 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         self._open = not client_tokens and not mutual_tls
         self._decoder = RequestDecoder()
         self._refused = PeerLog(audit, "call refused")
+        #: Per method: the handler grpc gave and its wrapper, built once, not on every call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler | None]] = {}
+        #: Owner tags by identity (a SHA-256 each): the configured tokens' and the client
+        #: certificates' identities, a few; bounded all the same.
+        self._owner = functools.lru_cache(maxsize=1024)(functools.partial(owner_tag, cluster_id))
 
     async def intercept_service(
         self,
@@ -342,10 +347,19 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        service = method.split("/")[1] if method.count("/") == 2 else ""
         if handler is None:
             return None
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)  # registered methods only: a bounded map
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler | None:
+        """`handler` of `method` behind the caller check (the same for every call of it)."""
+        service = method.split("/")[1] if method.count("/") == 2 else ""
         if service in _OPEN_SERVICES:
             return self._decoder.open_handler(handler, method.rpartition("/")[2])
         # Default deny: anything but the Coordinator's client methods needs an admin.
@@ -448,9 +462,6 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         else:
             role, name, identity = cert_role, cert_name, cert_identity
         return Caller(role, name, True, self._owner(identity), any_owner=role is Role.ADMIN)
-
-    def _owner(self, identity: str) -> str:
-        return owner_tag(self._cluster, identity)
 
     def _token_role(self, metadata: Sequence[tuple[str, Any]]) -> tuple[Role | None, str]:
         """The best role a sent token gives and the identity it names (`token:` and the
