@@ -43,14 +43,17 @@ Tokens are compared in constant time (digests of equal length) and never logged.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
+import functools
 import hashlib
 import hmac
+import inspect
 import ipaddress
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +64,7 @@ from twostep.client.tpc import GtridInfo, owner_tag
 from twostep.v1 import coordinator_pb2 as _pb
 
 from ._config import ConfigError, Settings
-from ._decoding import RequestDecoder
+from ._decoding import Refused, RequestDecoder
 from ._peer_log import PeerLog
 
 __all__ = [
@@ -131,7 +134,8 @@ _current: contextvars.ContextVar[Caller] = contextvars.ContextVar("twostep_calle
 
 
 def current_caller() -> Caller:
-    """The caller of the RPC being served on this thread (set by `CallerCheck`)."""
+    """The caller of the RPC being served in this context: the worker thread's call, or the
+    event loop's task (set by `CallerCheck`)."""
     return _current.get(_UNKNOWN)
 
 
@@ -295,9 +299,11 @@ class _Recorded:
         self._context = context
         self.status: grpc.StatusCode | None = None
 
-    def abort(self, code: grpc.StatusCode, details: str = "", *args: Any) -> None:
+    def abort(self, code: grpc.StatusCode, details: str = "", *args: Any) -> Any:
+        """The context's abort: raises (a synchronous handler's context), or returns the
+        coroutine to await (a coroutine handler's)."""
         self.status = code
-        self._context.abort(code, details, *args)
+        return self._context.abort(code, details, *args)
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self.status = code
@@ -320,7 +326,6 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         mutual_tls: bool,
         admin_names: Sequence[str],
     ):
-        self._cluster = cluster_id
         self._admin_digest = _digest(admin_token)
         self._client_digests = tuple(_digest(token) for token in client_tokens)
         self._mutual_tls = mutual_tls
@@ -330,6 +335,11 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         self._open = not client_tokens and not mutual_tls
         self._decoder = RequestDecoder()
         self._refused = PeerLog(audit, "call refused")
+        #: Per method: the handler grpc gave and its wrapper, built once, not on every call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler | None]] = {}
+        #: Owner tags by identity (a SHA-256 each): the configured tokens' and the client
+        #: certificates' identities, a few; bounded all the same.
+        self._owner = functools.lru_cache(maxsize=1024)(functools.partial(owner_tag, cluster_id))
 
     async def intercept_service(
         self,
@@ -337,10 +347,19 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        service = method.split("/")[1] if method.count("/") == 2 else ""
         if handler is None:
             return None
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)  # registered methods only: a bounded map
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler | None:
+        """`handler` of `method` behind the caller check (the same for every call of it)."""
+        service = method.split("/")[1] if method.count("/") == 2 else ""
         if service in _OPEN_SERVICES:
             return self._decoder.open_handler(handler, method.rpartition("/")[2])
         # Default deny: anything but the Coordinator's client methods needs an admin.
@@ -364,26 +383,64 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         rpc: str,
         needs: Role,
     ) -> Callable[[bytes, grpc.ServicerContext], Any]:
+        """`behavior` behind the check: a coroutine handler stays one (it runs on the event
+        loop: the context's `abort` is awaited), a synchronous one stays synchronous (it runs
+        on a worker thread: its context's `abort` raises)."""
+        if inspect.iscoroutinefunction(behavior):
+
+            async def call_on_loop(raw: bytes, grpc_context: grpc.ServicerContext) -> Any:
+                context = _Recorded(grpc_context)
+                try:
+                    caller, request = self._admitted(context, raw, decode, rpc, needs)
+                except Refused as refused:
+                    await context.abort(refused.code, refused.details)
+                    raise AssertionError("unreachable: context.abort raises") from None
+                with self._serving(context, caller, rpc, needs):
+                    return await behavior(request, context)
+
+            return call_on_loop
+
         def call(raw: bytes, grpc_context: grpc.ServicerContext) -> Any:
             context = _Recorded(grpc_context)
-            caller = self.identify(context)
-            if caller.role < needs:
-                self._refuse(context, caller, rpc, needs)
-            request = self._decoder.decode(decode, raw, context, rpc, caller.name)
-            token = _current.set(caller)
             try:
-                reply = behavior(request, context)
-            except BaseException:
-                if needs is Role.ADMIN:
-                    self._audit(context, caller, rpc, failed=True)
-                raise
-            finally:
-                _current.reset(token)
-            if needs is Role.ADMIN:
-                self._audit(context, caller, rpc, failed=False)
-            return reply
+                caller, request = self._admitted(context, raw, decode, rpc, needs)
+            except Refused as refused:
+                context.abort(refused.code, refused.details)
+                raise AssertionError("unreachable: context.abort raises") from None
+            with self._serving(context, caller, rpc, needs):
+                return behavior(request, context)
 
         return call
+
+    def _admitted(
+        self,
+        context: _Recorded,
+        raw: bytes,
+        decode: Callable[[bytes], Any],
+        rpc: str,
+        needs: Role,
+    ) -> tuple[Caller, Any]:
+        """The caller and the decoded request of a call they may make; `Refused` otherwise."""
+        caller = self.identify(context)
+        if caller.role < needs:
+            raise self._refusal(context, caller, rpc, needs)
+        return caller, self._decoder.decode(decode, raw, context, rpc, caller.name)
+
+    @contextlib.contextmanager
+    def _serving(self, context: _Recorded, caller: Caller, rpc: str, needs: Role) -> Iterator[None]:
+        """The handler's run: `current_caller()` is `caller`, and an admin call is audited
+        with the status it ended with."""
+        token = _current.set(caller)
+        try:
+            yield
+        except BaseException:
+            if needs is Role.ADMIN:
+                self._audit(context, caller, rpc, failed=True)
+            raise
+        finally:
+            _current.reset(token)
+        if needs is Role.ADMIN:
+            self._audit(context, caller, rpc, failed=False)
 
     def identify(self, context: grpc.ServicerContext) -> Caller:
         """The caller of this call, from its token and its verified certificate: of the two,
@@ -405,9 +462,6 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         else:
             role, name, identity = cert_role, cert_name, cert_identity
         return Caller(role, name, True, self._owner(identity), any_owner=role is Role.ADMIN)
-
-    def _owner(self, identity: str) -> str:
-        return owner_tag(self._cluster, identity)
 
     def _token_role(self, metadata: Sequence[tuple[str, Any]]) -> tuple[Role | None, str]:
         """The best role a sent token gives and the identity it names (`token:` and the
@@ -455,16 +509,17 @@ class CallerCheck(grpc.aio.ServerInterceptor):
         identity = "cert:" + "\n".join(peer or sorted(names))
         return (Role.ADMIN if names & self._admin_names else Role.CLIENT), shown, identity
 
-    def _refuse(self, context: grpc.ServicerContext, caller: Caller, rpc: str, needs: Role) -> None:
+    def _refusal(self, context: Any, caller: Caller, rpc: str, needs: Role) -> Refused:
+        """Why `caller` may not make this call (logged once a minute per peer host)."""
         self._refused.warning(context.peer(), rpc=rpc, caller=caller.name, needs=needs.name.lower())
         if caller.authenticated:
-            context.abort(
+            return Refused(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{rpc} is for admins: send the admin token as 'authorization: Bearer <token>' "
                 "or use a client certificate named in the coordinator's tls_admin_names",
             )
         if needs is Role.ADMIN:
-            context.abort(
+            return Refused(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "Admin calls need the admin token as 'authorization: Bearer <token>' metadata, "
                 "or a client certificate named in tls_admin_names"
@@ -474,7 +529,7 @@ class CallerCheck(grpc.aio.ServerInterceptor):
                     else ""
                 ),
             )
-        context.abort(
+        return Refused(
             grpc.StatusCode.UNAUTHENTICATED,
             "this coordinator needs credentials: a client certificate (mutual TLS) or the "
             "client token as 'authorization: Bearer <token>'"

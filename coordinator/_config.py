@@ -413,8 +413,9 @@ _SETTINGS = (
         flag="--workers",
         env="TWOSTEP_WORKERS",
         metavar="N",
-        help="gRPC worker threads, i.e. calls served at once (a Commit holds one until its "
-        "decision is on disk)",
+        help="gRPC worker threads, for the calls that read the log or the databases (admin "
+        "calls, GetTransaction, ListTransactions); Begin, Commit, Abort, Ack and Describe are "
+        "served on the event loop and hold none while a decision goes to disk",
         parse=_bounded_int(1, 1024),
     ),
     _Setting(

@@ -21,9 +21,20 @@ from google.protobuf.message import DecodeError
 
 from ._peer_log import PeerLog
 
-__all__ = ["RequestDecoder"]
+__all__ = ["Refused", "RequestDecoder"]
 
 log = logging.getLogger("twostep.coordinator")
+
+
+class Refused(Exception):
+    """A call to answer with `code` and `details` before its handler runs: the caller's
+    wrapper passes them to `context.abort` (awaited in a coroutine handler, not in a
+    synchronous one)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code = code
+        self.details = details
 
 
 class RequestDecoder:
@@ -35,14 +46,12 @@ class RequestDecoder:
     def decode(
         self, decode: Callable[[bytes], Any], raw: bytes, context: Any, rpc: str, caller: str
     ) -> Any:
-        """`decode(raw)`, or INVALID_ARGUMENT through `context.abort` (a synchronous handler's
-        context: it raises)."""
+        """`decode(raw)`; raises `Refused` (INVALID_ARGUMENT) when it does not decode."""
         try:
             return decode(raw)
         except DecodeError:
             self._undecodable.warning(context.peer(), rpc=rpc, caller=caller)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid {rpc} request")
-            raise AssertionError("unreachable: context.abort raises") from None
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid {rpc} request") from None
 
     def open_handler(self, handler: grpc.RpcMethodHandler, rpc: str) -> grpc.RpcMethodHandler:
         """An open service's (coroutine) handler, taking raw bytes and decoding them here."""
@@ -52,10 +61,9 @@ class RequestDecoder:
 
         async def decoded(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return decode(raw)
-            except DecodeError:
-                self._undecodable.warning(context.peer(), rpc=rpc, caller="open service")
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid {rpc} request")
+                return self.decode(decode, raw, context, rpc, "open service")
+            except Refused as refused:
+                await context.abort(refused.code, refused.details)
                 raise AssertionError("unreachable: context.abort raises") from None
 
         async def each(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:

@@ -6,7 +6,8 @@ TLS files and the client token and checks who could reach it (`_callers`: `Confi
 a bad file or an exposed plain-text port), and builds the resource registry (no database is
 contacted yet); `start()` takes the cluster claim on
 every resource (`_claim`), binds the listen address, serves (`_transport`: an asyncio server
-whose handlers run on a pool of `workers` threads, with limits on connections) and starts the
+whose client calls run on its event loop and the others on a pool of `workers` threads, with
+limits on connections) and starts the
 recovery loop (its first pass runs at once); `stop()` stops recovery, stops accepting, lets
 calls in flight finish, then writes what the log has queued, closes it and releases the
 claims and the data directory; `log_counters()` says how many writes and fsyncs the log

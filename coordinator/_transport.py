@@ -5,11 +5,13 @@ Why asyncio. grpcio's thread-pool server reads a unary call's request *on a work
 call whose headers arrived but whose message never does holds a worker until the caller gives
 up, so 32 such calls on one connection (the default worker count) froze every RPC and the
 health check (issue 11). Here a call waits for its message on the event loop and takes a worker
-thread only to run its handler, with the message in hand; the health check is answered on the
-loop and needs no worker at all. A stalled call costs memory (about 11 KiB), not capacity:
-with 200 of them on one connection, or 200 on each of 8, another client's Begin + Commit took
-5-7 ms and the health check under 1 ms (`python -m bench hostile`); the thread-pool server
-timed both out with 40 on one connection.
+thread only to run a synchronous handler, with the message in hand (the admin calls and the
+reads of the log); the Coordinator's client calls (Begin, Commit, Abort, Ack, Describe) and the
+health check are coroutines answered on the loop and need no worker at all: a Commit awaits
+its decision's fsync there, holding no thread. A stalled call costs memory (about 11 KiB),
+not capacity: with 200 of them on one connection, or 200 on each of 8, another client's
+Begin + Commit took 5-7 ms and the health check under 1 ms (`python -m bench hostile`); the
+thread-pool server timed both out with 40 on one connection.
 
 What bounds the rest (`transport_options`):
 - connections: at most `max_connections` at once (a new one beyond is closed at once, so a
@@ -109,8 +111,8 @@ class AsyncServer:
     """A `grpc.aio.Server` driven from plain threads: its event loop runs on a thread of its
     own, and every method here blocks the caller until the loop has done the work.
 
-    Synchronous handlers run on a pool of `workers` threads; coroutine handlers (health,
-    reflection) on the loop. Not restartable.
+    Synchronous handlers run on a pool of `workers` threads; coroutine handlers (the client
+    calls, health, reflection) on the loop. Not restartable.
     """
 
     def __init__(

@@ -2,7 +2,8 @@
 
 Issue 11's inputs against a real coordinator process: calls that send their headers and never
 their message (one connection, far more of them than worker threads), then another client's
-Begin + Commit and the health check; hundreds of idle connections under a low descriptor
+Begin + Commit and the health check; Commits waiting for a held log writer, more of them than
+worker threads, then a read; hundreds of idle connections under a low descriptor
 limit, then a new client. The answers are checked, never how fast they came (the generous
 deadlines only keep a regression from hanging the suite).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -77,6 +79,45 @@ def test_stalled_calls_on_one_connection_leave_other_clients_and_the_health_chec
         finally:
             release.set()
     assert all(call.done() for call in calls)
+
+
+def test_commits_waiting_for_the_disk_hold_no_worker_thread(coordinator_factory):
+    # One worker thread, and eight Commits waiting for a held log writer: a read, which needs
+    # the worker, is still answered (a Commit used to hold a worker until its fsync).
+    coordinator = coordinator_factory(settings={"workers": 1})
+    branch = pb.Branch(resource="orders", bqual="orders", dialect="postgresql")
+    with grpc.insecure_channel(coordinator.address) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        begun = stub.Begin(pb.BeginRequest(count=8, timeout_ms=60_000), timeout=RPC_TIMEOUT)
+        gtrids = [started.gtrid for started in begun.transactions]
+        asked = pb.GetTransactionRequest(gtrid=gtrids[0])
+        deadline = time.monotonic() + RPC_TIMEOUT
+        while True:  # Begin returns before its row is written
+            try:
+                stub.GetTransaction(asked, timeout=RPC_TIMEOUT)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND and time.monotonic() < deadline
+                time.sleep(0.01)
+        outsider = sqlite3.connect(coordinator.log_path, isolation_level=None)
+        outsider.execute("BEGIN IMMEDIATE")  # the writer waits behind this lock (busy timeout)
+        try:
+            waiting = [
+                stub.Commit.future(
+                    pb.CommitRequest(transactions=[pb.CommitItem(gtrid=g, branches=[branch])]),
+                    timeout=30,
+                )
+                for g in gtrids
+            ]
+            time.sleep(0.3)  # let them reach the server
+            record = stub.GetTransaction(asked, timeout=5)
+            assert record.state == pb.TRANSACTION_STATE_ACTIVE
+            assert not any(call.done() for call in waiting)
+        finally:
+            outsider.execute("ROLLBACK")
+            outsider.close()
+        states = {call.result().decisions[0].state for call in waiting}
+        assert states == {pb.TRANSACTION_STATE_COMMITTED}
 
 
 def test_idle_connections_are_closed_and_give_their_descriptors_back(coordinator_factory):

@@ -8,6 +8,7 @@ broken connection.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import uuid
@@ -35,6 +36,7 @@ from twostep.coordinator import (
     State,
     load_settings,
 )
+from twostep.coordinator.log import LogBusy
 from twostep.testing import FakeClock, PostgresServer
 
 CLUSTER = "pgstore"
@@ -249,6 +251,38 @@ def test_only_begins_and_acks_commit_without_waiting_for_the_wal_flush(open_stor
     store.decide([Proposal(ids[1], commit=True)])
     assert store.stats().fsyncs == 1
     assert store.get(ids[0]).state is State.COMMITTED  # type: ignore[union-attr]
+
+
+def test_a_flood_behind_a_stalled_server_is_refused_and_the_queue_stays_bounded(
+    open_store, log_database: str
+):
+    # max_batch 10: the queue takes 200 rows (20 batches) of the wire's requests, Begins and
+    # Acks an eighth of that.
+    store = open_store(max_batch=10)
+    clock = FakeClock()
+    taken = 0
+    with psycopg.connect(log_database, autocommit=True) as outsider:
+        outsider.execute("BEGIN")
+        outsider.execute("LOCK TABLE twostep.global_transactions IN EXCLUSIVE MODE")
+        try:
+            for _ in range(20):
+                with contextlib.suppress(LogBusy):
+                    store.record_begun(
+                        [Begun(g, clock.ms, clock.ms + 60_000) for g in gtrids(50, clock)]
+                    )
+                    taken += 1
+            # One request in the writer's hands, one queued behind it: the rest were refused.
+            assert taken <= 2
+            with pytest.raises(LogBusy):
+                store.record_acks([Ack(g) for g in gtrids(50, clock)])
+            with pytest.raises(LogBusy):  # a decision may use the whole queue, not more
+                store.decide([Proposal(g, True) for g in gtrids(200, clock)])
+        finally:
+            outsider.execute("ROLLBACK")
+    store.flush()
+    assert sum(store.summary().values()) == 50 * taken
+    (decision,) = store.decide([Proposal(gtrids(1, clock)[0], True)])  # served again
+    assert decision.state is State.ABORTED
 
 
 def wait_for_items(store: PostgresDecisionLog, items: int) -> None:

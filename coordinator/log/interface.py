@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -336,6 +337,13 @@ class DecisionLog(Protocol):
 
         Raises `LogUnavailable` when that cannot be confirmed (for a Commit: ask again).
         """
+        ...
+
+    def decide_nowait(self, proposals: Sequence[Proposal]) -> Future[list[Decision]]:
+        """`decide` without blocking: queues the proposals and returns a future of what
+        `decide` returns (or of its `LogUnavailable`), for a caller on an event loop (wrap it
+        with `asyncio.wrap_future`). Raises `LogBusy` / `LogUnavailable` at once when nothing
+        was queued. The future cannot be cancelled: the decision is taken all the same."""
         ...
 
     def record_acks(self, acks: Sequence[Ack]) -> None:

@@ -7,6 +7,7 @@ applies it in one PostgreSQL transaction; callers of `decide` wait until its COM
 set up so). A batch of nothing but Begins and Acks runs with `SET LOCAL synchronous_commit =
 off`: like the embedded store's NORMAL sync for such batches, a server crash may lose it, and
 presumed abort and recovery redo it; a coordinator crash loses nothing that was committed.
+The queue is bounded the same way too (`LogBusy` once `max_queued` rows of the wire's wait).
 
 Replicas. Each replica has its own writer; the rules hold between them through the primary
 key on gtrid (`postgresql_statements`), never a lock in memory, so a Commit on one replica
@@ -50,8 +51,7 @@ from .interface import (
     State,
     TransactionRecord,
 )
-from .sqlite import WriterStats
-from .writer import GroupCommitWriter, Request, redone_if_lost
+from .writer import GroupCommitWriter, Request, WriterStats, redone_if_lost
 
 __all__ = ["PostgresDecisionLog"]
 
@@ -70,8 +70,9 @@ class PostgresDecisionLog:
 
     `conninfo`: a libpq connection string or URL (no password: `password` is given apart, so
     it never shows in a message); `cluster_id`: the id this coordinator runs with, recorded by
-    the first coordinator that opens the log. Raises `LogUnavailable` when the database cannot
-    be reached or belongs to another cluster id.
+    the first coordinator that opens the log; `max_batch`, `max_queued` as in `writer`.
+    Raises `LogUnavailable` when the database cannot be reached or belongs to another cluster
+    id.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class PostgresDecisionLog:
         password: str = "",
         cluster_id: str,
         max_batch: int = 1000,
+        max_queued: int | None = None,
         clock: Callable[[], int] = _now_ms,
     ):
         self._conninfo = conninfo
@@ -103,7 +105,7 @@ class PostgresDecisionLog:
         self._work_lock = threading.Lock()  # guards _work_db (one pass at a time holds it)
         self._work_db: psycopg.Connection[Any] | None = None
         self._writer = GroupCommitWriter(
-            self._apply, max_batch=max_batch, name="twostep-log-writer"
+            self._apply, max_batch=max_batch, max_queued=max_queued, name="twostep-log-writer"
         )
 
     @property
@@ -116,10 +118,14 @@ class PostgresDecisionLog:
     # -- DecisionLog ---------------------------------------------------------------------------
 
     def record_begun(self, begun: Sequence[Begun]) -> None:
-        self._writer.submit(Request(begun=tuple(begun)))
+        self._writer.submit(Request(begun=tuple(begun)), bounded=True)
 
     def decide(self, proposals: Sequence[Proposal]) -> list[Decision]:
-        return self._writer.wait(Request(proposals=tuple(proposals), done=Future()))
+        return self._writer.wait(Request(proposals=tuple(proposals), done=Future()), bounded=True)
+
+    def decide_nowait(self, proposals: Sequence[Proposal]) -> Future[list[Decision]]:
+        request = Request(proposals=tuple(proposals), done=Future())
+        return self._writer.pending(request, bounded=True)  # type: ignore[return-value]
 
     def resolve(self, resolution: Resolution) -> Resolved:
         (resolved,) = self._writer.wait(Request(resolution=resolution, done=Future()))
@@ -130,7 +136,7 @@ class PostgresDecisionLog:
             self._writer.wait(Request(notes=tuple(notes), done=Future()))
 
     def record_acks(self, acks: Sequence[Ack]) -> None:
-        self._writer.submit(Request(acks=tuple(acks)))
+        self._writer.submit(Request(acks=tuple(acks)), bounded=True)
 
     def flush(self) -> None:
         self._writer.flush()
