@@ -120,6 +120,38 @@ def test_commits_waiting_for_the_disk_hold_no_worker_thread(coordinator_factory)
         assert states == {pb.TRANSACTION_STATE_COMMITTED}
 
 
+def test_a_commit_whose_caller_gave_up_is_still_decided_and_the_writer_goes_on(
+    coordinator_factory,
+):
+    # The caller's deadline passes while its proposal waits for a held log writer: grpc
+    # cancels the call's task, but the queued proposal is written all the same, and the
+    # writer answers later calls (a cancelled future answered by the writer would kill it).
+    coordinator = coordinator_factory()
+    branch = pb.Branch(resource="orders", bqual="orders", dialect="postgresql")
+    with grpc.insecure_channel(coordinator.address) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        begun = stub.Begin(pb.BeginRequest(count=2, timeout_ms=60_000), timeout=RPC_TIMEOUT)
+        first, second = (started.gtrid for started in begun.transactions)
+
+        def commit(gtrid: str, timeout: float) -> pb.CommitResponse:
+            request = pb.CommitRequest(transactions=[pb.CommitItem(gtrid=gtrid, branches=[branch])])
+            return stub.Commit(request, timeout=timeout)
+
+        outsider = sqlite3.connect(coordinator.log_path, isolation_level=None)
+        outsider.execute("BEGIN IMMEDIATE")  # the writer waits behind this lock (busy timeout)
+        try:
+            with pytest.raises(grpc.RpcError) as gave_up:
+                commit(first, timeout=0.5)
+            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            outsider.execute("ROLLBACK")
+            outsider.close()
+        assert commit(second, RPC_TIMEOUT).decisions[0].state == pb.TRANSACTION_STATE_COMMITTED
+        record = stub.GetTransaction(pb.GetTransactionRequest(gtrid=first), timeout=RPC_TIMEOUT)
+        assert record.state == pb.TRANSACTION_STATE_COMMITTED  # written though nobody waited
+        assert commit(first, RPC_TIMEOUT).decisions[0].state == pb.TRANSACTION_STATE_COMMITTED
+
+
 def test_idle_connections_are_closed_and_give_their_descriptors_back(coordinator_factory):
     coordinator = coordinator_factory(settings={"connection_idle_s": 1})
     assert coordinator.pid is not None
