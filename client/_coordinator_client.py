@@ -4,8 +4,9 @@ On a transaction's hot path the client sends the coordinator one call, Commit (d
 §2): it makes gtrids itself (`ts2`) from the coordinator's description (cluster id, maximum
 lifetime, clock), fetched once and kept for `_DESCRIPTION_TTL_S`; Commits of concurrent
 transactions share calls (`_commit_batch`); Acks and the Aborts of transactions rolled back
-before Commit are best-effort and leave on a background thread in batches (losing one costs
-the coordinator a redundant recovery step, never data).
+before Commit are best-effort and leave on a background thread in batches, Acks after a short
+linger (`_coordinator_outbox`; losing one costs the coordinator a redundant recovery step,
+never data).
 
 This module is the one place where grpc errors become twostep's (`CoordinatorUnavailable`);
 calls that wait for an answer wait for the channel too (`wait_for_ready`, bounded by their
@@ -16,7 +17,6 @@ them at once, though the coordinator is back.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -33,6 +33,7 @@ from twostep.v1 import coordinator_pb2_grpc as _pb_grpc
 from . import _fork
 from ._channel import ChannelConfig
 from ._commit_batch import CommitBatch
+from ._coordinator_outbox import CoordinatorOutbox
 from ._errors import CoordinatorUnavailable
 
 __all__ = [
@@ -126,10 +127,7 @@ class CoordinatorClient:
         self._commits = CommitBatch(self._send_commits)
         self._description: Description | None = None
         self._describe_lock = threading.Lock()  # one Describe call at a time
-        # Best-effort messages (Ack, Abort) waiting for the background sender.
-        self._outbox: queue.SimpleQueue[_pb.AckItem | _pb.AbortItem] = queue.SimpleQueue()
-        self._sender: threading.Thread | None = None
-        self._sender_lock = threading.Lock()  # guards starting the sender thread once
+        self._outbox = CoordinatorOutbox(self._send_outbox)  # Acks and Aborts, best effort
 
     # -- calls the transaction waits for -----------------------------------------------------
 
@@ -228,58 +226,44 @@ class CoordinatorClient:
             request, metadata=self._metadata, timeout=timeout, wait_for_ready=True
         )
 
-    # -- best effort, batched in the background ---------------------------------------------
+    # -- best effort, batched in the background (`_coordinator_outbox`) -----------------------
 
     def ack(self, gtrid: str, *, one_phase_commit: bool = False) -> None:
-        self._post(_pb.AckItem(gtrid=gtrid, one_phase_commit=one_phase_commit))
+        self._outbox.post(_pb.AckItem(gtrid=gtrid, one_phase_commit=one_phase_commit))
 
     def abort(self, gtrid: str, reason: str, branches: Sequence[BranchInfo]) -> None:
         """Tell the coordinator the transaction was rolled back; `reason` as `bounded_reason`
         makes it (an exception's message may be anything)."""
-        self._post(
+        self._outbox.post(
             _pb.AbortItem(
                 gtrid=gtrid, reason=bounded_reason(reason), branches=[b.to_pb() for b in branches]
             )
         )
 
-    def _post(self, item: _pb.AckItem | _pb.AbortItem) -> None:
-        self._outbox.put(item)
-        if self._sender is None:
-            with self._sender_lock:
-                if self._sender is None:
-                    self._sender = threading.Thread(
-                        target=self._send_forever, name="twostep-coordinator-outbox", daemon=True
-                    )
-                    self._sender.start()
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Send the Acks and Aborts posted so far now, without their linger; False if that
+        took longer than `timeout` (s). (Tests, and anyone who must see them recorded.)"""
+        return self._outbox.flush(timeout)
 
-    def _send_forever(self) -> None:
-        while True:
-            batch = [self._outbox.get()]
-            while len(batch) < 500:
-                try:
-                    batch.append(self._outbox.get_nowait())
-                except queue.Empty:
-                    break
-            acks = [i for i in batch if isinstance(i, _pb.AckItem)]
-            aborts = [i for i in batch if isinstance(i, _pb.AbortItem)]
-            try:
-                if aborts:
-                    request = _pb.AbortRequest(transactions=aborts)
-                    self._stub.Abort(request, metadata=self._metadata, timeout=5)
-                if acks:
-                    request = _pb.AckRequest(transactions=acks)
-                    self._stub.Ack(request, metadata=self._metadata, timeout=5)
-            except grpc.RpcError as exc:
-                # Presumed abort and recovery make both messages redundant: drop, don't block.
-                log.info(
-                    "coordinator outbox dropped messages",
-                    extra={
-                        "coordinator": self.address,
-                        "acks": len(acks),
-                        "aborts": len(aborts),
-                        "status": exc.code().name,
-                    },
-                )
+    def _send_outbox(self, aborts: Sequence[_pb.AbortItem], acks: Sequence[_pb.AckItem]) -> None:
+        try:
+            if aborts:
+                abort_request = _pb.AbortRequest(transactions=aborts)
+                self._stub.Abort(abort_request, metadata=self._metadata, timeout=5)
+            if acks:
+                ack_request = _pb.AckRequest(transactions=acks)
+                self._stub.Ack(ack_request, metadata=self._metadata, timeout=5)
+        except grpc.RpcError as exc:
+            # Presumed abort and recovery make both messages redundant: drop, don't block.
+            log.info(
+                "coordinator outbox dropped messages",
+                extra={
+                    "coordinator": self.address,
+                    "acks": len(acks),
+                    "aborts": len(aborts),
+                    "status": exc.code().name,
+                },
+            )
 
 
 def _decided(decision: _pb.Decision) -> Decided | None:
