@@ -102,6 +102,7 @@ class GlobalTransaction:
         self._rollback_only: str | None = None
         self._finished = False
         self._participants: list[Participant] = []  # other libraries' sessions (add_participant)
+        self._coordinator_client: CoordinatorClient | None = None  # looked up on first need
         # Guards _branches, _gtrid, _deadline and _finished: statements of one block may come
         # from several threads that share its context. Lock order: this one, then a branch's
         # `lock`; never the other way round. Never held across a coordinator call's retries.
@@ -118,7 +119,10 @@ class GlobalTransaction:
         return self._gtrid
 
     def _client(self) -> CoordinatorClient:
-        return client_for(self.coordinator, self.channel)
+        # Looked up once per transaction: the lookup reads the environment (ChannelConfig).
+        if self._coordinator_client is None:
+            self._coordinator_client = client_for(self.coordinator, self.channel)
+        return self._coordinator_client
 
     def _remaining(self) -> float:
         return self._deadline - time.monotonic()
