@@ -28,8 +28,9 @@ from . import _fork
 
 __all__ = ["ACK_LINGER_S", "EXIT_FLUSH_S", "MAX_ITEMS", "CoordinatorOutbox"]
 
-#: How long an Ack waits for others to share its call (s). Measured (bench transfer, 1 client):
-#: one Ack call per transaction made 2.0 calls per decision; this makes it ~1.
+#: How long an Ack waits for others to share its call (s). At 1 client an Ack call per
+#: transaction made 2.0 calls per decision; with the linger, coordinator CPU per transfer
+#: (bench transfer, cpu.py) fell 2.10 -> 1.47 ms at 1 client and 1.24 -> 0.72 ms at 8.
 ACK_LINGER_S = 0.05
 #: The most items one batch carries (the coordinator takes at most 1000 per call).
 MAX_ITEMS = 500
