@@ -50,7 +50,21 @@ log = logging.getLogger("twostep.client")
 _SERVICE = _pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # its health check name
 # Each channel keeps its own connections: from the process-wide pool a child's new channel
 # would pick up the parent's connection (grpcio 1.85: "Wrong file descriptor generation").
-_CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+#
+# A channel that lost its coordinator retries the connection with gRPC's backoff, which grows
+# to 120 s by default: a Commit asked again after a coordinator restart (or the next
+# transaction's first call) would wait out a backoff begun during the outage, and could end
+# in OutcomeUnknown though the coordinator had been back for seconds. Capped at
+# `_RECONNECT_MAX_MS`, a coordinator that is back is reached within about that long; the
+# cost is one connection attempt per interval while it is down.
+_RECONNECT_INITIAL_MS = 100
+_RECONNECT_MAX_MS = 1000
+_CHANNEL_OPTIONS = [
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", _RECONNECT_INITIAL_MS),
+    ("grpc.min_reconnect_backoff_ms", _RECONNECT_INITIAL_MS),
+    ("grpc.max_reconnect_backoff_ms", _RECONNECT_MAX_MS),
+]
 # How long a coordinator's description is used before it is asked again (s): its cluster id
 # never changes; a new max_timeout or a drifting clock is picked up within this.
 _DESCRIPTION_TTL_S = 60.0

@@ -7,6 +7,7 @@ rolled-back transaction that leaves a prepared branch would hold its row locks f
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -167,6 +168,23 @@ def test_client_learns_the_decision_after_a_coordinator_restart_and_finishes(
     restarter.join()
     assert counts() == (1, 1)
     assert coordinator.get(gtx.gtrid).state_name == "COMMITTED"
+
+
+def test_a_coordinator_back_on_its_port_after_a_long_outage_is_reached_at_once(shop, coordinator):
+    # Ten seconds of failed attempts grow gRPC's default reconnect backoff to ~6.5 s; the
+    # client caps it at a second, so the first transaction after the restart goes through.
+    coordinator.kill()
+    outage_ends = time.monotonic() + 10
+    while time.monotonic() < outage_ends:
+        with pytest.raises(CoordinatorUnavailable):
+            with global_transaction(coordinator=coordinator.address, timeout=1):
+                Order.create(id=1, total=30)
+                Invoice.create(order_id=1, amount=30)
+    coordinator.restart()
+    with global_transaction(coordinator=coordinator.address, timeout=3):
+        Order.create(id=2, total=30)
+        Invoice.create(order_id=2, amount=30)
+    assert counts() == (1, 1)  # the outage's attempts rolled back
 
 
 def test_lost_commit_reply_raises_outcome_unknown_and_leaves_branches_prepared(
