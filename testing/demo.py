@@ -65,6 +65,7 @@ COORDINATOR_SETTINGS = {"recovery_interval_s": 1, "recovery_grace_s": 1}
 #: past its deadline and seen by two scans.
 SETTLE_TIMEOUT_S = TIMEOUT_S + 30
 _INSTALL = "on Debian or Ubuntu: apt-get install postgresql-15 mariadb-server"
+_EXIT_WAIT_S = 5.0  # for the exit code of a coordinator found not running
 
 
 _EXIT_CODES = {
@@ -256,6 +257,10 @@ def _transfers(
                 tally.results.append(item)
                 progress.update(task, advance=1, description=_summary(tally))
             if (killed_at is None or restarted) and not coordinator.is_running():
+                if coordinator.wait_exit(_EXIT_WAIT_S) == 0:
+                    # It stops cleanly only when asked to: a Ctrl-C reaches the terminal's
+                    # whole process group, and the coordinator may act on it before we do.
+                    raise KeyboardInterrupt
                 raise _Failed(f"the coordinator exited by itself; its log:\n{_tail(coordinator)}")
             if killed_at is None and len(tally.results) >= count // 2:
                 progress.console.print(
