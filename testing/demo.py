@@ -420,12 +420,18 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends the demo like Ctrl-C: cleaned up, not killed half-way."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    """SIGTERM ends the demo like Ctrl-C: cleaned up, not killed half-way. Ctrl-C itself is
+    set too: started with SIGINT ignored (a non-interactive shell's background job is), Python
+    would not turn it into KeyboardInterrupt, and "Ctrl-C stops them" would not hold."""
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
