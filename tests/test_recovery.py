@@ -185,9 +185,22 @@ class Client:
         self.auth = (("authorization", f"Bearer {token}"),)
 
     def begin(self, timeout_ms: int) -> str:
+        """A new gtrid, once the log has its row: Begin answers before the row is written
+        (presumed abort needs no durable Begin), and a read of it meanwhile is NOT_FOUND."""
         request = pb.BeginRequest(timeout_ms=timeout_ms)
         reply = self.stub.Begin(request, timeout=RPC_TIMEOUT, wait_for_ready=True)
-        return reply.transactions[0].gtrid
+        gtrid = reply.transactions[0].gtrid
+        wait_until(lambda: self._known(gtrid), what=f"the log's row of {gtrid}")
+        return gtrid
+
+    def _known(self, gtrid: str) -> bool:
+        try:
+            self.get(gtrid)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return False
+        return True
 
     def commit(self, gtrid: str, branches: list[pb.Branch]) -> pb.Decision:
         item = pb.CommitItem(gtrid=gtrid, branches=branches)
