@@ -16,6 +16,7 @@ or ended by `os._exit` loses it, as a crash would.
 from __future__ import annotations
 
 import atexit
+import os
 import queue
 import threading
 import time
@@ -26,7 +27,7 @@ from twostep.v1 import coordinator_pb2 as _pb
 
 from . import _fork
 
-__all__ = ["ACK_LINGER_S", "EXIT_FLUSH_S", "MAX_ITEMS", "CoordinatorOutbox"]
+__all__ = ["ACK_LINGER_S", "EXIT_FLUSH_S", "FORK_WAIT_S", "MAX_ITEMS", "CoordinatorOutbox"]
 
 #: How long an Ack waits for others to share its call (s). At 1 client an Ack call per
 #: transaction made 2.0 calls per decision; with the linger, coordinator CPU per transfer
@@ -36,6 +37,8 @@ ACK_LINGER_S = 0.05
 MAX_ITEMS = 500
 #: How long interpreter exit waits for the last messages to be sent, all outboxes together (s).
 EXIT_FLUSH_S = 2.0
+#: How long a fork waits for the outboxes' calls in flight to end, all together (s).
+FORK_WAIT_S = 1.0
 
 Item = _pb.AckItem | _pb.AbortItem
 #: Sends one batch: the Aborts first (an Ack may follow its own Abort), then the Acks.
@@ -53,6 +56,7 @@ class CoordinatorOutbox:
         self._queue: queue.SimpleQueue[Item | threading.Event] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards starting the thread once
+        self._sending = threading.Lock()  # held while a batch is on the wire (`_pause_sends`)
 
     def post(self, item: Item) -> None:
         """Queue `item`; never waits."""
@@ -84,7 +88,8 @@ class CoordinatorOutbox:
             try:
                 if items:
                     aborts = [i for i in items if isinstance(i, _pb.AbortItem)]
-                    self._send(aborts, [i for i in items if isinstance(i, _pb.AckItem)])
+                    with self._sending:
+                        self._send(aborts, [i for i in items if isinstance(i, _pb.AckItem)])
             finally:
                 for done in flushes:
                     done.set()
@@ -117,11 +122,36 @@ class CoordinatorOutbox:
 _live: weakref.WeakSet[CoordinatorOutbox] = weakref.WeakSet()
 
 
+# Sends held back while this process forks (`_pause_sends`).
+_paused: list[threading.Lock] = []
+
+
+def _pause_sends() -> None:
+    """Before a fork: wait (at most `FORK_WAIT_S` in all) for the outboxes' calls in flight,
+    and start no new one until the fork is done. A thread inside a gRPC call at the fork makes
+    grpc skip its fork handlers ("Other threads are currently calling into gRPC"), and a child
+    that then drops the parent's channels was seen to hang."""
+    give_up = time.monotonic() + FORK_WAIT_S
+    for outbox in list(_live):
+        if outbox._sending.acquire(timeout=max(0.0, give_up - time.monotonic())):
+            _paused.append(outbox._sending)
+
+
+def _resume_sends() -> None:
+    while _paused:
+        _paused.pop().release()
+
+
+os.register_at_fork(before=_pause_sends, after_in_parent=_resume_sends)
+
+
 @_fork.in_child
 def _forget_outboxes() -> None:
-    """In a forked child the parent's outbox threads do not run: nothing to wait for at exit."""
-    global _live
+    """In a forked child the parent's outbox threads do not run: nothing to wait for at exit,
+    and the locks held back for the fork are not the child's to release."""
+    global _live, _paused
     _live = weakref.WeakSet()
+    _paused = []
 
 
 @atexit.register

@@ -5,9 +5,11 @@ process; a scripted proxy in front of it counts the calls that reach it."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 
@@ -18,6 +20,7 @@ import twostep.client._coordinator_outbox as outbox_module
 from twostep.client._coordinator_client import BranchInfo, CoordinatorClient
 from twostep.client.tpc.xid import Xid, new_gtrid
 from twostep.testing import CoordinatorProcess
+from twostep.v1 import coordinator_pb2 as pb
 
 LONG_LINGER_S = 60.0  # longer than any wait here: only a flush, an Abort or exit sends
 
@@ -100,3 +103,23 @@ def test_acks_still_lingering_are_sent_when_the_interpreter_exits(
     subprocess.run([sys.executable, "-c", script], timeout=30, check=True)
 
     assert coordinator.wait_for(gtrid, lambda t: t.completed)
+
+
+def test_a_fork_waits_for_the_outbox_call_in_flight_before_it_forks():
+    # A thread inside a gRPC call at a fork makes grpc skip its fork handlers, and a child
+    # dropping the parent's channels then was seen to hang: the fork waits for the call.
+    entered, ended = threading.Event(), threading.Event()
+
+    def send(aborts: object, acks: object) -> None:
+        entered.set()
+        time.sleep(0.3)  # a call on the wire (well within FORK_WAIT_S)
+        ended.set()
+
+    outbox = outbox_module.CoordinatorOutbox(send)
+    outbox.post(pb.AbortItem(gtrid="g"))  # an Abort goes at once
+    assert entered.wait(5)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert ended.is_set()  # forked only once the call had ended
