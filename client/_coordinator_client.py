@@ -56,13 +56,14 @@ _SERVICE = _pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # its healt
 # transaction's first call) would wait out a backoff begun during the outage, and could end
 # in OutcomeUnknown though the coordinator had been back for seconds. Capped at
 # `_RECONNECT_MAX_MS`, a coordinator that is back is reached within about that long; the
-# cost is one connection attempt per interval while it is down.
+# cost is one connection attempt per interval while it is down. (Not
+# grpc.min_reconnect_backoff_ms: grpc also takes it as the minimum connect timeout, so a
+# handshake slower than it, over TLS or a long link, could never complete.)
 _RECONNECT_INITIAL_MS = 100
 _RECONNECT_MAX_MS = 1000
 _CHANNEL_OPTIONS = [
     ("grpc.use_local_subchannel_pool", 1),
     ("grpc.initial_reconnect_backoff_ms", _RECONNECT_INITIAL_MS),
-    ("grpc.min_reconnect_backoff_ms", _RECONNECT_INITIAL_MS),
     ("grpc.max_reconnect_backoff_ms", _RECONNECT_MAX_MS),
 ]
 # How long a coordinator's description is used before it is asked again (s): its cluster id
