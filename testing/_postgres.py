@@ -52,12 +52,20 @@ class PostgresServer(Server):
     def _binaries(self) -> list[Path]:
         return [PG_BIN / "initdb", PG_BIN / "postgres"]
 
-    def _spawn_kwargs(self) -> dict[str, Any]:
+    def _as_service_user(self, command: list[str]) -> list[str]:
         if os.geteuid() != 0:
-            return {}
-        # PostgreSQL refuses to run as root.
+            return command
+        # PostgreSQL refuses to run as root. setpriv (util-linux) execs the command in place,
+        # so the process id stays the server's.
         account = pwd.getpwnam(self.os_user)
-        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        return [
+            "setpriv",
+            f"--reuid={account.pw_uid}",
+            f"--regid={account.pw_gid}",
+            "--clear-groups",
+            "--",
+            *command,
+        ]
 
     def _initdb_command(self) -> list[str]:
         return [

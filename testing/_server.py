@@ -130,9 +130,15 @@ class Server(ABC):
     def _on_ready(self) -> None:  # noqa: B027 - optional hook
         """Runs after every start, once the server accepts connections."""
 
-    def _spawn_kwargs(self) -> dict[str, Any]:
-        """Popen arguments that run a command as the service user (if it must drop root)."""
-        return {}
+    def _as_service_user(self, command: list[str]) -> list[str]:
+        """`command`, wrapped to run as the service user if it must drop root.
+
+        Never by Popen's `user=`/`group=`: those make Python fork() rather than vfork(), and a
+        fork runs gRPC's at-fork handlers in the child, which restart gRPC's poller threads
+        there; closing the inherited descriptors before exec then kills that child (the
+        server "exited while starting" with an epoll EBADF error in its log, in a test process
+        that holds gRPC channels)."""
+        return command
 
     # -- state
 
@@ -229,12 +235,11 @@ class Server(ABC):
 
     def _initialize(self) -> None:
         result = subprocess.run(
-            self._initdb_command(),
+            self._as_service_user(self._initdb_command()),
             cwd=self.base_dir,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             check=False,
-            **self._spawn_kwargs(),
         )
         if result.returncode != 0:
             shutil.rmtree(self.data_dir, ignore_errors=True)  # a half-made dir would be reused
@@ -247,13 +252,12 @@ class Server(ABC):
         offset = self.log_file.stat().st_size  # report only what this start logged
         with self.log_file.open("ab") as log:
             self._proc = subprocess.Popen(
-                self._server_command(),
+                self._as_service_user(self._server_command()),
                 cwd=self.base_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal must not reach the server
-                **self._spawn_kwargs(),
             )
         if self not in _STARTED:
             _STARTED.append(self)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -263,3 +264,51 @@ def test_cli_up_prints_configs_and_stops_on_sigterm(server_dir: Path, command: l
     assert all(c["database"] == "twostep" and c["port"] not in MACHINE_PORTS for c in configs)
     assert _pids_in(server_dir / "postgres" / "pgdata") == []
     assert _pids_in(server_dir / "mariadb" / "data") == []
+
+
+# A process with gRPC channels in use (a test process, a benchmark) starts servers as their
+# service user. A fork() there runs gRPC's at-fork handlers in the child, which restart its
+# poller threads before exec; one of them then died on the descriptors the child closes
+# (CI: "PostgreSQL exited while starting", epoll_wait EBADF). Popen's user=/group= forced
+# that fork; ~1 spawn in 100 died that way.
+_SPAWN_UNDER_BUSY_GRPC = """
+import os, subprocess, sys, threading
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from twostep.testing import PostgresServer
+
+server = grpc.server(futures.ThreadPoolExecutor(4))
+health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+
+def call_forever():
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    while True:
+        stub.Check(health_pb2.HealthCheckRequest())
+
+for _ in range(4):
+    threading.Thread(target=call_forever, daemon=True).start()
+command = PostgresServer._as_service_user(PostgresServer.__new__(PostgresServer), ["id", "-u"])
+outputs = set()
+for _ in range(int(sys.argv[1])):
+    spawned = subprocess.run(command, capture_output=True, start_new_session=True)
+    outputs.add((spawned.returncode, spawned.stdout + spawned.stderr))
+print(repr(outputs))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_servers_start_as_their_user_from_a_process_whose_grpc_channels_are_busy() -> None:
+    runs = 600
+    result = subprocess.run(
+        [sys.executable, "-c", _SPAWN_UNDER_BUSY_GRPC, str(runs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    uid = pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
+    assert result.stdout.strip() == repr({(0, f"{uid}\n".encode())})
