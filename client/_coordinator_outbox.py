@@ -129,8 +129,9 @@ _paused: list[threading.Lock] = []
 def _pause_sends() -> None:
     """Before a fork: wait (at most `FORK_WAIT_S` in all) for the outboxes' calls in flight,
     and start no new one until the fork is done. A thread inside a gRPC call at the fork makes
-    grpc skip its fork handlers ("Other threads are currently calling into gRPC"), and a child
-    that then drops the parent's channels was seen to hang."""
+    grpc skip its fork handlers ("Other threads are currently calling into gRPC"); measured
+    (grpcio 1.85): the first call of 5 to 7 children in 20 then failed UNAVAILABLE ("Stream
+    removed (sendmsg: Wrong file descriptor generation)"), and 1 or 2 never answered."""
     give_up = time.monotonic() + FORK_WAIT_S
     for outbox in list(_live):
         if outbox._sending.acquire(timeout=max(0.0, give_up - time.monotonic())):

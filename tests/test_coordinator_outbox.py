@@ -106,8 +106,8 @@ def test_acks_still_lingering_are_sent_when_the_interpreter_exits(
 
 
 def test_a_fork_waits_for_the_outbox_call_in_flight_before_it_forks():
-    # A thread inside a gRPC call at a fork makes grpc skip its fork handlers, and a child
-    # dropping the parent's channels then was seen to hang: the fork waits for the call.
+    # A thread inside a gRPC call at a fork makes grpc skip its fork handlers, and the child's
+    # own calls then fail or hang (the outbox's `_pause_sends`): the fork waits for the call.
     entered, ended = threading.Event(), threading.Event()
 
     def send(aborts: object, acks: object) -> None:
