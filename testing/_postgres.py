@@ -52,12 +52,13 @@ class PostgresServer(Server):
     def _binaries(self) -> list[Path]:
         return [PG_BIN / "initdb", PG_BIN / "postgres"]
 
-    def _as_service_user(self, command: list[str]) -> list[str]:
+    @classmethod
+    def _as_service_user(cls, command: list[str]) -> list[str]:
         if os.geteuid() != 0:
             return command
         # PostgreSQL refuses to run as root. setpriv (util-linux) execs the command in place,
         # so the process id stays the server's.
-        account = pwd.getpwnam(self.os_user)
+        account = pwd.getpwnam(cls.os_user)
         return [
             "setpriv",
             f"--reuid={account.pw_uid}",

@@ -130,7 +130,8 @@ class Server(ABC):
     def _on_ready(self) -> None:  # noqa: B027 - optional hook
         """Runs after every start, once the server accepts connections."""
 
-    def _as_service_user(self, command: list[str]) -> list[str]:
+    @classmethod
+    def _as_service_user(cls, command: list[str]) -> list[str]:
         """`command`, wrapped to run as the service user if it must drop root.
 
         Never by Popen's `user=`/`group=`: those make Python fork() rather than vfork(), and a

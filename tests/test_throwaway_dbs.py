@@ -290,7 +290,7 @@ def call_forever():
 
 for _ in range(4):
     threading.Thread(target=call_forever, daemon=True).start()
-command = PostgresServer._as_service_user(PostgresServer.__new__(PostgresServer), ["id", "-u"])
+command = PostgresServer._as_service_user(["id", "-u"])
 outputs = set()
 for _ in range(int(sys.argv[1])):
     spawned = subprocess.run(command, capture_output=True, start_new_session=True)
