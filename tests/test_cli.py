@@ -251,7 +251,8 @@ def in_doubt_three_ways(c, dbs) -> tuple[str, str]:
     orphan = new_gtrid(c.server.settings.cluster_id, c.clock() // 1000 - 60)
     prepare(dbs, "billing", orphan, 12)
     c.clock.advance(2_000)  # past the grace: recovery works on the decided one
-    c.recovery.run_pass()  # first sighting of the orphan: not aborted yet
+    report = c.recovery.run_pass()  # first sighting of the orphan: not aborted yet
+    assert not report.errors, report.errors  # an unscanned resource would hide the orphan
     return committing, orphan
 
 

@@ -264,7 +264,10 @@ class InProcess:
 
 @pytest.fixture(name="in_process")
 def in_process_fixture(tmp_path: Path, dbs: Databases) -> Iterator[Callable[..., InProcess]]:
-    """Starts in-process coordinators (fake clock, no recovery loop: the test runs passes)."""
+    """Starts in-process coordinators (fake clock, no recovery loop: the test runs passes).
+
+    The interval only sets what a pass run by the test waits for a resource (its patience):
+    30 s, so a scan slowed by a loaded machine is waited for, not reported stuck."""
     made: list[InProcess] = []
 
     def start(**settings: Any) -> InProcess:
@@ -275,6 +278,7 @@ def in_process_fixture(tmp_path: Path, dbs: Databases) -> Iterator[Callable[...,
             cluster_id=new_cluster(),
             admin_token=TOKEN,
             recovery_grace_ms=1_000,
+            recovery_interval_ms=30_000,
             kill_grace_ms=5_000,
             resources=dbs.resource_configs(tmp_path),
         )
