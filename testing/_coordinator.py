@@ -113,6 +113,7 @@ class CoordinatorProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lines: list[str] = []
         self._lines_lock = threading.Lock()  # guards _lines (appended by the reader threads)
+        self._reader: threading.Thread | None = None  # the current process's stderr reader
         self._started = threading.Event()
         self._channel: grpc.Channel | None = None  # for get() / wait_for(), made on first use
 
@@ -155,6 +156,17 @@ class CoordinatorProcess:
         """Everything this process (and its earlier runs) wrote to stderr."""
         with self._lines_lock:
             return "".join(self._lines)
+
+    def wait_for_output(self, text: str, timeout: float = 10.0) -> str:
+        """`output` once it holds `text`; `TimeoutError` (with its last lines) if not in
+        `timeout` seconds. For a line of a live process: it reaches `output` through a reader
+        thread, which may run after the reply the process sent next."""
+        deadline = time.monotonic() + timeout
+        while text not in (output := self.output):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not written in {timeout} s:\n{output[-2000:]}")
+            time.sleep(0.02)
+        return output
 
     @property
     def pid(self) -> int | None:
@@ -259,9 +271,10 @@ class CoordinatorProcess:
             stderr=subprocess.PIPE,
         )
         _live.add(self)
-        threading.Thread(
+        self._reader = threading.Thread(
             target=self._read_stderr, args=(proc,), name="coordinator-stderr", daemon=True
-        ).start()
+        )
+        self._reader.start()
         deadline = time.monotonic() + self.start_timeout
         while not self._started.wait(0.05):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -321,13 +334,16 @@ class CoordinatorProcess:
                 time.sleep(0.1)
 
     def wait_exit(self, timeout: float) -> int:
-        """The exit code (negative: killed by that signal); `TimeoutError` if still running."""
+        """The exit code (negative: killed by that signal), once `output` holds all the
+        process wrote; `TimeoutError` if still running."""
         if self._proc is None:
             raise RuntimeError("the coordinator has not been started")
         try:
-            return self._proc.wait(timeout)
+            code = self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"coordinator pid {self._proc.pid} still running") from None
+        self._drain()
+        return code
 
     def close(self) -> None:
         """Stop the process (gracefully if it answers SIGTERM) and drop the channel."""
@@ -359,6 +375,14 @@ class CoordinatorProcess:
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout)
+                self._drain()
+
+    def _drain(self) -> None:
+        """Wait for the reader to take the exited process's last lines: a test reading
+        `output` after a kill, a stop or a failed start sees all of them, not those the reader
+        thread happened to reach (bounded: a grandchild could hold the pipe open)."""
+        if self._reader is not None:
+            self._reader.join(5.0)
 
     def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None

@@ -429,7 +429,7 @@ def test_secrets_never_show_in_status_errors_reprs_or_logs(coordinator_factory, 
             str(config_error.value),
         ]
     )
-    assert "field 'port'" in shown and "Access denied" in proc.output
+    assert "field 'port'" in shown and "Access denied" in proc.wait_for_output("Access denied")
     for secret in (file_secret, env_secret, TOKEN):
         assert secret not in shown
     client.close()

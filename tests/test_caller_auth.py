@@ -229,7 +229,7 @@ def test_client_and_admin_tokens_open_their_own_calls_only(coordinator_factory):
         listing = pb.ListTransactionsRequest()
         listed = stub.ListTransactions(listing, metadata=bearer(admin_token), timeout=10)
         assert started.gtrid in {t.gtrid for t in listed.transactions}
-    assert 'msg="admin call" rpc=Status caller="admin token"' in coordinator.output
+    coordinator.wait_for_output('msg="admin call" rpc=Status caller="admin token"')
 
 
 def test_on_loopback_without_credentials_every_caller_is_a_client_and_a_warning_says_so(
@@ -241,7 +241,7 @@ def test_on_loopback_without_credentials_every_caller_is_a_client_and_a_warning_
         listing = pb.ListTransactionsRequest()
         # Unauthenticated, so not denied but asked for credentials.
         assert code_of(lambda: stub.ListTransactions(listing, timeout=10)) == UNAUTHENTICATED
-    assert "callers are not authenticated" in coordinator.output
+    coordinator.wait_for_output("callers are not authenticated")
 
 
 def test_a_plain_text_port_on_every_interface_is_refused_unless_allow_insecure(

@@ -20,7 +20,7 @@ import pytest
 
 from twostep.client.tpc import new_gtrid
 from twostep.coordinator import ConfigError, Settings, load_settings
-from twostep.testing import CoordinatorProcess
+from twostep.testing import CoordinatorProcess, _coordinator
 from twostep.v1 import coordinator_pb2 as pb
 from twostep.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -229,6 +229,21 @@ def test_sigterm_lets_a_commit_in_flight_finish_then_exits_cleanly(coordinator_f
     assert 'msg="coordinator stopped"' in proc.output
     proc.start()
     assert client.get(gtrid).state == COMMITTED
+
+
+def test_stop_returns_once_the_output_holds_every_line_the_process_wrote(
+    coordinator_factory, monkeypatch
+):
+    proc = coordinator_factory()
+    parse = _coordinator._start_fields
+
+    def starved(line: str) -> dict[str, str] | None:  # a reader thread a busy machine starves
+        time.sleep(1.0)
+        return parse(line)
+
+    monkeypatch.setattr(_coordinator, "_start_fields", starved)
+    assert proc.stop() == 0
+    assert 'msg="coordinator stopped"' in proc.output.splitlines()[-1]
 
 
 def test_the_stopped_line_counts_the_log_writes_and_fsyncs_since_the_start(

@@ -217,6 +217,8 @@ def test_undecodable_requests_are_refused_and_logged_once_per_peer_not_per_call(
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         (reply,) = reflection.ServerReflectionInfo(iter([listing]), timeout=RPC_TIMEOUT)
         assert "twostep.v1.Coordinator" in {s.name for s in reply.list_services_response.service}
+    coordinator.wait_for_output("undecodable requests refused")
+    coordinator.wait_for_output('msg="call refused"')
     assert coordinator.output.count("undecodable requests refused") == 1
     assert coordinator.output.count('msg="call refused"') == 1  # 60 refusals, one line
     assert "Traceback" not in coordinator.output

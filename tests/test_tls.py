@@ -119,7 +119,7 @@ def test_a_plain_client_certificate_may_not_list_or_call_admin(mtls, pki):
         assert code_of(lambda: status(admin_pb.StatusRequest(), timeout=RPC_TIMEOUT)) == (
             grpc.StatusCode.PERMISSION_DENIED
         )
-    assert "call refused" in mtls.output and "caller=" in mtls.output
+    assert "caller=" in mtls.wait_for_output("call refused")
 
 
 def test_a_gtrid_belongs_to_its_certificates_identity_and_another_certificate_is_refused(mtls, pki):
@@ -167,6 +167,8 @@ def test_an_admin_certificate_lists_and_calls_admin_without_a_token_and_is_audit
         listing(pb.ListTransactionsRequest(), timeout=RPC_TIMEOUT)
         status = admin_grpc.AdminStub(channel).Status(admin_pb.StatusRequest(), timeout=10)
     assert status.cluster_id == mtls.cluster_id
+    mtls.wait_for_output("rpc=ListTransactions caller=")
+    mtls.wait_for_output("rpc=Status caller=")
     audited = [line for line in mtls.output.splitlines() if 'msg="admin call"' in line]
     assert any("rpc=Status" in line and f"CN={cn}" in line for line in audited), audited
     assert any("rpc=ListTransactions" in line and f"CN={cn}" in line for line in audited)
