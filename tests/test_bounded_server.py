@@ -141,7 +141,7 @@ def test_a_commit_whose_caller_gave_up_is_still_decided_and_the_writer_goes_on(
         outsider.execute("BEGIN IMMEDIATE")  # the writer waits behind this lock (busy timeout)
         try:
             with pytest.raises(grpc.RpcError) as gave_up:
-                commit(first, timeout=0.5)
+                commit(first, timeout=2)  # long enough to be queued, the writer holds 10 s
             assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         finally:
             outsider.execute("ROLLBACK")
@@ -153,7 +153,9 @@ def test_a_commit_whose_caller_gave_up_is_still_decided_and_the_writer_goes_on(
 
 
 def test_idle_connections_are_closed_and_give_their_descriptors_back(coordinator_factory):
-    coordinator = coordinator_factory(settings={"connection_idle_s": 1})
+    # Idle for 3 s: long enough that the first connection is not closed before the hundredth is
+    # open on a slow machine.
+    coordinator = coordinator_factory(settings={"connection_idle_s": 3})
     assert coordinator.pid is not None
     before = open_descriptors(coordinator.pid)
     channels = idle_connections(coordinator.address, 100)
@@ -198,7 +200,7 @@ def test_hundreds_of_idle_connections_under_a_low_descriptor_limit_leave_new_cli
 def test_connections_beyond_max_connections_are_refused_and_others_served_once_idle_ones_close(
     coordinator_factory,
 ):
-    coordinator = coordinator_factory(settings={"max_connections": 10, "connection_idle_s": 1})
+    coordinator = coordinator_factory(settings={"max_connections": 10, "connection_idle_s": 3})
     channels = idle_connections(coordinator.address, 10)
     try:
         with grpc.insecure_channel(coordinator.address, options=OWN_CONNECTION) as late:
@@ -206,8 +208,9 @@ def test_connections_beyond_max_connections_are_refused_and_others_served_once_i
             with pytest.raises(grpc.RpcError) as refused:
                 describe(pb.DescribeRequest(), timeout=RPC_TIMEOUT)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            # The idle ones are closed after a second; then the late client is served.
-            describe(pb.DescribeRequest(), timeout=RPC_TIMEOUT, wait_for_ready=True)
+            # The idle ones are closed after 3 s; then the late client is served (when its
+            # channel next tries to connect: grpc's backoff, 1 s growing 1.6x, with jitter).
+            describe(pb.DescribeRequest(), timeout=30, wait_for_ready=True)
     finally:
         for channel in channels:
             channel.close()

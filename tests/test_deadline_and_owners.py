@@ -94,7 +94,8 @@ def test_every_mariadb_branch_names_its_session_and_only_commit_reaches_the_coor
     finally:
         proxy.close()
     assert sorted((x.resource, x.session_id) for x in prepared) == sorted(sessions.items())
-    assert set(proxy.requests) == {"Describe", "Commit"}  # no Begin, nothing before PREPARE
+    # No Begin, nothing before PREPARE (the Ack, sent after phase 2, may have gone too).
+    assert set(proxy.requests) - {"Ack"} == {"Describe", "Commit"}
 
 
 _FROZEN_CLIENT = """

@@ -119,6 +119,7 @@ def test_an_abort_with_a_reason_too_long_is_invalid_argument_and_records_nothing
     with grpc.insecure_channel(coordinator.address) as channel:
         stub = pb_grpc.CoordinatorStub(channel)
         gtrid = stub.Begin(pb.BeginRequest(timeout_ms=60_000)).transactions[0].gtrid
+        coordinator.wait_for(gtrid, lambda t: True)  # Begin returns before its row is written
         item = pb.AbortItem(gtrid=gtrid, reason="x" * 1001)
         with pytest.raises(grpc.RpcError) as refused:
             stub.Abort(pb.AbortRequest(transactions=[item]), timeout=10)

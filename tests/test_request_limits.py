@@ -126,7 +126,10 @@ def test_one_commit_of_1000_unknown_gtrids_with_64_branches_each_is_refused_unre
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "64000 branches in all, at most 4096" in refused.value.details()
         stub.Begin(pb.BeginRequest(), timeout=RPC_TIMEOUT)  # a row to wait for
-    time.sleep(0.2)  # Begin's row is written without waiting: let it land
+    deadline = time.monotonic() + 10
+    while rows_in(coordinator.log_path) == 0:  # Begin's row is written without waiting
+        assert time.monotonic() < deadline, "the Begin's row was not written"
+        time.sleep(0.02)
     assert rows_in(coordinator.log_path) == 1
 
 

@@ -190,7 +190,9 @@ def _rows(name: str) -> list[int]:
 def test_a_client_crashed_after_the_decision_is_committed_by_settle(
     two_databases, coordinator_factory, pg
 ) -> None:
-    coordinator = coordinator_factory(resources=two_databases, settings={"recovery_grace_s": 0})
+    # No loop pass may finish the branch before the test has seen it prepared: settle() does.
+    settings = {"recovery_grace_s": 0, "recovery_interval_s": 3600}
+    coordinator = coordinator_factory(resources=two_databases, settings=settings)
     run = crash_at(
         "client.after_decision", _write_both, args=(two_databases, coordinator.address, 1)
     )
