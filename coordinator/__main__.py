@@ -43,6 +43,7 @@ from .log import LogUnavailable
 log = logging.getLogger("twostep.coordinator")
 
 _FORCE_AFTER_S = 5.0  # after the grace: how long the stop itself may take
+_SIGNAL_POLL_S = 0.2  # the main thread looks for a signal another thread took this often
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -102,7 +103,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             **token_where,
         },
     )
-    while not stopping.wait(3600):  # a timeout keeps the main thread responsive to signals
+    # Python runs a signal's handler in the main thread, and only once that thread runs code:
+    # a signal the kernel gave another thread (any may take one sent to a stopped process,
+    # or while the main thread has another pending) does not wake this wait. Measured: a
+    # SIGTERM sent while the process was stopped went unanswered for the whole timeout.
+    while not stopping.wait(_SIGNAL_POLL_S):
         pass
     grace = settings.shutdown_grace_ms / 1000
     log.info("coordinator stopping", extra={"grace_s": grace})

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ._mariadb import MariaDBServer
 from ._postgres import PostgresServer
+from ._processes import sleep_until_signalled
 from ._server import Server
 
 
@@ -38,8 +39,7 @@ def up(directory: Path | None) -> None:
             print(json.dumps(server.config("twostep")), flush=True)
         where = ", ".join(f"{s.name} on {s.host}:{s.port}" for s in servers)
         print(f"{where} (data in {base}); Ctrl-C to stop.", file=sys.stderr, flush=True)
-        while True:
-            signal.pause()
+        sleep_until_signalled()
     except KeyboardInterrupt:
         pass
     finally:

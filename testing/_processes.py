@@ -81,6 +81,16 @@ def alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
+def sleep_until_signalled() -> None:
+    """Sleep until a signal's handler raises (KeyboardInterrupt for Ctrl-C or SIGTERM).
+
+    Python runs a handler in the main thread, and only once that thread runs code; a signal
+    the kernel gave another thread (threads reading a server's output, gRPC's) would not end
+    one long sleep, so this wakes every 0.2 s to let it run."""
+    while True:
+        time.sleep(0.2)
+
+
 def is_stopped(pid: int) -> bool:
     """Whether the process is stopped (SIGSTOP, e.g. a failpoint with the `stop` action)."""
     stat = _stat(pid)

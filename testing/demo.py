@@ -45,7 +45,7 @@ from ._coordinator import CoordinatorProcess
 from ._demo_bank import MARIA, PG, TIMEOUT_S, Bank, Outcome, Result, Tally
 from ._mariadb import MariaDBServer
 from ._postgres import PostgresServer
-from ._processes import ServerError
+from ._processes import ServerError, sleep_until_signalled
 from ._server import Server
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_SETUP_FAILED", "demo", "run"]
@@ -392,8 +392,7 @@ def _wait_with_everything_running(
     for line in lines:
         console.print(line, soft_wrap=True, highlight=False)
     with contextlib.suppress(KeyboardInterrupt):
-        while True:
-            time.sleep(3600)
+        sleep_until_signalled()
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ Each test runs `python -m twostep.coordinator` through the `coordinator_factory`
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 from twostep.client.tpc import new_gtrid
 from twostep.coordinator import ConfigError, Settings, load_settings
 from twostep.testing import CoordinatorProcess, _coordinator
+from twostep.testing._processes import is_stopped
 from twostep.v1 import coordinator_pb2 as pb
 from twostep.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -203,11 +205,9 @@ def test_a_begin_lost_in_a_crash_makes_the_gtrid_unknown_and_aborted_at_once(
 
 
 def test_sigterm_lets_a_commit_in_flight_finish_then_exits_cleanly(coordinator_factory, client_of):
-    proc = coordinator_factory()
+    proc = coordinator_factory(failpoints="coordinator.before_decision_fsync=stop")
     client = client_of(proc)
     gtrid = client.begin(60_000).gtrid
-    outsider = sqlite3.connect(proc.log_path, isolation_level=None)
-    outsider.execute("BEGIN IMMEDIATE")  # holds the Commit in the log's writer
     answers: list[pb.Decision | Exception] = []
 
     def commit() -> None:
@@ -218,16 +218,19 @@ def test_sigterm_lets_a_commit_in_flight_finish_then_exits_cleanly(coordinator_f
 
     caller = threading.Thread(target=commit)
     caller.start()
-    time.sleep(1.0)  # lets the Commit reach the writer before the SIGTERM (no timing asserted)
+    # The process stops itself with the decision in its log's writer, before the fsync; the
+    # SIGTERM sent then waits for the SIGCONT.
+    deadline = time.monotonic() + 10
+    while not is_stopped(proc.pid):
+        assert time.monotonic() < deadline, "the Commit did not reach the log's writer"
+        time.sleep(0.01)
     proc.terminate()
-    time.sleep(0.5)
-    outsider.execute("ROLLBACK")
-    outsider.close()
+    os.kill(proc.pid, signal.SIGCONT)
     caller.join(RPC_TIMEOUT)
     assert proc.wait_exit(20) == 0
     assert [getattr(a, "state", a) for a in answers] == [COMMITTED]
     assert 'msg="coordinator stopped"' in proc.output
-    proc.start()
+    proc.restart(failpoints="")
     assert client.get(gtrid).state == COMMITTED
 
 

@@ -99,12 +99,18 @@ def start_coordinator(tmp_path: Path) -> Iterator[Callable[..., Coordinator]]:
     def start(
         clock: Callable[[], int] | None = None,
         decision_log: SqliteDecisionLog | None = None,
+        run_recovery: bool = True,
         **settings: object,
     ) -> Coordinator:
         data_dir = tmp_path / f"coordinator-{len(running)}"
         base = Settings(listen="127.0.0.1:0", data_dir=data_dir)
         extra = {"clock": clock} if clock else {}
-        server = CoordinatorServer(replace(base, **settings), decision_log=decision_log, **extra)
+        server = CoordinatorServer(
+            replace(base, **settings),
+            decision_log=decision_log,
+            run_recovery=run_recovery,
+            **extra,
+        )
         address = server.start()
         channel = grpc.insecure_channel(address)
         coordinator = Coordinator(server, pb_grpc.CoordinatorStub(channel), channel)
@@ -562,7 +568,8 @@ def test_get_transaction_of_an_unknown_gtrid_is_not_found(coordinator: Coordinat
 
 def test_list_transactions_filters_by_state_age_and_completion(start_coordinator):
     clock = FakeClock()
-    coordinator = start_coordinator(clock=clock)
+    # No recovery loop: a pass after the clock's jump would expire and complete old_active.
+    coordinator = start_coordinator(clock=clock, run_recovery=False)
     old_active = coordinator.begin_one()
     clock.advance(1)
     old_committed = coordinator.begin_one()
@@ -633,8 +640,11 @@ def test_garbage_protobuf_gets_an_error_status_and_the_server_keeps_serving(
 # -- group commit ------------------------------------------------------------------------------
 
 
-def test_concurrent_commits_share_fsyncs(start_coordinator):
-    coordinator = start_coordinator(workers=256)
+def test_concurrent_commits_share_fsyncs(start_coordinator, tmp_path):
+    # The held writer waits up to a minute for the outsider's lock, not the 10 s default: 200
+    # in-process calls may take longer than that to arrive on a loaded machine.
+    patient = SqliteDecisionLog(tmp_path / "patient", busy_timeout_ms=60_000)
+    coordinator = start_coordinator(decision_log=patient, workers=256)
     gtrids = [s.gtrid for s in coordinator.begin(count=200)]
     coordinator.log.flush()
     before = coordinator.log.stats()
@@ -644,7 +654,7 @@ def test_concurrent_commits_share_fsyncs(start_coordinator):
     with ThreadPoolExecutor(200) as pool:
         try:
             answers = [pool.submit(coordinator.commit, g) for g in gtrids]
-            deadline = time.monotonic() + 8
+            deadline = time.monotonic() + 45
             while coordinator.log.stats().requests - before.requests < 200:
                 assert time.monotonic() < deadline, "the 200 Commits did not all arrive"
                 time.sleep(0.01)

@@ -302,12 +302,16 @@ def test_orphans_past_their_deadline_get_a_durable_abort_and_are_rolled_back(
     cluster = new_cluster()
     proc = start_process(coordinator_factory, tmp_path, dbs, cluster)
     client = Client(proc.address)
-    gtrid = client.begin(timeout_ms=1)  # the deadline inside the gtrid: within a second
+    # The deadline inside the gtrid: within 3 s, time for both branches to be prepared first
+    # (an orphan seen with one branch prepared is aborted naming only that one).
+    gtrid = client.begin(timeout_ms=3_000)
     held = [prepare(dbs, "orders", gtrid, 1), prepare(dbs, "billing", gtrid, 1)]
 
     for h in held:
         resource = h.connection.name
-        wait_until(lambda r=resource, x=h.xid: x not in dbs.prepared(r), what=f"{resource}")
+        wait_until(
+            lambda r=resource, x=h.xid: x not in dbs.prepared(r), timeout=30, what=f"{resource}"
+        )
     assert dbs.rows("orders") == dbs.rows("billing") == set()
 
     # The ABORT was decided (durably: it survives a SIGKILL) before the branches were rolled
