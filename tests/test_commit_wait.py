@@ -108,7 +108,7 @@ def test_after_a_lost_committed_reply_no_answer_but_a_decision_ends_the_wait(
 ):
     proxy = scripted(proxies, coordinator, DecideThen(Code.UNAVAILABLE), retry)
     with pytest.raises(OutcomeUnknown) as info:
-        with global_transaction(coordinator=proxy.address, timeout=1):
+        with global_transaction(coordinator=proxy.address, timeout=2):
             write_both(1)
     gtrid = info.value.gtrid
     assert proxy.commit_calls >= 2
@@ -121,7 +121,7 @@ def test_after_a_lost_committed_reply_no_answer_but_a_decision_ends_the_wait(
 def test_a_first_reply_that_is_not_a_decision_is_not_an_answer(shop, coordinator, proxies, reply):
     proxy = scripted(proxies, coordinator, Answer(reply))
     with pytest.raises(OutcomeUnknown) as info:
-        with global_transaction(coordinator=proxy.address, timeout=1):
+        with global_transaction(coordinator=proxy.address, timeout=2):
             write_both(1)
     assert_left_to_the_coordinator(shop, coordinator, info.value.gtrid)
 

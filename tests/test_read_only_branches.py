@@ -181,45 +181,53 @@ def test_a_locking_read_on_a_read_only_branch_holds_until_the_writer_committed(
     shop, coordinator, maria
 ):
     # The reader is never prepared, but it is ended only after the writer's commit: its FOR
-    # UPDATE lock keeps another transaction out until then. The writer's COMMIT is made slow
-    # by a deferred trigger; meanwhile another session tries the locked row (NOWAIT).
+    # UPDATE lock keeps another transaction out until then. The writer's PREPARE waits in a
+    # deferred trigger for an advisory lock the test holds; meanwhile another session tries
+    # the locked row (NOWAIT), then lets the writer go on.
     get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")
     get_connection("orders").execute(
-        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql"
-        " AS $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$"
+        "CREATE FUNCTION held() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$"
     )
     get_connection("orders").execute(
-        "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED"
-        " FOR EACH ROW EXECUTE FUNCTION slow()"
+        "CREATE CONSTRAINT TRIGGER held AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED"
+        " FOR EACH ROW EXECUTE FUNCTION held()"
     )
     seen: list[str] = []
+    database = shop.configs["orders"]["database"]
+    holder = shop.pg.admin_connect(database)
+    holder.execute("SELECT pg_advisory_lock(4242)")
 
     def try_the_row_while_the_writer_commits() -> None:
-        database = shop.configs["orders"]["database"]
-        with shop.pg.admin_connect(database) as pg:
+        try:
             wait_until(
-                lambda: pg.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                lambda: holder.execute(
+                    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
                 ).fetchone(),
-                what="the writer's COMMIT is running",
+                what="the writer's commit waits in its trigger",
             )
-        database = shop.configs["billing"]["database"]
-        with contextlib.closing(maria.admin_connect(database)) as conn, conn.cursor() as cur:
-            try:
-                cur.execute("SELECT id FROM t WHERE id = 1 FOR UPDATE NOWAIT")
-                seen.append("got the lock")
-            except Exception as exc:  # the row is locked
-                seen.append(f"locked: {exc.args[0]}")
-            conn.rollback()
+            database = shop.configs["billing"]["database"]
+            with contextlib.closing(maria.admin_connect(database)) as conn, conn.cursor() as cur:
+                try:
+                    cur.execute("SELECT id FROM t WHERE id = 1 FOR UPDATE NOWAIT")
+                    seen.append("got the lock")
+                except Exception as exc:  # the row is locked
+                    seen.append(f"locked: {exc.args[0]}")
+                conn.rollback()
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(4242)")
 
     other = threading.Thread(target=try_the_row_while_the_writer_commits)
-    with global_transaction(coordinator=coordinator.server.address):
-        assert get_connection("billing").execute("SELECT id FROM t WHERE id = 1 FOR UPDATE") == [
-            (1,)
-        ]
-        get_connection("orders").execute("INSERT INTO t (id) VALUES (1)")
-        other.start()
-    other.join(30)
+    try:
+        with global_transaction(coordinator=coordinator.server.address):
+            assert get_connection("billing").execute(
+                "SELECT id FROM t WHERE id = 1 FOR UPDATE"
+            ) == [(1,)]
+            get_connection("orders").execute("INSERT INTO t (id) VALUES (1)")
+            other.start()
+        other.join(30)
+    finally:
+        holder.close()
     assert seen and seen[0].startswith("locked"), seen
     assert shop.rows("orders") == {1}
     assert nothing_prepared(shop)

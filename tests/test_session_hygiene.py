@@ -50,31 +50,31 @@ def session_settings(name: str) -> tuple[Any, ...]:
 
 
 def aborted_block(address: str) -> None:
-    with pytest.raises(TransactionAborted), global_transaction(coordinator=address, timeout=0.5):
+    with pytest.raises(TransactionAborted), global_transaction(coordinator=address, timeout=3):
         get_connection("orders").execute("INSERT INTO t (id) VALUES (1)")
         get_connection("billing").execute("INSERT INTO t (id) VALUES (1)")
         raise TransactionAborted("the block gives up")
 
 
 def committed_block(address: str) -> None:
-    with global_transaction(coordinator=address, timeout=0.5):
+    with global_transaction(coordinator=address, timeout=3):
         get_connection("orders").execute("INSERT INTO t (id) VALUES (2)")
         get_connection("billing").execute("INSERT INTO t (id) VALUES (2)")
 
 
 def read_only_block(address: str) -> None:
-    with global_transaction(coordinator=address, timeout=0.5):
+    with global_transaction(coordinator=address, timeout=3):
         get_connection("billing").execute("SELECT COUNT(*) FROM t")  # counts writes
         get_connection("orders").execute("INSERT INTO t (id) VALUES (3)")
 
 
 def mariadb_only_block(address: str) -> None:
-    with global_transaction(coordinator=address, timeout=0.5):
+    with global_transaction(coordinator=address, timeout=3):
         get_connection("billing").execute("INSERT INTO t (id) VALUES (4)")
 
 
 def local_transaction(address: str) -> None:
-    with Transaction("billing", timeout=0.5):
+    with Transaction("billing", timeout=3):
         get_connection("billing").execute("INSERT INTO t (id) VALUES (5)")
 
 
@@ -110,7 +110,8 @@ def test_a_users_own_session_setting_is_what_comes_back(shop, in_process):
 
 def test_the_next_autocommit_statement_waits_its_own_lock_timeout(shop, in_process):
     # The input: after a block with timeout=0.5 the pooled MariaDB session kept
-    # innodb_lock_wait_timeout=1, and the next plain UPDATE gave up after 1 s (1205).
+    # innodb_lock_wait_timeout=1, and the next plain UPDATE gave up after 1 s (1205). The
+    # blocks here take 3 s (lock wait 3), time enough to commit on a loaded machine.
     committed_block(in_process().server.address)
     assert session_settings("billing")[1] == 50  # MariaDB's default, not 1
 
