@@ -47,6 +47,7 @@ from tcp_proxy import TcpProxy
 
 from twostep.client.tpc import FORMAT_ID, Xid, parse_gtrid
 from twostep.testing import Admin, CoordinatorProcess, MariaDBServer, PostgresServer, config_toml
+from twostep.testing._processes import is_stopped
 
 __all__ = ["MARIA", "PG", "Bank", "Journal", "Transfer", "Worker"]
 
@@ -179,11 +180,7 @@ class Worker:
             time.sleep(0.01)
 
     def is_stopped(self) -> bool:
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat[stat.rindex(")") + 2] == "T"
+        return is_stopped(self.pid)
 
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from scripted_coordinator import Meanwhile, ScriptedCoordinator
@@ -32,6 +31,7 @@ from twostep.client import (
 from twostep.client.tpc import Xid
 from twostep.coordinator.log import State
 from twostep.coordinator.recovery import RECOVERY_ABORT_REASON
+from twostep.testing._processes import is_stopped
 
 
 def mariadb_timeouts() -> tuple[int, int]:
@@ -110,15 +110,10 @@ from twostep.client import (
 from twostep.client.tpc import Xid
 for name, config in json.loads(sys.argv[1]).items():
     ConnectionManager.configure(name, config)
-with global_transaction(coordinator=sys.argv[2], timeout=5) as gtx:
+with global_transaction(coordinator=sys.argv[2], timeout=20) as gtx:
     for name in ("billing", "ledger"):
         get_connection(name).execute("INSERT INTO t (id) VALUES (1)")
 """
-
-
-def _stopped(pid: int) -> bool:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return fields[0] == "T"
 
 
 def test_an_orphan_held_by_a_frozen_client_is_aborted_and_its_registered_session_ended(
@@ -136,7 +131,7 @@ def test_an_orphan_held_by_a_frozen_client_is_aborted_and_its_registered_session
         env={**os.environ, "TWOSTEP_FAILPOINTS": "client.before_commit_request=stop"},
     )
     try:
-        wait_until(lambda: _stopped(client.pid), timeout=30, what="the client froze")
+        wait_until(lambda: is_stopped(client.pid), timeout=30, what="the client froze")
         [gtrid] = {x.gtrid for x in shop.prepared("billing")}
         coordinator.clock.advance(60_000)  # past the deadline
         coordinator.recovery.run_pass(eager=True)  # first sighting

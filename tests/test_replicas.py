@@ -74,12 +74,13 @@ def test_commits_on_two_replicas_racing_their_expiry_aborts_get_one_outcome_per_
     deadline_s = max(t.deadline_unix_ms for t in begun.transactions) / 1000
     rng = random.Random(9)
     # Per gtrid, 6 Commits at random moments from 0.4 s before its deadline to 0.4 s after,
-    # each to a random replica; a third of the gtrids get theirs only after the deadline.
+    # each to a random replica; a third of the gtrids get theirs only 1-1.4 s after it (time
+    # for a pass to expire them first, also when a loaded machine slows the passes down).
     calls = []
     for i, gtrid in enumerate(gtrids):
-        earliest = 0.05 if i % 3 == 0 else -0.4
+        earliest, latest = (1.0, 1.4) if i % 3 == 0 else (-0.4, 0.4)
         calls += [
-            (gtrid, deadline_s + rng.uniform(earliest, 0.4), rng.choice(stubs)) for _ in range(6)
+            (gtrid, deadline_s + rng.uniform(earliest, latest), rng.choice(stubs)) for _ in range(6)
         ]
     calls.sort(key=lambda call: call[1])
 
