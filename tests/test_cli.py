@@ -36,6 +36,9 @@ def run(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
 
     def invoke(*args: str):
+        # JSON and tables are read from `stdout` alone: a test's in-process coordinator shares it,
+        # and what it writes to stderr meanwhile (grpc.aio's complaints about tasks of earlier
+        # tests' servers, collected at any moment) lands in the interleaved `output`.
         return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
     return invoke
@@ -60,7 +63,7 @@ def test_list_shows_committing_transactions_as_json_and_as_a_table(run, coordina
     admin = ("--coordinator", coordinator.address, "--data-dir", str(coordinator.data_dir))
     result = run(*admin, "--json", "list", "--state", "committing")
     assert result.exit_code == 0, result.output
-    listed = json.loads(result.output)["transactions"]
+    listed = json.loads(result.stdout)["transactions"]
     assert [(t["transaction"]["gtrid"], t["state"]) for t in listed] == [(gtrid, "committing")]
     table = run(*admin, "list")
     assert table.exit_code == 0
@@ -72,7 +75,7 @@ def test_older_than_filters_out_young_transactions(run, coordinator):
     admin = ("--coordinator", coordinator.address, "--data-dir", str(coordinator.data_dir))
     result = run(*admin, "--json", "list", "--older-than", "1h")
     assert result.exit_code == 0
-    assert json.loads(result.output).get("transactions", []) == []
+    assert json.loads(result.stdout).get("transactions", []) == []
 
 
 @pytest.mark.parametrize("bad", ["5", "5 minutes", "-5m", "5w"])
@@ -165,7 +168,7 @@ def test_an_operator_sees_and_resolves_an_orphan_with_the_cli(run, in_process, d
     prepare(dbs, "orders", gtrid, 1)
     prepare(dbs, "billing", gtrid, 1)
 
-    scanned = json.loads(run(*admin, "--json", "scan", "billing").output)["xids"]
+    scanned = json.loads(run(*admin, "--json", "scan", "billing").stdout)["xids"]
     assert [(x["gtrid"], x["owner"]) for x in scanned] == [(gtrid, "ours")]
     shown = run(*admin, "show", gtrid)
     assert shown.exit_code == 0
@@ -178,7 +181,7 @@ def test_an_operator_sees_and_resolves_an_orphan_with_the_cli(run, in_process, d
     assert {x.gtrid for x in dbs.prepared("orders")} == {gtrid}
     resolved = run(*admin, "--json", "resolve", gtrid, "--abort", "--reason", "app is gone")
     assert resolved.exit_code == 0, resolved.output
-    assert json.loads(resolved.output)["decision"]["state"] == "TRANSACTION_STATE_ABORTED"
+    assert json.loads(resolved.stdout)["decision"]["state"] == "TRANSACTION_STATE_ABORTED"
     assert dbs.prepared("orders") == dbs.prepared("billing") == set()
     # A second resolve the other way contradicts the logged decision: refused without --force.
     refused = run(*admin, "resolve", gtrid, "--commit", "--reason", "changed my mind")
@@ -261,7 +264,7 @@ def test_in_doubt_means_the_same_in_status_list_show_and_json(run, in_process, d
     committing, orphan = in_doubt_three_ways(c, dbs)
     admin = ("--coordinator", c.server.address, "--token", TOKEN)
 
-    counts = json.loads(run(*admin, "--json", "status").output)["counts"]
+    counts = json.loads(run(*admin, "--json", "status").stdout)["counts"]
     assert counts == {
         "active": 0,
         "orphaned": 1,
@@ -276,7 +279,7 @@ def test_in_doubt_means_the_same_in_status_list_show_and_json(run, in_process, d
     def listed(state: str) -> dict[str, str]:
         result = run(*admin, "--json", "list", "--state", state)
         assert result.exit_code == 0, result.output
-        items = json.loads(result.output).get("transactions", [])
+        items = json.loads(result.stdout).get("transactions", [])
         return {t["transaction"]["gtrid"]: t["state"] for t in items}
 
     # Every word status prints is a state list takes, and they count the same transactions.
@@ -285,10 +288,10 @@ def test_in_doubt_means_the_same_in_status_list_show_and_json(run, in_process, d
     assert listed("in-doubt") == {committing: "committing", orphan: "orphaned"}
     assert listed("blocked") == {committing: "committing"}
 
-    shown = json.loads(run(*admin, "--json", "show", committing).output)
+    shown = json.loads(run(*admin, "--json", "show", committing).stdout)
     assert shown["state"] == "committing"
     assert "ghost: blocked: resource ghost is not registered" in shown["blocked"]
-    assert json.loads(run(*admin, "--json", "show", orphan).output)["state"] == "orphaned"
+    assert json.loads(run(*admin, "--json", "show", orphan).stdout)["state"] == "orphaned"
 
     c.recovery.run_pass()  # second sighting: the orphan is aborted and rolled back
     assert listed("orphaned") == {}
@@ -326,7 +329,7 @@ def test_gtrids_are_never_cut_in_an_80_column_table(run, in_process, dbs, monkey
         (["show", committing], committing),
     )
     for command, listed in commands:
-        output = run(*admin, *command).output
+        output = run(*admin, *command).stdout
         assert max(len(line) for line in output.splitlines()) <= 80, output
         copied = re.findall(r"ts[12]\.[A-Za-z0-9.]+", output)
         assert listed in copied, output
@@ -339,7 +342,7 @@ def test_the_resolve_actions_table_never_cuts_a_gtrid(run, in_process, dbs, monk
     c = in_process()
     _, orphan = in_doubt_three_ways(c, dbs)
     admin = ("--coordinator", c.server.address, "--token", TOKEN)
-    output = run(*admin, "resolve", orphan, "--abort", "--reason", "stuck").output
+    output = run(*admin, "resolve", orphan, "--abort", "--reason", "stuck").stdout
     copied = re.findall(r"ts[12]\.[A-Za-z0-9.]+", output)
     # The decision line and a row per action, each the whole id.
     assert len(copied) >= 2 and set(copied) == {orphan}, output

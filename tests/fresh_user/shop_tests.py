@@ -65,7 +65,8 @@ def test_a_failing_block_commits_neither(shop, coordinator):
 
 
 def test_a_client_killed_after_the_decision_is_committed_by_recovery(shop, coordinator_factory):
-    coordinator = coordinator_factory(resources=shop, settings={"recovery_grace_s": 0})
+    settings = {"recovery_grace_s": 0, "recovery_interval_s": 3600}
+    coordinator = coordinator_factory(resources=shop, settings=settings)
     crash_at("client.after_decision", place_order, args=(coordinator.address, 3, shop))
     assert stored() == ([], [])  # both branches prepared, neither committed
     coordinator.settle()
