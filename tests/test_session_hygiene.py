@@ -111,7 +111,7 @@ def test_a_users_own_session_setting_is_what_comes_back(shop, in_process):
 def test_the_next_autocommit_statement_waits_its_own_lock_timeout(shop, in_process):
     # The input: after a block with timeout=0.5 the pooled MariaDB session kept
     # innodb_lock_wait_timeout=1, and the next plain UPDATE gave up after 1 s (1205). The
-    # blocks here take 3 s (lock wait 3), time enough to commit on a loaded machine.
+    # blocks here have a 3 s deadline (lock wait 3): time enough to commit on a loaded machine.
     committed_block(in_process().server.address)
     assert session_settings("billing")[1] == 50  # MariaDB's default, not 1
 
